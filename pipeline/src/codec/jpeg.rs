@@ -1,0 +1,175 @@
+//! A thin, safe wrapper over the TurboJPEG 3 C API (libjpeg-turbo, vendored by
+//! `turbojpeg-sys`).
+//!
+//! Why not the `turbojpeg` crate: we need two things it hides. First, libjpeg
+//! reports recoverable problems as *warnings* after a complete decode, and we
+//! must tell a truncated file (reject, as Pillow does) from, say, a few stray
+//! bytes before a marker (accept, as Pillow does). Second, we want the error
+//! code and text together. Both need the raw handle.
+
+use std::ffi::CStr;
+
+use turbojpeg_sys as tj;
+
+/// Colour model of the coded JPEG data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JpegColor {
+    /// YCbCr or RGB: decoded straight to RGB by libjpeg-turbo.
+    Rgb,
+    /// One channel; libjpeg-turbo replicates it to RGB.
+    Gray,
+    /// CMYK or YCCK (Adobe): decoded to CMYK, converted by us.
+    Cmyk,
+}
+
+/// What the JPEG header says.
+#[derive(Debug, Clone, Copy)]
+pub struct JpegHeader {
+    pub width: usize,
+    pub height: usize,
+    pub color: JpegColor,
+}
+
+/// One libjpeg-turbo decompressor; reuse it across images on one thread.
+pub struct JpegDecoder {
+    handle: tj::tjhandle,
+}
+
+// SAFETY: a TurboJPEG handle holds no thread-local state; it may move between
+// threads as long as it is used by one at a time, which `&mut self` ensures.
+unsafe impl Send for JpegDecoder {}
+
+impl JpegDecoder {
+    pub fn new() -> Result<Self, String> {
+        // SAFETY: tj3Init has no preconditions; a null return means failure.
+        let handle = unsafe { tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as libc::c_int) };
+        if handle.is_null() {
+            return Err("libjpeg-turbo could not create a decompressor".into());
+        }
+        Ok(Self { handle })
+    }
+
+    /// Reads the header: size and colour model.
+    pub fn read_header(&mut self, data: &[u8]) -> Result<JpegHeader, String> {
+        // SAFETY: handle is valid; data outlives the call.
+        let rc = unsafe {
+            tj::tj3DecompressHeader(self.handle, data.as_ptr(), data.len() as tj::size_t)
+        };
+        if rc != 0 && !self.last_was_warning() {
+            return Err(self.error_text());
+        }
+        let width = self.param(tj::TJPARAM_TJPARAM_JPEGWIDTH);
+        let height = self.param(tj::TJPARAM_TJPARAM_JPEGHEIGHT);
+        if width <= 0 || height <= 0 {
+            return Err("JPEG header has no image size".into());
+        }
+        let color = match self.param(tj::TJPARAM_TJPARAM_COLORSPACE) as u32 {
+            tj::TJCS_TJCS_GRAY => JpegColor::Gray,
+            tj::TJCS_TJCS_CMYK | tj::TJCS_TJCS_YCCK => JpegColor::Cmyk,
+            _ => JpegColor::Rgb,
+        };
+        Ok(JpegHeader {
+            width: width as usize,
+            height: height as usize,
+            color,
+        })
+    }
+
+    /// Decodes at `1/denom` scale (denom in 1, 2, 4, 8) into `out`, which is
+    /// resized to `scaled_w * scaled_h * channels` bytes: 3 (RGB) or 4 (CMYK).
+    /// Returns the scaled size. `read_header` must have been called on `data`.
+    pub fn decode(
+        &mut self,
+        data: &[u8],
+        header: &JpegHeader,
+        denom: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, usize), String> {
+        let factor = tj::tjscalingfactor {
+            num: 1,
+            denom: denom as libc::c_int,
+        };
+        // SAFETY: handle is valid; factor is one libjpeg-turbo supports (1/1..1/8).
+        if unsafe { tj::tj3SetScalingFactor(self.handle, factor) } != 0 {
+            return Err(self.error_text());
+        }
+        // libjpeg rounds scaled sizes up (jdiv_round_up).
+        let (w, h) = (header.width.div_ceil(denom), header.height.div_ceil(denom));
+        let (format, channels) = match header.color {
+            JpegColor::Cmyk => (tj::TJPF_TJPF_CMYK, 4),
+            _ => (tj::TJPF_TJPF_RGB, 3),
+        };
+        out.clear();
+        out.resize(w * h * channels, 0);
+        // SAFETY: out holds exactly pitch * h bytes; handle and data are valid.
+        let rc = unsafe {
+            tj::tj3Decompress8(
+                self.handle,
+                data.as_ptr(),
+                data.len() as tj::size_t,
+                out.as_mut_ptr(),
+                (w * channels) as libc::c_int,
+                format as libc::c_int,
+            )
+        };
+        if rc != 0 {
+            let text = self.error_text();
+            // A warning means the image was decoded in full, except when the
+            // data ran out: libjpeg then pads the rest with grey. Pillow
+            // refuses such files ("image file is truncated"), and so do we.
+            if !self.last_was_warning() || text.contains("Premature end") {
+                return Err(if text.contains("Premature end") {
+                    format!("truncated JPEG ({text})")
+                } else {
+                    text
+                });
+            }
+        }
+        Ok((w, h))
+    }
+
+    fn param(&mut self, param: tj::TJPARAM) -> libc::c_int {
+        // SAFETY: handle is valid; unknown params return -1, never UB.
+        unsafe { tj::tj3Get(self.handle, param as libc::c_int) }
+    }
+
+    fn last_was_warning(&mut self) -> bool {
+        // SAFETY: handle is valid.
+        unsafe { tj::tj3GetErrorCode(self.handle) == tj::TJERR_TJERR_WARNING as libc::c_int }
+    }
+
+    fn error_text(&mut self) -> String {
+        // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle.
+        let text = unsafe { CStr::from_ptr(tj::tj3GetErrorStr(self.handle)) };
+        text.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for JpegDecoder {
+    fn drop(&mut self) {
+        // SAFETY: handle came from tj3Init and is destroyed once.
+        unsafe { tj::tj3Destroy(self.handle) }
+    }
+}
+
+/// CMYK as stored in the file (4 bytes a pixel) to RGB, exactly as Pillow's
+/// `convert("RGB")` does it. Pillow assumes Adobe's convention for every
+/// 4-channel JPEG (stored values are inverted ink, rawmode "CMYK;I"), then
+/// computes R = (255 - K) - (C * (255 - K)) / 255 with its MULDIV255 rounding.
+pub fn cmyk_to_rgb(cmyk: &[u8], rgb: &mut Vec<u8>) {
+    rgb.clear();
+    rgb.reserve(cmyk.len() / 4 * 3);
+    for px in cmyk.chunks_exact(4) {
+        let not_k = px[3] as u32; // stored inverted: 255 - K
+        for &stored in &px[..3] {
+            let ink = 255 - stored as u32;
+            rgb.push((not_k - muldiv255(ink, not_k)) as u8);
+        }
+    }
+}
+
+/// Pillow's MULDIV255: a * b / 255, rounded, without a division.
+fn muldiv255(a: u32, b: u32) -> u32 {
+    let t = a * b + 128;
+    ((t >> 8) + t) >> 8
+}
