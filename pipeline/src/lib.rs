@@ -2,5 +2,17 @@
 //! dataset statistics, and the loader that feeds the trainer.
 //!
 //! Modules, one idea each:
+//! - [`ingest`]: find the images of an ILSVRC tree and their labels.
 //! - [`codec`]: one source file -> one 256x256 RGB image (decode, resample).
+//! - [`shard`]: the shard file format (read and write).
+//! - [`manifest`]: what a shard folder holds.
+//! - [`make_shards`]: the `pipeline shards` run (plan, resume, parallel write).
+//! - [`inspect`]: `pipeline verify` and `pipeline export`.
+//! - [`rng`]: the seeded generator behind every order and augmentation.
 pub mod codec;
+pub mod ingest;
+pub mod inspect;
+pub mod make_shards;
+pub mod manifest;
+pub mod rng;
+pub mod shard;

@@ -1,0 +1,151 @@
+//! Looking into a shard folder: `pipeline verify` and `pipeline export`.
+
+use std::path::Path;
+
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+
+use crate::ingest::Split;
+use crate::manifest::{Manifest, ManifestError};
+use crate::shard::{RecordDecoder, ShardError, ShardReader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub shards: usize,
+    pub records: u64,
+    /// One line per problem, naming shard and record.
+    pub problems: Vec<String>,
+}
+
+/// Decodes every record of every shard in the manifest and checks it against
+/// its checksum. Problems are collected, not fatal, so one run lists them all.
+pub fn verify(dir: &Path, progress: &ProgressBar) -> Result<VerifyReport, InspectError> {
+    let manifest = Manifest::load(dir)?;
+    let files: Vec<String> = manifest
+        .splits
+        .values()
+        .flat_map(|s| s.shards.iter().map(|i| i.file.clone()))
+        .collect();
+    let image_len = manifest.image_len();
+    let per_shard: Vec<(u64, Vec<String>)> = files
+        .par_iter()
+        .map(|file| {
+            let result = verify_shard(&dir.join(file), image_len, progress);
+            progress.inc(1);
+            result
+        })
+        .collect();
+    let mut report = VerifyReport {
+        shards: files.len(),
+        ..Default::default()
+    };
+    for (records, problems) in per_shard {
+        report.records += records;
+        report.problems.extend(problems);
+    }
+    Ok(report)
+}
+
+fn verify_shard(path: &Path, image_len: usize, progress: &ProgressBar) -> (u64, Vec<String>) {
+    let shard = match ShardReader::open(path) {
+        Ok(shard) => shard,
+        Err(e) => return (0, vec![e.to_string()]),
+    };
+    if shard.header().image_len() != image_len {
+        return (
+            0,
+            vec![format!(
+                "{}: geometry differs from the manifest",
+                path.display()
+            )],
+        );
+    }
+    let mut decoder = match RecordDecoder::new() {
+        Ok(d) => d,
+        Err(e) => return (0, vec![format!("zstd: {e}")]),
+    };
+    let mut pixels = vec![0; image_len];
+    let mut problems = Vec::new();
+    for i in 0..shard.len() {
+        if let Err(e) = decoder.decode(&shard, i, &mut pixels, true) {
+            problems.push(e.to_string());
+        }
+    }
+    progress.set_message(format!("{} problems", problems.len()));
+    (shard.len() as u64, problems)
+}
+
+/// Which record to look at.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// Position in the split, counting through its shards in order.
+    Record(u64),
+    /// Source file name as stored (e.g. `n01440764/n01440764_10026.JPEG`), or
+    /// its last path component.
+    Name(String),
+}
+
+/// One record, found.
+pub struct Located {
+    pub shard: ShardReader,
+    pub index_in_shard: usize,
+    /// Position in the split.
+    pub record: u64,
+}
+
+pub fn locate(
+    dir: &Path,
+    manifest: &Manifest,
+    split: Split,
+    selector: &Selector,
+) -> Result<Located, InspectError> {
+    let info = manifest.split(split).ok_or_else(|| {
+        InspectError::NotFound(format!(
+            "{}: no {} split in the manifest",
+            dir.display(),
+            split.name()
+        ))
+    })?;
+    let mut first = 0u64;
+    for shard_info in &info.shards {
+        let may_hold_it = match selector {
+            Selector::Record(n) => *n < first + shard_info.records,
+            Selector::Name(_) => true,
+        };
+        if may_hold_it {
+            let shard = ShardReader::open(&dir.join(&shard_info.file))?;
+            let index = match selector {
+                Selector::Record(n) => Some((n - first) as usize),
+                Selector::Name(name) => shard.records().iter().position(|r| {
+                    r.name == *name || r.name.rsplit('/').next() == Some(name.as_str())
+                }),
+            };
+            if let Some(index) = index {
+                return Ok(Located {
+                    shard,
+                    index_in_shard: index,
+                    record: first + index as u64,
+                });
+            }
+        }
+        first += shard_info.records;
+    }
+    Err(InspectError::NotFound(match selector {
+        Selector::Record(n) => format!(
+            "record {n} is out of range: the {} split holds {first} records",
+            split.name()
+        ),
+        Selector::Name(name) => format!("no record named {name} in the {} split", split.name()),
+    }))
+}

@@ -1,0 +1,670 @@
+//! The shard file format: read and write. The whole format is in this file;
+//! `shards/README.md` describes it for people and other languages.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "ALXSHARD"
+//! 8       4     version (1)
+//! 12      4     height        } geometry of every image, uint8 HWC
+//! 16      4     width         }
+//! 20      4     channels      }
+//! 24      4     pixel filter (0 none, 1 delta: see `PixelFilter`)
+//! 28      4     zstd level (i32, informative)
+//! 32      8     plan id: hash of what this shard was made from (resume)
+//! 40      8     reserved, zero
+//! 48      ...   records: one zstd frame per image, back to back
+//! I       ...   index (at footer.index_offset):
+//!                 u32 record count, then per record:
+//!                   u64 offset, u32 length, u32 label, u64 xxh3-64 of the raw
+//!                   (unfiltered) pixels, u32 name length, name (UTF-8)
+//!                 u32 skipped count, then per skipped source file:
+//!                   u32 name length, name, u32 reason length, reason
+//! end-32  32    footer: u64 index offset, u64 index length,
+//!               u64 xxh3-64 of the index bytes, magic "ALXSHEND"
+//! ```
+//! All integers little-endian. A file whose footer is missing or whose index
+//! checksum fails is truncated or damaged; a record whose pixels do not hash to
+//! its checksum is damaged. Files are written under a temporary name and
+//! renamed when complete, so a finished-looking shard is always whole.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+pub const MAGIC: &[u8; 8] = b"ALXSHARD";
+pub const FOOTER_MAGIC: &[u8; 8] = b"ALXSHEND";
+pub const VERSION: u32 = 1;
+const HEADER_LEN: u64 = 48;
+const FOOTER_LEN: u64 = 32;
+
+/// A reversible byte filter applied before zstd.
+///
+/// `Delta` stores each byte minus the same channel of the pixel to its left
+/// (wrapping), row by row. On ImageNet photos at zstd level 1 it takes the
+/// ratio from 1.19x to 1.67x and decompression gets no slower (fewer bytes to
+/// entropy-decode); undoing it is one pass of adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFilter {
+    None,
+    Delta,
+}
+
+impl PixelFilter {
+    fn code(self) -> u32 {
+        match self {
+            Self::None => 0,
+            Self::Delta => 1,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        match code {
+            0 => Some(Self::None),
+            1 => Some(Self::Delta),
+            _ => None,
+        }
+    }
+
+    /// Filters `pixels` (rows of `row_len` bytes, `channels` per pixel) into `out`.
+    pub fn apply(self, pixels: &[u8], row_len: usize, channels: usize, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(pixels);
+        if self == Self::Delta {
+            for row in out.chunks_exact_mut(row_len) {
+                for i in (channels..row_len).rev() {
+                    row[i] = row[i].wrapping_sub(row[i - channels]);
+                }
+            }
+        }
+    }
+
+    /// Undoes `apply` in place.
+    pub fn undo(self, data: &mut [u8], row_len: usize, channels: usize) {
+        if self == Self::Delta {
+            for row in data.chunks_exact_mut(row_len) {
+                for i in channels..row_len {
+                    row[i] = row[i].wrapping_add(row[i - channels]);
+                }
+            }
+        }
+    }
+}
+
+/// Geometry and encoding shared by every record of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardHeader {
+    pub height: u32,
+    pub width: u32,
+    pub channels: u32,
+    pub filter: PixelFilter,
+    pub zstd_level: i32,
+    pub plan_id: u64,
+}
+
+impl ShardHeader {
+    /// Bytes of one raw image.
+    pub fn image_len(&self) -> usize {
+        self.height as usize * self.width as usize * self.channels as usize
+    }
+
+    fn row_len(&self) -> usize {
+        self.width as usize * self.channels as usize
+    }
+
+    fn to_bytes(self) -> [u8; HEADER_LEN as usize] {
+        let mut b = [0u8; HEADER_LEN as usize];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.height.to_le_bytes());
+        b[16..20].copy_from_slice(&self.width.to_le_bytes());
+        b[20..24].copy_from_slice(&self.channels.to_le_bytes());
+        b[24..28].copy_from_slice(&self.filter.code().to_le_bytes());
+        b[28..32].copy_from_slice(&self.zstd_level.to_le_bytes());
+        b[32..40].copy_from_slice(&self.plan_id.to_le_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8], path: &Path) -> Result<Self, ShardError> {
+        let bad = |detail: String| ShardError::Damaged {
+            path: path.to_owned(),
+            detail,
+        };
+        if &b[0..8] != MAGIC {
+            return Err(bad("not a shard file (bad magic)".into()));
+        }
+        let version = le_u32(&b[8..12]);
+        if version != VERSION {
+            return Err(bad(format!(
+                "format version {version}, this build reads {VERSION}"
+            )));
+        }
+        let filter = PixelFilter::from_code(le_u32(&b[24..28]))
+            .ok_or_else(|| bad(format!("unknown pixel filter {}", le_u32(&b[24..28]))))?;
+        Ok(Self {
+            height: le_u32(&b[12..16]),
+            width: le_u32(&b[16..20]),
+            channels: le_u32(&b[20..24]),
+            filter,
+            zstd_level: le_u32(&b[28..32]) as i32,
+            plan_id: le_u64(&b[32..40]),
+        })
+    }
+}
+
+/// One stored image's place and identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordEntry {
+    pub offset: u64,
+    pub len: u32,
+    pub label: u32,
+    /// xxh3-64 of the raw, unfiltered pixels.
+    pub checksum: u64,
+    /// Source file, relative to its split folder.
+    pub name: String,
+}
+
+/// A source file that was assigned to this shard but could not be stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: damaged or truncated shard: {detail}")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("{path}: record {index} ({name}): {detail}")]
+    BadRecord {
+        path: PathBuf,
+        index: usize,
+        name: String,
+        detail: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShardError + '_ {
+    move |source| ShardError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Compresses one image into a record frame; reuse one per thread.
+pub struct RecordEncoder {
+    header: ShardHeader,
+    compressor: zstd::bulk::Compressor<'static>,
+    filtered: Vec<u8>,
+}
+
+impl RecordEncoder {
+    pub fn new(header: ShardHeader) -> io::Result<Self> {
+        Ok(Self {
+            header,
+            compressor: zstd::bulk::Compressor::new(header.zstd_level)?,
+            filtered: Vec::new(),
+        })
+    }
+
+    /// Returns the zstd frame and the checksum of the raw pixels.
+    pub fn encode(&mut self, pixels: &[u8]) -> io::Result<(Vec<u8>, u64)> {
+        assert_eq!(pixels.len(), self.header.image_len(), "image size");
+        let checksum = xxh3_64(pixels);
+        let h = self.header;
+        h.filter
+            .apply(pixels, h.row_len(), h.channels as usize, &mut self.filtered);
+        Ok((self.compressor.compress(&self.filtered)?, checksum))
+    }
+}
+
+/// Writes one shard under a temporary name; `finish` makes it visible.
+pub struct ShardWriter {
+    final_path: PathBuf,
+    temp_path: PathBuf,
+    out: BufWriter<File>,
+    offset: u64,
+    records: Vec<RecordEntry>,
+    skipped: Vec<Skipped>,
+}
+
+impl ShardWriter {
+    pub fn create(final_path: &Path, header: ShardHeader) -> Result<Self, ShardError> {
+        let file_name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp_path = final_path.with_file_name(format!(".{file_name}.partial"));
+        let file = File::create(&temp_path).map_err(io_err(&temp_path))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&header.to_bytes())
+            .map_err(io_err(&temp_path))?;
+        Ok(Self {
+            final_path: final_path.to_owned(),
+            temp_path,
+            out,
+            offset: HEADER_LEN,
+            records: Vec::new(),
+            skipped: Vec::new(),
+        })
+    }
+
+    pub fn add(
+        &mut self,
+        label: u32,
+        name: &str,
+        frame: &[u8],
+        checksum: u64,
+    ) -> Result<(), ShardError> {
+        self.out.write_all(frame).map_err(io_err(&self.temp_path))?;
+        self.records.push(RecordEntry {
+            offset: self.offset,
+            len: frame.len() as u32,
+            label,
+            checksum,
+            name: name.to_owned(),
+        });
+        self.offset += frame.len() as u64;
+        Ok(())
+    }
+
+    pub fn skip(&mut self, skipped: Skipped) {
+        self.skipped.push(skipped);
+    }
+
+    /// Writes index and footer, syncs, and renames into place.
+    pub fn finish(mut self) -> Result<PathBuf, ShardError> {
+        let index = encode_index(&self.records, &self.skipped);
+        let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
+        footer.extend_from_slice(&self.offset.to_le_bytes());
+        footer.extend_from_slice(&(index.len() as u64).to_le_bytes());
+        footer.extend_from_slice(&xxh3_64(&index).to_le_bytes());
+        footer.extend_from_slice(FOOTER_MAGIC);
+        let path = &self.temp_path;
+        self.out.write_all(&index).map_err(io_err(path))?;
+        self.out.write_all(&footer).map_err(io_err(path))?;
+        self.out.flush().map_err(io_err(path))?;
+        self.out.get_ref().sync_all().map_err(io_err(path))?;
+        std::fs::rename(path, &self.final_path).map_err(io_err(&self.final_path))?;
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        // An abandoned writer leaves no partial file behind (after finish the
+        // temporary name no longer exists and this does nothing).
+        let _ = std::fs::remove_file(&self.temp_path);
+    }
+}
+
+fn encode_index(records: &[RecordEntry], skipped: &[Skipped]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(records.len() * 64 + 8);
+    let put_str = |b: &mut Vec<u8>, s: &str| {
+        b.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    };
+    b.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for r in records {
+        b.extend_from_slice(&r.offset.to_le_bytes());
+        b.extend_from_slice(&r.len.to_le_bytes());
+        b.extend_from_slice(&r.label.to_le_bytes());
+        b.extend_from_slice(&r.checksum.to_le_bytes());
+        put_str(&mut b, &r.name);
+    }
+    b.extend_from_slice(&(skipped.len() as u32).to_le_bytes());
+    for s in skipped {
+        put_str(&mut b, &s.path);
+        put_str(&mut b, &s.reason);
+    }
+    b
+}
+
+/// Reads the index bytes back; every length is checked against what is left.
+struct IndexReader<'a> {
+    bytes: &'a [u8],
+}
+
+impl IndexReader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(le_u32)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(le_u64)
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        self.take(n)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+    }
+}
+
+fn decode_index(bytes: &[u8]) -> Option<(Vec<RecordEntry>, Vec<Skipped>)> {
+    let mut r = IndexReader { bytes };
+    let count = r.u32()? as usize;
+    let mut records = Vec::with_capacity(count.min(bytes.len() / 28));
+    for _ in 0..count {
+        records.push(RecordEntry {
+            offset: r.u64()?,
+            len: r.u32()?,
+            label: r.u32()?,
+            checksum: r.u64()?,
+            name: r.string()?,
+        });
+    }
+    let skipped_count = r.u32()? as usize;
+    let mut skipped = Vec::with_capacity(skipped_count.min(bytes.len() / 8));
+    for _ in 0..skipped_count {
+        skipped.push(Skipped {
+            path: r.string()?,
+            reason: r.string()?,
+        });
+    }
+    r.bytes.is_empty().then_some((records, skipped))
+}
+
+/// An open shard: header and index in memory, records read on demand.
+pub struct ShardReader {
+    path: PathBuf,
+    file: File,
+    header: ShardHeader,
+    records: Vec<RecordEntry>,
+    skipped: Vec<Skipped>,
+    file_len: u64,
+}
+
+impl ShardReader {
+    /// Opens and validates header, footer and index (not the records).
+    pub fn open(path: &Path) -> Result<Self, ShardError> {
+        let damaged = |detail: &str| ShardError::Damaged {
+            path: path.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let file = File::open(path).map_err(io_err(path))?;
+        let file_len = file.metadata().map_err(io_err(path))?.len();
+        if file_len < HEADER_LEN + FOOTER_LEN {
+            return Err(damaged(&format!("only {file_len} bytes")));
+        }
+        let mut head = [0u8; HEADER_LEN as usize];
+        file.read_exact_at(&mut head, 0).map_err(io_err(path))?;
+        let header = ShardHeader::from_bytes(&head, path)?;
+        let mut foot = [0u8; FOOTER_LEN as usize];
+        file.read_exact_at(&mut foot, file_len - FOOTER_LEN)
+            .map_err(io_err(path))?;
+        if &foot[24..32] != FOOTER_MAGIC {
+            return Err(damaged("no footer (the file ends early)"));
+        }
+        let (index_offset, index_len) = (le_u64(&foot[0..8]), le_u64(&foot[8..16]));
+        if index_offset < HEADER_LEN || index_offset + index_len != file_len - FOOTER_LEN {
+            return Err(damaged("footer points outside the file"));
+        }
+        let mut index = vec![0u8; index_len as usize];
+        file.read_exact_at(&mut index, index_offset)
+            .map_err(io_err(path))?;
+        if xxh3_64(&index) != le_u64(&foot[16..24]) {
+            return Err(damaged("index checksum mismatch"));
+        }
+        let (records, skipped) = decode_index(&index).ok_or_else(|| damaged("malformed index"))?;
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.offset < HEADER_LEN || r.offset + r.len as u64 > index_offset)
+        {
+            return Err(damaged(&format!(
+                "record {} lies outside the data area",
+                r.name
+            )));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            header,
+            records,
+            skipped,
+            file_len,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn header(&self) -> &ShardHeader {
+        &self.header
+    }
+    pub fn records(&self) -> &[RecordEntry] {
+        &self.records
+    }
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Reads record `index`'s compressed frame into `frame`.
+    pub fn read_frame(&self, index: usize, frame: &mut Vec<u8>) -> Result<(), ShardError> {
+        let r = &self.records[index];
+        frame.resize(r.len as usize, 0);
+        self.file
+            .read_exact_at(frame, r.offset)
+            .map_err(io_err(&self.path))
+    }
+
+    /// Error for record `index` with a reason.
+    pub fn record_error(&self, index: usize, detail: impl Into<String>) -> ShardError {
+        ShardError::BadRecord {
+            path: self.path.clone(),
+            index,
+            name: self.records[index].name.clone(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Turns frames back into pixels; reuse one per thread.
+pub struct RecordDecoder {
+    decompressor: zstd::bulk::Decompressor<'static>,
+    frame: Vec<u8>,
+}
+
+impl RecordDecoder {
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            decompressor: zstd::bulk::Decompressor::new()?,
+            frame: Vec::new(),
+        })
+    }
+
+    /// Reads, decompresses, unfilters and (if `verify`) checks record `index`
+    /// into `out` (`image_len` bytes).
+    pub fn decode(
+        &mut self,
+        shard: &ShardReader,
+        index: usize,
+        out: &mut [u8],
+        verify: bool,
+    ) -> Result<(), ShardError> {
+        let mut frame = std::mem::take(&mut self.frame);
+        shard.read_frame(index, &mut frame)?;
+        let result = self.decode_bytes(shard, index, &frame, out, verify);
+        self.frame = frame; // keep the allocation for the next record
+        result
+    }
+
+    /// As `decode`, for a frame the caller already holds (e.g. from a
+    /// memory map).
+    pub fn decode_bytes(
+        &mut self,
+        shard: &ShardReader,
+        index: usize,
+        frame: &[u8],
+        out: &mut [u8],
+        verify: bool,
+    ) -> Result<(), ShardError> {
+        let h = shard.header;
+        let n = self
+            .decompressor
+            .decompress_to_buffer(frame, out)
+            .map_err(|e| shard.record_error(index, format!("zstd: {e}")))?;
+        if n != h.image_len() {
+            return Err(shard.record_error(index, format!("{n} bytes, expected {}", h.image_len())));
+        }
+        h.filter.undo(out, h.row_len(), h.channels as usize);
+        if verify && xxh3_64(out) != shard.records[index].checksum {
+            return Err(shard.record_error(index, "pixel checksum mismatch"));
+        }
+        Ok(())
+    }
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(filter: PixelFilter) -> ShardHeader {
+        ShardHeader {
+            height: 4,
+            width: 5,
+            channels: 3,
+            filter,
+            zstd_level: 1,
+            plan_id: 42,
+        }
+    }
+
+    fn image(seed: u8) -> Vec<u8> {
+        (0..60u32)
+            .map(|i| (i * 37 + seed as u32 * 11) as u8)
+            .collect()
+    }
+
+    fn write(dir: &Path, filter: PixelFilter) -> PathBuf {
+        let h = header(filter);
+        let mut enc = RecordEncoder::new(h).expect("encoder");
+        let mut w = ShardWriter::create(&dir.join("t.shard"), h).expect("create");
+        for i in 0..3u8 {
+            let (frame, sum) = enc.encode(&image(i)).expect("encode");
+            w.add(i as u32 * 7, &format!("c/{i}.JPEG"), &frame, sum)
+                .expect("add");
+        }
+        w.skip(Skipped {
+            path: "c/bad.JPEG".into(),
+            reason: "empty file".into(),
+        });
+        w.finish().expect("finish")
+    }
+
+    #[test]
+    fn filters_round_trip() {
+        let px = image(3);
+        let mut out = Vec::new();
+        PixelFilter::Delta.apply(&px, 15, 3, &mut out);
+        assert_ne!(out, px);
+        assert_eq!(out[..3], px[..3], "first pixel of a row is stored as is");
+        assert_eq!(out[3], px[3].wrapping_sub(px[0]));
+        PixelFilter::Delta.undo(&mut out, 15, 3);
+        assert_eq!(out, px);
+    }
+
+    #[test]
+    fn records_round_trip_with_labels_names_and_skips() {
+        for filter in [PixelFilter::None, PixelFilter::Delta] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = write(dir.path(), filter);
+            let shard = ShardReader::open(&path).expect("open");
+            assert_eq!(shard.header(), &header(filter));
+            assert_eq!(shard.len(), 3);
+            assert_eq!(shard.skipped()[0].reason, "empty file");
+            let mut dec = RecordDecoder::new().expect("decoder");
+            let mut out = vec![0; 60];
+            for i in 0..3 {
+                dec.decode(&shard, i, &mut out, true).expect("decode");
+                assert_eq!(out, image(i as u8));
+                assert_eq!(shard.records()[i].label, i as u32 * 7);
+                assert_eq!(shard.records()[i].name, format!("c/{i}.JPEG"));
+            }
+            let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
+            assert_eq!(leftovers.len(), 1, "no temporary file is left");
+        }
+    }
+
+    #[test]
+    fn truncation_is_detected_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), PixelFilter::Delta);
+        let bytes = std::fs::read(&path).expect("read");
+        for cut in [1, 10, 31, 100, bytes.len() - 48] {
+            std::fs::write(&path, &bytes[..bytes.len() - cut]).expect("write");
+            let err = ShardReader::open(&path).err().expect("must fail");
+            assert!(err.to_string().contains("t.shard"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_flipped_pixel_byte_fails_the_record_checksum() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = header(PixelFilter::None);
+        let path = dir.path().join("t.shard");
+        let mut w = ShardWriter::create(&path, h).expect("create");
+        // Level-1 zstd of 60 bytes of this pattern is stored raw enough that a
+        // flipped byte inside the frame changes a pixel, not the frame format.
+        let mut enc = RecordEncoder::new(h).expect("encoder");
+        let (frame, sum) = enc.encode(&image(1)).expect("encode");
+        w.add(0, "x.JPEG", &frame, sum).expect("add");
+        w.finish().expect("finish");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last_data_byte = 48 + frame.len() - 5;
+        bytes[last_data_byte] ^= 0x40;
+        std::fs::write(&path, &bytes).expect("write");
+        let shard = ShardReader::open(&path).expect("index is intact");
+        let mut out = vec![0; 60];
+        let err = RecordDecoder::new()
+            .expect("decoder")
+            .decode(&shard, 0, &mut out, true)
+            .expect_err("damaged record");
+        let text = err.to_string();
+        assert!(text.contains("record 0 (x.JPEG)"), "{text}");
+    }
+
+    #[test]
+    fn an_abandoned_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = ShardWriter::create(&dir.path().join("t.shard"), header(PixelFilter::None))
+            .expect("create");
+        drop(w);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
+    }
+}
