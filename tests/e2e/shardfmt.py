@@ -1,0 +1,78 @@
+"""An independent reader of the shard format, written from shards/README.md
+with numpy + python-zstandard + xxhash only. The tests read what the Rust
+writer wrote through this, so a format bug cannot hide behind a matching
+Rust reader."""
+import struct
+
+import numpy as np
+import xxhash
+import zstandard
+
+HEADER = struct.Struct("<8sIIIIIiQ8x")
+FOOTER = struct.Struct("<QQQ8s")
+
+
+class ShardFormatError(Exception):
+    pass
+
+
+def read_shard(path):
+    data = open(path, "rb").read()
+    if len(data) < HEADER.size + FOOTER.size:
+        raise ShardFormatError(f"{path}: too short")
+    magic, version, h, w, c, filt, level, plan_id = HEADER.unpack_from(data, 0)
+    if magic != b"ALXSHARD" or version != 1:
+        raise ShardFormatError(f"{path}: bad magic/version")
+    index_offset, index_len, index_sum, end_magic = FOOTER.unpack_from(data, len(data) - FOOTER.size)
+    if end_magic != b"ALXSHEND":
+        raise ShardFormatError(f"{path}: no footer")
+    index = data[index_offset:index_offset + index_len]
+    if xxhash.xxh3_64_intdigest(index) != index_sum:
+        raise ShardFormatError(f"{path}: index checksum")
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        vals = struct.unpack_from(fmt, index, pos)
+        pos += struct.calcsize(fmt)
+        return vals
+
+    def string():
+        (n,) = take("<I")
+        nonlocal pos
+        s = index[pos:pos + n].decode()
+        pos += n
+        return s
+
+    records = []
+    (count,) = take("<I")
+    for _ in range(count):
+        offset, length, label, checksum = take("<QIIQ")
+        records.append(dict(offset=offset, len=length, label=label, checksum=checksum, name=string()))
+    (nskipped,) = take("<I")
+    skipped = [dict(path=string(), reason=string()) for _ in range(nskipped)]
+    assert pos == len(index)
+    dctx = zstandard.ZstdDecompressor()
+    images = []
+    for r in records:
+        raw = dctx.decompress(data[r["offset"]:r["offset"] + r["len"]], max_output_size=h * w * c)
+        a = np.frombuffer(raw, np.uint8).reshape(h, w, c)
+        if filt == 1:  # delta: each byte minus the same channel one pixel left
+            a = np.cumsum(a.astype(np.uint64), axis=1).astype(np.uint8)
+        elif filt != 0:
+            raise ShardFormatError(f"{path}: unknown filter {filt}")
+        if xxhash.xxh3_64_intdigest(a.tobytes()) != r["checksum"]:
+            raise ShardFormatError(f"{path}: record {r['name']} checksum")
+        images.append(a)
+    return dict(height=h, width=w, channels=c, filter=filt, level=level, plan_id=plan_id,
+                records=records, skipped=skipped, images=images)
+
+
+def read_split(shard_dir, manifest, split):
+    """All (name, label, image) of a split, in stored order."""
+    out = []
+    for info in manifest["splits"][split]["shards"]:
+        s = read_shard(f"{shard_dir}/{info['file']}")
+        assert len(s["records"]) == info["records"]
+        out += [(r["name"], r["label"], im) for r, im in zip(s["records"], s["images"])]
+    return out

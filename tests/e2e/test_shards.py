@@ -1,0 +1,141 @@
+"""`pipeline shards` end to end on a real mini ILSVRC tree (issue 2)."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import load_manifest, run
+from make_tree import make_tree
+from shardfmt import read_shard, read_split
+
+
+def pillow_reference(path, side=256):
+    """The paper's preprocessing done the usual way with Pillow: shorter side
+    to 256 (BILINEAR, antialiased), long side floor(long*256/short), then the
+    central crop at floor((long'-256)/2)."""
+    im = Image.open(path).convert("RGB")
+    w, h = im.size
+    size = (w * side // h, side) if w >= h else (side, h * side // w)
+    im = im.resize(size, Image.BILINEAR)
+    left, top = (size[0] - side) // 2, (size[1] - side) // 2
+    return np.asarray(im.crop((left, top, left + side, top + side)))
+
+
+def test_manifest_lists_classes_counts_and_skips(tree):
+    m, made = tree["manifest"], tree["made"]
+    assert [c["wnid"] for c in m["classes"]] == made["classes"]
+    assert [c["index"] for c in m["classes"]] == list(range(len(made["classes"])))
+    assert m["classes"][0]["name"] == made["names"][made["classes"][0]]
+    assert m["geometry"] == {"height": 256, "width": 256, "channels": 3}
+    assert m["splits"]["train"]["images"] == len(made["train"])
+    assert m["splits"]["val"]["images"] == len(made["val"])
+    skipped = {os.path.basename(s["path"]): s["reason"] for s in m["splits"]["train"]["skipped"]}
+    assert sorted(skipped) == made["broken"]
+    assert "truncated" in skipped["truncated.JPEG"]
+    assert skipped["empty.JPEG"] == "empty file"
+    assert "not an image" in skipped["notes.JPEG"]
+    for name in made["broken"]:
+        assert name in tree["stderr"], "each skipped file is reported as it happens"
+    assert "skipped 3" in tree["stdout"] and "compression" in tree["stdout"]
+
+
+def test_every_record_has_its_label_and_train_is_shuffled(tree):
+    m, made = tree["manifest"], tree["made"]
+    index = {c["wnid"]: c["index"] for c in m["classes"]}
+    for split in ("train", "val"):
+        stored = read_split(tree["out"], m, split)
+        expected = {name: index[wn] for name, wn in made[split]}
+        assert {n: l for n, l, _ in stored} == expected
+    train_names = [n for n, _, _ in read_split(tree["out"], m, "train")]
+    assert train_names != sorted(train_names), "train is stored in a shuffled order"
+    val_names = [n for n, _, _ in read_split(tree["out"], m, "val")]
+    assert val_names == sorted(val_names)
+
+
+def test_stored_images_match_pillow(tree):
+    """Pillow parity on real photos and on the odd files (CMYK, grey, PNG,
+    progressive, large enough for DCT scaling): mean abs difference <= 1.0."""
+    m = tree["manifest"]
+    worst = {}
+    for split in ("train", "val"):
+        for name, _, img in read_split(tree["out"], m, split):
+            ref = pillow_reference(f"{tree['root']}/{split}/{name}")
+            worst[name] = np.abs(img.astype(float) - ref).mean()
+    assert len(worst) == m["splits"]["train"]["images"] + m["splits"]["val"]["images"]
+    bad = {n: d for n, d in worst.items() if d > 1.0}
+    assert not bad, bad
+    odd = [n for n in worst if os.path.basename(n) in
+           ("cmyk.JPEG", "gray.JPEG", "png_named.JPEG", "progressive.JPEG", "large.JPEG")]
+    assert len(odd) == 5
+
+
+def test_gray_source_is_stored_as_equal_channels(tree):
+    m = tree["manifest"]
+    for name, _, img in read_split(tree["out"], m, "train"):
+        if name.endswith("gray.JPEG"):
+            assert (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()
+            return
+    pytest.fail("gray.JPEG not stored")
+
+
+@pytest.mark.parametrize("form", ["kaggle", "ground_truth"])
+def test_flat_val_label_forms(tmp_path, photos_dir, form):
+    made = make_tree(str(tmp_path / "tree"), photos_dir, form)
+    out = tmp_path / "shards"
+    run("shards", "--imagenet", tmp_path / "tree", "--out", out, "--splits", "val")
+    m = load_manifest(out)
+    assert list(m["splits"]) == ["val"]
+    index = {c["wnid"]: c["index"] for c in m["classes"]}
+    stored = {n: l for n, l, _ in read_split(out, m, "val")}
+    assert stored == {name: index[wn] for name, wn in made["val"]}
+
+
+def test_any_thread_count_gives_identical_bytes(tmp_path, tree):
+    outs = []
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        run("shards", "--imagenet", tree["root"], "--out", out, "--shard-size", "7", "--jobs", jobs)
+        outs.append(out)
+    names = sorted(os.listdir(outs[0]))
+    assert names == sorted(os.listdir(outs[1])) and len(names) > 3
+    for n in names:
+        assert open(outs[0] / n, "rb").read() == open(outs[1] / n, "rb").read(), n
+    # And the same as the session tree's run, made with --jobs 2 earlier.
+    for n in names:
+        assert open(outs[0] / n, "rb").read() == open(tree["out"] / n, "rb").read(), n
+
+
+def test_verify_names_the_bad_shard_and_record(tmp_path, tree):
+    out = tmp_path / "copy"
+    out.mkdir()
+    for n in os.listdir(tree["out"]):
+        (out / n).write_bytes((tree["out"] / n).read_bytes())
+    assert "ok:" in run("verify", "--shards", out).stdout
+    shard = read_shard(out / "train-00001.shard")
+    rec = shard["records"][2]
+    data = bytearray((out / "train-00001.shard").read_bytes())
+    data[rec["offset"] + rec["len"] // 2] ^= 0xFF
+    (out / "train-00001.shard").write_bytes(bytes(data))
+    data = (out / "val-00000.shard").read_bytes()
+    (out / "val-00000.shard").write_bytes(data[: len(data) - 100])
+    p = run("verify", "--shards", out, check=False)
+    assert p.returncode == 1
+    assert f"train-00001.shard: record 2 ({rec['name']})" in p.stderr
+    assert "val-00000.shard: damaged or truncated shard" in p.stderr
+
+
+def test_export_writes_the_stored_image_and_says_what_it_is(tmp_path, tree):
+    m = tree["manifest"]
+    name, label, img = read_split(tree["out"], m, "train")[5]
+    png = tmp_path / "x.png"
+    p = run("export", "--shards", tree["out"], "--split", "train", "--name", name, "--out", png)
+    assert (np.asarray(Image.open(png)) == img).all()
+    wnid = m["classes"][label]["wnid"]
+    for part in ("split=train", "record=5", f"label={label}", f"wnid={wnid}",
+                 m["classes"][label]["name"], f"source={name}"):
+        assert part in p.stdout, (part, p.stdout)
+    p = run("export", "--shards", tree["out"], "--split", "train", "--record", 5, "--out", png)
+    assert f"source={name}" in p.stdout
+    p = run("export", "--shards", tree["out"], "--record", 10**6, "--out", png, check=False)
+    assert p.returncode != 0 and "out of range" in p.stderr
