@@ -17,14 +17,15 @@ IMAGENET ?=
 SAMPLE   ?= ../shared/data/imagenet-sample
 PIPELINE := target/release/pipeline
 
-APT_PACKAGES := cmake nasm
+APT_PACKAGES := cmake nasm libopenblas-dev
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python build test lint unit e2e check-imagenet shards verify bench-shards clean
+.PHONY: setup setup-apt setup-python build test lint unit e2e check-imagenet shards stats verify bench-shards clean
 
 setup: setup-apt setup-python
 
-# cmake + nasm build the vendored libjpeg-turbo (SIMD) behind turbojpeg-sys.
+# cmake + nasm build the vendored libjpeg-turbo (SIMD) behind turbojpeg-sys;
+# libopenblas-dev is the LAPACK behind ndarray-linalg (stats).
 setup-apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -72,6 +73,10 @@ check-imagenet:
 
 shards: check-imagenet build
 	$(PIPELINE) shards --imagenet "$(IMAGENET)" --out "$(SHARDS)"
+
+# Mean image (mean.npy) and RGB PCA (stats.json) of the train split.
+stats: build
+	$(PIPELINE) stats --shards "$(SHARDS)"
 
 verify: build
 	$(PIPELINE) verify --shards "$(SHARDS)"

@@ -17,6 +17,8 @@ pub enum InspectError {
     Shard(#[from] ShardError),
     #[error("{0}")]
     NotFound(String),
+    #[error("zstd: {0}")]
+    Zstd(#[from] std::io::Error),
 }
 
 /// What `verify` found.
@@ -148,4 +150,37 @@ pub fn locate(
         ),
         Selector::Name(name) => format!("no record named {name} in the {} split", split.name()),
     }))
+}
+
+/// Single-thread zstd decompression rate (images/s) over up to `limit`
+/// records of the train split: the per-core ceiling that passes over the
+/// shards are measured against. Frames are read into memory first, so only
+/// decompression is timed.
+pub fn zstd_decompress_rate(
+    dir: &Path,
+    manifest: &Manifest,
+    limit: usize,
+) -> Result<f64, InspectError> {
+    let info = manifest
+        .split(Split::Train)
+        .ok_or_else(|| InspectError::NotFound("no train split".into()))?;
+    let mut frames = Vec::new();
+    'shards: for shard_info in &info.shards {
+        let shard = ShardReader::open(&dir.join(&shard_info.file))?;
+        for i in 0..shard.len() {
+            if frames.len() == limit {
+                break 'shards;
+            }
+            let mut frame = Vec::new();
+            shard.read_frame(i, &mut frame)?;
+            frames.push(frame);
+        }
+    }
+    let mut zstd = zstd::bulk::Decompressor::new()?;
+    let mut out = vec![0u8; manifest.image_len()];
+    let started = std::time::Instant::now();
+    for frame in &frames {
+        zstd.decompress_to_buffer(frame, &mut out)?;
+    }
+    Ok(frames.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }

@@ -8,6 +8,7 @@
 //! - [`manifest`]: what a shard folder holds.
 //! - [`make_shards`]: the `pipeline shards` run (plan, resume, parallel write).
 //! - [`inspect`]: `pipeline verify` and `pipeline export`.
+//! - [`stats`]: mean image and RGB PCA (`pipeline stats`).
 //! - [`rng`]: the seeded generator behind every order and augmentation.
 pub mod codec;
 pub mod ingest;
@@ -16,3 +17,4 @@ pub mod make_shards;
 pub mod manifest;
 pub mod rng;
 pub mod shard;
+pub mod stats;

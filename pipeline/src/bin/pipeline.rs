@@ -14,6 +14,7 @@ use pipeline::inspect::{self, Selector};
 use pipeline::make_shards::{make_shards, ShardsConfig};
 use pipeline::manifest::Manifest;
 use pipeline::shard::{PixelFilter, RecordDecoder};
+use pipeline::stats;
 
 /// ImageNet (ILSVRC-2012) from its JPEG tree to zstd shards for AlexNet.
 #[derive(Parser)]
@@ -36,6 +37,20 @@ enum Command {
     },
     /// Write one stored image as PNG and say what it is.
     Export(ExportArgs),
+    /// Compute the per-pixel mean image (mean.npy) and the RGB covariance with
+    /// its eigen pairs for PCA lighting (stats.json) over the train split.
+    Stats {
+        /// Shard folder (holds manifest.json); the outputs are written there.
+        #[arg(long, default_value = "shards")]
+        shards: PathBuf,
+        /// Worker threads [default: all cores].
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Also measure the single-thread zstd decompression rate of the same
+        /// shards and report the pass against threads x that ceiling.
+        #[arg(long)]
+        bench: bool,
+    },
 }
 
 #[derive(Args)]
@@ -110,6 +125,11 @@ fn main() -> ExitCode {
         Command::Shards(args) => run_shards(args),
         Command::Verify { shards } => run_verify(&shards),
         Command::Export(args) => run_export(args),
+        Command::Stats {
+            shards,
+            jobs,
+            bench,
+        } => run_stats(&shards, jobs, bench),
     };
     match result {
         Ok(code) => code,
@@ -177,15 +197,7 @@ fn run_verify(dir: &std::path::Path) -> Result<ExitCode> {
         .values()
         .map(|s| s.shards.len() as u64)
         .sum();
-    let progress = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(shards);
-        if let Ok(style) = ProgressStyle::with_template("{wide_bar} {pos}/{len} shards  {msg}") {
-            bar.set_style(style);
-        }
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let progress = bar(shards, "{wide_bar} {pos}/{len} shards  {msg}");
     let report = inspect::verify(dir, &progress)?;
     progress.finish_and_clear();
     for problem in &report.problems {
@@ -206,6 +218,68 @@ fn run_verify(dir: &std::path::Path) -> Result<ExitCode> {
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<ExitCode> {
+    let manifest = Manifest::load(dir)?;
+    let images = manifest.split(Split::Train).map_or(0, |s| s.images);
+    let threads =
+        jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("thread pool")?;
+    let progress = bar(
+        images,
+        "{wide_bar} {pos}/{len} images  {per_sec}  ETA {eta}",
+    );
+    let started = std::time::Instant::now();
+    let (stats, mean) = pool.install(|| stats::compute(dir, &progress))?;
+    let secs = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    stats::write(dir, &stats, &mean)?;
+    println!(
+        "{} images, {} pixels; channel mean (R, G, B) = ({:.3}, {:.3}, {:.3})",
+        stats.images,
+        stats.pixels,
+        stats.channel_mean[0],
+        stats.channel_mean[1],
+        stats.channel_mean[2]
+    );
+    println!("eigenvalue     eigenvector (R, G, B)");
+    for (value, vector) in stats.eigenvalues.iter().zip(&stats.eigenvectors) {
+        println!(
+            "{value:>10.3}     ({:>7.4}, {:>7.4}, {:>7.4})",
+            vector[0], vector[1], vector[2]
+        );
+    }
+    let rate = stats.images as f64 / secs.max(1e-9);
+    println!("{:.1} s, {rate:.0} images/s with {threads} threads", secs);
+    if bench {
+        let ceiling = pipeline::inspect::zstd_decompress_rate(dir, &manifest, 2000)?;
+        println!(
+            "single-thread zstd decompress: {ceiling:.0} images/s; pass = {:.0}% of {threads} x that",
+            100.0 * rate / (threads as f64 * ceiling)
+        );
+    }
+    println!(
+        "wrote {} and {}",
+        dir.join(stats::MEAN_FILE).display(),
+        dir.join(stats::STATS_FILE).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+fn bar(len: u64, template: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 fn run_export(args: ExportArgs) -> Result<ExitCode> {
