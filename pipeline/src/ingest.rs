@@ -121,18 +121,8 @@ pub fn discover_classes(root: &Path) -> Result<Vec<ClassInfo>, IngestError> {
     if !train.is_dir() {
         return Err(IngestError::NoTrain(root.to_owned()));
     }
-    let entries = std::fs::read_dir(&train).map_err(|source| IngestError::Io {
-        path: train.clone(),
-        source,
-    })?;
-    let mut wnids: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    // A folder we cannot list is still a class (its files are reported);
-    // `is_dir` follows links, so a dangling link is no class.
-    wnids.sort();
+    // A folder we cannot list is still a class (its files are reported).
+    let wnids = subfolders(&train)?;
     if wnids.is_empty() {
         return Err(IngestError::NoClasses(root.to_owned()));
     }
@@ -149,6 +139,22 @@ pub fn discover_classes(root: &Path) -> Result<Vec<ClassInfo>, IngestError> {
             wnid,
         })
         .collect())
+}
+
+/// Sorted names of the folders in `dir`. `is_dir` follows links, so a link to
+/// a folder counts and a dangling link does not.
+fn subfolders(dir: &Path) -> Result<Vec<String>, IngestError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| IngestError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// `n01440764 tench, Tinca tinca` per line.
@@ -276,24 +282,8 @@ pub fn list_val(
             })
     };
     let mut listing = SplitListing::default();
-    let has_subfolders = std::fs::read_dir(&val)
-        .map_err(|source| IngestError::Io {
-            path: val.clone(),
-            source,
-        })?
-        .filter_map(Result::ok)
-        .any(|e| e.path().is_dir());
-    if has_subfolders {
-        let mut wnids: Vec<String> = std::fs::read_dir(&val)
-            .map_err(|source| IngestError::Io {
-                path: val.clone(),
-                source,
-            })?
-            .filter_map(Result::ok)
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        wnids.sort();
+    let wnids = subfolders(&val)?;
+    if !wnids.is_empty() {
         for wnid in wnids {
             for (file, path, bytes) in list_files(&val.join(&wnid), &mut listing.unreadable) {
                 let name = format!("{wnid}/{file}");
