@@ -2,6 +2,7 @@
 //! dataset statistics, and the loader that feeds the trainer.
 //!
 //! Modules, one idea each:
+//! - [`atomic`]: files appear under their final name only when complete.
 //! - [`ingest`]: find the images of an ILSVRC tree and their labels.
 //! - [`codec`]: one source file -> one 256x256 RGB image (decode, resample).
 //! - [`shard`]: the shard file format (read and write).
@@ -10,6 +11,7 @@
 //! - [`inspect`]: `pipeline verify` and `pipeline export`.
 //! - [`stats`]: mean image and RGB PCA (`pipeline stats`).
 //! - [`rng`]: the seeded generator behind every order and augmentation.
+pub mod atomic;
 pub mod codec;
 pub mod ingest;
 pub mod inspect;

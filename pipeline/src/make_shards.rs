@@ -240,8 +240,7 @@ fn prepare_output(out: &Path) -> Result<(), MakeShardsError> {
     std::fs::write(&probe, b"").map_err(err)?;
     std::fs::remove_file(&probe).map_err(err)?;
     for entry in std::fs::read_dir(out).map_err(err)?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.ends_with(".partial") {
+        if crate::atomic::is_partial(&entry.file_name().to_string_lossy()) {
             std::fs::remove_file(entry.path()).map_err(err)?;
         }
     }

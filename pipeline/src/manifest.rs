@@ -93,17 +93,12 @@ impl Manifest {
     /// Writes `manifest.json` atomically (temporary file, then rename).
     pub fn write(&self, dir: &Path) -> Result<(), ManifestError> {
         let path = dir.join(FILE_NAME);
-        let temp = dir.join(format!(".{FILE_NAME}.partial"));
-        let io = |source| ManifestError::Io {
-            path: path.clone(),
-            source,
-        };
         let text = serde_json::to_string_pretty(self).map_err(|e| ManifestError::Invalid {
             path: path.clone(),
             detail: e.to_string(),
         })?;
-        std::fs::write(&temp, text + "\n").map_err(io)?;
-        std::fs::rename(&temp, &path).map_err(io)
+        crate::atomic::write(&path, (text + "\n").as_bytes())
+            .map_err(|source| ManifestError::Io { path, source })
     }
 
     pub fn split(&self, split: Split) -> Option<&SplitInfo> {

@@ -240,11 +240,7 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     pub fn create(final_path: &Path, header: ShardHeader) -> Result<Self, ShardError> {
-        let file_name = final_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp_path = final_path.with_file_name(format!(".{file_name}.partial"));
+        let temp_path = crate::atomic::partial_path(final_path);
         let file = File::create(&temp_path).map_err(io_err(&temp_path))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&header.to_bytes())

@@ -299,16 +299,10 @@ pub fn write(dir: &Path, stats: &Stats, mean: &[f32]) -> Result<(), StatsError> 
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StatsError> {
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let temp = path.with_file_name(format!(".{name}.partial"));
-    let io = |source| StatsError::Io {
+    crate::atomic::write(path, bytes).map_err(|source| StatsError::Io {
         path: path.to_owned(),
         source,
-    };
-    std::fs::write(&temp, bytes).map_err(io)?;
-    std::fs::rename(&temp, path).map_err(io)
+    })
 }
 
 /// An NPY 1.0 file of little-endian float32 in C order.
