@@ -130,7 +130,7 @@ pub fn make_shards(config: &ShardsConfig) -> Result<(Manifest, Summary), MakeSha
     }
     let mut summary = Summary::default();
     let classes = ingest::discover_classes(&config.imagenet)?;
-    let listings = list_splits(config, &classes, &mut summary)?;
+    let mut listings = list_splits(config, &classes, &mut summary)?;
     prepare_output(&config.out)?;
 
     let header = ShardHeader {
@@ -142,8 +142,13 @@ pub fn make_shards(config: &ShardsConfig) -> Result<(Manifest, Summary), MakeSha
         plan_id: 0,
     };
     let mut plans = Vec::new();
-    for (split, listing) in &listings {
-        plans.extend(plan_split(config, *split, listing.files.clone()));
+    for (split, listing) in &mut listings {
+        // The plans own the files from here; the listing keeps what it could not read.
+        plans.extend(plan_split(
+            config,
+            *split,
+            std::mem::take(&mut listing.files),
+        ));
     }
     let total: u64 = plans.iter().map(|p| p.files.len() as u64).sum();
     let progress = progress_bar(config.progress, total);
@@ -253,16 +258,20 @@ fn plan_split(config: &ShardsConfig, split: Split, mut files: Vec<SourceFile>) -
     if split == Split::Train {
         SplitMix64::new(config.seed).shuffle(&mut files);
     }
-    files
-        .chunks(config.shard_size)
-        .enumerate()
-        .map(|(index, chunk)| ShardPlan {
+    let mut files = files.into_iter();
+    let mut plans = Vec::new();
+    loop {
+        let chunk: Vec<SourceFile> = files.by_ref().take(config.shard_size).collect();
+        if chunk.is_empty() {
+            return plans;
+        }
+        plans.push(ShardPlan {
             split,
-            index,
-            plan_id: plan_id(config, split, chunk),
-            files: chunk.to_vec(),
-        })
-        .collect()
+            index: plans.len(),
+            plan_id: plan_id(config, split, &chunk),
+            files: chunk,
+        });
+    }
 }
 
 /// Everything a shard's bytes depend on.
