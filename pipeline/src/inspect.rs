@@ -1,6 +1,7 @@
 //! Looking into a shard folder: `pipeline verify` and `pipeline export`.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
@@ -40,10 +41,13 @@ pub fn verify(dir: &Path, progress: &ProgressBar) -> Result<VerifyReport, Inspec
         .flat_map(|s| s.shards.iter().map(|i| i.file.clone()))
         .collect();
     let image_len = manifest.image_len();
+    let found = AtomicUsize::new(0);
     let per_shard: Vec<(u64, Vec<String>)> = files
         .par_iter()
         .map(|file| {
-            let result = verify_shard(&dir.join(file), image_len, progress);
+            let result = verify_shard(&dir.join(file), image_len);
+            let so_far = found.fetch_add(result.1.len(), Ordering::Relaxed) + result.1.len();
+            progress.set_message(format!("{so_far} problems"));
             progress.inc(1);
             result
         })
@@ -59,7 +63,7 @@ pub fn verify(dir: &Path, progress: &ProgressBar) -> Result<VerifyReport, Inspec
     Ok(report)
 }
 
-fn verify_shard(path: &Path, image_len: usize, progress: &ProgressBar) -> (u64, Vec<String>) {
+fn verify_shard(path: &Path, image_len: usize) -> (u64, Vec<String>) {
     let shard = match ShardReader::open(path) {
         Ok(shard) => shard,
         Err(e) => return (0, vec![e.to_string()]),
@@ -84,7 +88,6 @@ fn verify_shard(path: &Path, image_len: usize, progress: &ProgressBar) -> (u64, 
             problems.push(e.to_string());
         }
     }
-    progress.set_message(format!("{} problems", problems.len()));
     (shard.len() as u64, problems)
 }
 
