@@ -5,6 +5,7 @@
 //! - [`atomic`]: files appear under their final name only when complete.
 //! - [`ingest`]: find the images of an ILSVRC tree and their labels.
 //! - [`codec`]: one source file -> one 256x256 RGB image (decode, resample).
+//! - [`delta`]: undoing the delta filter fast (SSSE3), for every read.
 //! - [`shard`]: the shard file format (read and write).
 //! - [`manifest`]: what a shard folder holds.
 //! - [`make_shards`]: the `pipeline shards` run (plan, resume, parallel write).
@@ -13,6 +14,7 @@
 //! - [`rng`]: the seeded generator behind every order and augmentation.
 pub mod atomic;
 pub mod codec;
+pub mod delta;
 pub mod ingest;
 pub mod inspect;
 pub mod make_shards;

@@ -86,11 +86,7 @@ impl PixelFilter {
     /// Undoes `apply` in place.
     pub fn undo(self, data: &mut [u8], row_len: usize, channels: usize) {
         if self == Self::Delta {
-            for row in data.chunks_exact_mut(row_len) {
-                for i in channels..row_len {
-                    row[i] = row[i].wrapping_add(row[i - channels]);
-                }
-            }
+            crate::delta::undo(data, row_len, channels);
         }
     }
 }
