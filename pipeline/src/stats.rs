@@ -66,6 +66,11 @@ struct Sums {
     images: u64,
     /// Per pixel and channel, HWC order.
     pixel: Vec<u64>,
+    /// Per-pixel sums of the last `recent_images` images, not yet in `pixel`.
+    /// Adding u8 into u16 lanes vectorises four times wider than into u64;
+    /// 257 images of 255 still fit in a u16.
+    recent: Vec<u16>,
+    recent_images: u32,
     /// r, g, b.
     channel: [u128; 3],
     /// rr, rg, rb, gg, gb, bb.
@@ -77,15 +82,21 @@ impl Sums {
         Self {
             images: 0,
             pixel: vec![0; len],
+            recent: vec![0; len],
+            recent_images: 0,
             channel: [0; 3],
             product: [0; 6],
         }
     }
 
     fn add_image(&mut self, px: &[u8]) {
+        if self.recent_images == RECENT_MAX {
+            self.flush();
+        }
         self.images += 1;
-        for (acc, &v) in self.pixel.iter_mut().zip(px) {
-            *acc += v as u64;
+        self.recent_images += 1;
+        for (acc, &v) in self.recent.iter_mut().zip(px) {
+            *acc += v as u16;
         }
         let (c, p) = channel_sums(px);
         for (acc, v) in self.channel.iter_mut().zip(c) {
@@ -96,7 +107,18 @@ impl Sums {
         }
     }
 
-    fn merge(mut self, other: Self) -> Self {
+    /// Moves the recent per-pixel sums into `pixel`.
+    fn flush(&mut self) {
+        for (acc, recent) in self.pixel.iter_mut().zip(&mut self.recent) {
+            *acc += *recent as u64;
+            *recent = 0;
+        }
+        self.recent_images = 0;
+    }
+
+    fn merge(mut self, mut other: Self) -> Self {
+        self.flush();
+        other.flush();
         self.images += other.images;
         for (a, b) in self.pixel.iter_mut().zip(&other.pixel) {
             *a += b;
@@ -111,13 +133,57 @@ impl Sums {
     }
 }
 
+/// Images whose per-pixel sums fit u16 lanes: 257 * 255 = 65,535.
+const RECENT_MAX: u32 = 257;
+
 /// One image's channel sums (r, g, b) and products (rr, rg, rb, gg, gb, bb).
-/// The plain loop vectorises well: 0.03 ms for a 256x256 image here, five
-/// times faster than a hand-blocked variant we measured against it. u64 lanes
-/// are safe for any image below 2^40 pixels.
+///
+/// A loop over pixels with nine accumulators does not vectorise. Instead we
+/// walk the interleaved bytes in blocks of 48 (16 pixels) and keep one u32
+/// accumulator per byte position for x, x*x, x*next and x*next-but-one;
+/// position j of a block is channel j % 3, so each lane maps to one sum, and
+/// the lanes that pair bytes of two different pixels are dropped. A lane adds
+/// at most 255^2 = 65,025 per block, so u32 lanes are safe for 65,536 blocks
+/// (1M pixels); larger images are summed in slices of that size. Measured on
+/// decoded sample images, one core: 0.09-0.14 ms an image, the plain pixel
+/// loop 0.17-0.21 ms.
 fn channel_sums(px: &[u8]) -> ([u64; 3], [u64; 6]) {
+    const BLOCK: usize = 48;
+    const MAX_BLOCKS: usize = 65_536; // 65,536 * 65,025 < 2^32
     let (mut c, mut p) = ([0u64; 3], [0u64; 6]);
-    for rgb in px.chunks_exact(3) {
+    let whole = px.len() / BLOCK * BLOCK;
+    for slice in px[..whole].chunks(BLOCK * MAX_BLOCKS) {
+        let (mut s, mut sq) = ([0u32; BLOCK], [0u32; BLOCK]);
+        let (mut next, mut next2) = ([0u32; BLOCK], [0u32; BLOCK]);
+        for block in slice.chunks_exact(BLOCK) {
+            let x: &[u8; BLOCK] = block.try_into().expect("48-byte block");
+            for j in 0..BLOCK {
+                let v = x[j] as u32;
+                s[j] += v;
+                sq[j] += v * v;
+            }
+            for j in 0..BLOCK - 1 {
+                next[j] += x[j] as u32 * x[j + 1] as u32;
+            }
+            for j in 0..BLOCK - 2 {
+                next2[j] += x[j] as u32 * x[j + 2] as u32;
+            }
+        }
+        for j in 0..BLOCK {
+            let ch = j % 3;
+            c[ch] += s[j] as u64;
+            p[[0, 3, 5][ch]] += sq[j] as u64; // rr, gg, bb
+            match ch {
+                0 => {
+                    p[1] += next[j] as u64; // r*g
+                    p[2] += next2[j] as u64; // r*b
+                }
+                1 => p[4] += next[j] as u64, // g*b
+                _ => {}                      // pairs across pixels
+            }
+        }
+    }
+    for rgb in px[whole..].chunks_exact(3) {
         let (r, g, b) = (rgb[0] as u64, rgb[1] as u64, rgb[2] as u64);
         c[0] += r;
         c[1] += g;
@@ -130,6 +196,27 @@ fn channel_sums(px: &[u8]) -> ([u64; 3], [u64; 6]) {
         p[5] += b * b;
     }
     (c, p)
+}
+
+/// Fewest records one thread takes at a time: enough to pay for a fresh
+/// accumulator (1.5 MB) and decoder.
+const RECORDS_PER_TASK: usize = 64;
+
+/// One thread's running sums with its decoder and pixel buffer.
+struct Partial {
+    sums: Sums,
+    decoder: RecordDecoder,
+    pixels: Vec<u8>,
+}
+
+impl Partial {
+    fn new(len: usize) -> Result<Self, StatsError> {
+        Ok(Self {
+            sums: Sums::new(len),
+            decoder: RecordDecoder::new().map_err(|e| StatsError::Data(format!("zstd: {e}")))?,
+            pixels: vec![0; len],
+        })
+    }
 }
 
 /// Reads the train split once and computes the statistics.
@@ -156,7 +243,7 @@ pub fn compute(dir: &Path, progress: &ProgressBar) -> Result<(Stats, Vec<f32>), 
         )));
     }
     let len = manifest.image_len();
-    let sums = split
+    let mut sums = split
         .shards
         .par_iter()
         .map(|info| {
@@ -174,17 +261,26 @@ pub fn compute(dir: &Path, progress: &ProgressBar) -> Result<(Stats, Vec<f32>), 
                     g.channels
                 )));
             }
-            let mut decoder = RecordDecoder::new().map_err(|e| StatsError::Data(e.to_string()))?;
-            let mut sums = Sums::new(len);
-            let mut px = vec![0u8; len];
-            for i in 0..shard.len() {
-                decoder.decode(&shard, i, &mut px, false)?;
-                sums.add_image(&px);
-                progress.inc(1);
-            }
-            Ok(sums)
+            // Records, not just shards, are spread over the threads: a split
+            // of fewer shards than threads must still use every core.
+            (0..shard.len())
+                .into_par_iter()
+                .with_min_len(RECORDS_PER_TASK)
+                .fold(
+                    || Partial::new(len),
+                    |partial, i| {
+                        let mut p = partial?;
+                        p.decoder.decode(&shard, i, &mut p.pixels, false)?;
+                        p.sums.add_image(&p.pixels);
+                        progress.inc(1);
+                        Ok(p)
+                    },
+                )
+                .map(|partial| partial.map(|p| p.sums))
+                .try_reduce(|| Sums::new(len), |a, b| Ok(a.merge(b)))
         })
         .try_reduce(|| Sums::new(len), |a, b| Ok(a.merge(b)))?;
+    sums.flush();
     let stats = finish(&sums, &manifest)?;
     let mean = sums
         .pixel
@@ -332,6 +428,7 @@ mod tests {
             .collect();
         let mut whole = Sums::new(12);
         images.iter().for_each(|im| whole.add_image(im));
+        whole.flush();
         let mut a = Sums::new(12);
         let mut b = Sums::new(12);
         images[..2].iter().for_each(|im| a.add_image(im));
@@ -342,6 +439,39 @@ mod tests {
             whole.pixel[0],
             images.iter().map(|im| im[0] as u64).sum::<u64>()
         );
+    }
+
+    #[test]
+    fn pixel_sums_stay_exact_past_the_u16_flush_point() {
+        // 600 white images: 153,000 per pixel, far beyond u16, through two
+        // automatic flushes and the final one.
+        let mut sums = Sums::new(6);
+        for _ in 0..600 {
+            sums.add_image(&[255; 6]);
+        }
+        sums.flush();
+        assert_eq!(sums.pixel, [600 * 255; 6]);
+        assert_eq!(sums.images, 600);
+    }
+
+    #[test]
+    fn blocked_channel_sums_equal_the_plain_loop() {
+        // 16 pixels make one block; 23 pixels leave a remainder.
+        for pixels in [1usize, 16, 23, 4096] {
+            let px: Vec<u8> = (0..pixels * 3).map(|i| (i * 97 % 251) as u8).collect();
+            let (mut c, mut p) = ([0u64; 3], [0u64; 6]);
+            for rgb in px.chunks_exact(3) {
+                let [r, g, b] = [rgb[0], rgb[1], rgb[2]].map(u64::from);
+                c = [c[0] + r, c[1] + g, c[2] + b];
+                let q = [r * r, r * g, r * b, g * g, g * b, b * b];
+                p = std::array::from_fn(|i| p[i] + q[i]);
+            }
+            assert_eq!(channel_sums(&px), (c, p), "{pixels} pixels");
+        }
+        let white = vec![255u8; 256 * 256 * 3];
+        let (c, p) = channel_sums(&white);
+        assert_eq!(c, [255 * 65536; 3]);
+        assert_eq!(p, [65025 * 65536; 6]);
     }
 
     #[test]
