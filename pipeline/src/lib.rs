@@ -11,6 +11,7 @@
 //! - [`make_shards`]: the `pipeline shards` run (plan, resume, parallel write).
 //! - [`inspect`]: `pipeline verify` and `pipeline export`.
 //! - [`stats`]: mean image and RGB PCA (`pipeline stats`).
+//! - [`sampler`]: which records make which batch, per epoch and rank.
 //! - [`rng`]: the seeded generator behind every order and augmentation.
 pub mod atomic;
 pub mod codec;
@@ -20,5 +21,6 @@ pub mod inspect;
 pub mod make_shards;
 pub mod manifest;
 pub mod rng;
+pub mod sampler;
 pub mod shard;
 pub mod stats;
