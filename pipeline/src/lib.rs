@@ -2,6 +2,7 @@
 //! dataset statistics, and the loader that feeds the trainer.
 //!
 //! Modules, one idea each:
+//! - [`augment`]: crops, mirrors, PCA lighting and mean (paper 4.1).
 //! - [`atomic`]: files appear under their final name only when complete.
 //! - [`ingest`]: find the images of an ILSVRC tree and their labels.
 //! - [`codec`]: one source file -> one 256x256 RGB image (decode, resample).
@@ -14,6 +15,7 @@
 //! - [`sampler`]: which records make which batch, per epoch and rank.
 //! - [`rng`]: the seeded generator behind every order and augmentation.
 pub mod atomic;
+pub mod augment;
 pub mod codec;
 pub mod delta;
 pub mod ingest;

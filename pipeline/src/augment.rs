@@ -1,0 +1,345 @@
+//! What a network sees of a stored image (paper section 4.1).
+//!
+//! Training: a random `crop x crop` window (offsets uniform in
+//! 0..=side-crop), mirrored with probability 1/2, plus PCA lighting: every
+//! pixel gets `sum_i alpha_i * lambda_i * p_i` added, with alpha_i ~ N(0, 0.1)
+//! drawn per image each time it is used, lambda_i / p_i the eigenvalues /
+//! eigenvectors of the RGB covariance (stats.json); then the per-pixel mean
+//! image (mean.npy), cropped and mirrored like the image, is subtracted.
+//! Evaluation: the centre window, or ten: 4 corners + centre, and mirrors.
+//!
+//! A `View` is the parameters of one crop. Two hand-over forms: float32 CHW
+//! with everything applied (`to_f32_chw`), or the uint8 HWC crop with the
+//! mirror applied (`crop_u8`) plus its View, from which the trainer can apply
+//! mean and lighting on the GPU from 4x fewer bytes. `u8_crop_to_f32_chw`
+//! does that on the CPU and gives the same floats, bit for bit (tested).
+
+use crate::rng::SplitMix64;
+use crate::stats::Stats;
+
+/// One crop of a stored image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct View {
+    /// Top-left corner of the window in the stored image.
+    pub x: u16,
+    pub y: u16,
+    /// Mirrored left-right.
+    pub flip: bool,
+    /// RGB offset added to every pixel (PCA lighting; zero at evaluation).
+    pub light: [f32; 3],
+}
+
+/// The PCA lighting of the paper.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lighting {
+    pub eigenvalues: [f32; 3],
+    /// `eigenvectors[i]` belongs to `eigenvalues[i]`.
+    pub eigenvectors: [[f32; 3]; 3],
+    /// Standard deviation of the alphas (0.1 in the paper).
+    pub std: f32,
+}
+
+impl Lighting {
+    pub fn from_stats(stats: &Stats, std: f32) -> Self {
+        Self {
+            eigenvalues: stats.eigenvalues.map(|v| v as f32),
+            eigenvectors: stats.eigenvectors.map(|v| v.map(|x| x as f32)),
+            std,
+        }
+    }
+
+    /// The RGB offset for one draw of the alphas.
+    pub fn offset(&self, alpha: [f32; 3]) -> [f32; 3] {
+        std::array::from_fn(|c| {
+            (0..3)
+                .map(|i| alpha[i] * self.eigenvalues[i] * self.eigenvectors[i][c])
+                .sum()
+        })
+    }
+
+    pub fn draw(&self, rng: &mut SplitMix64) -> [f32; 3] {
+        let alpha = std::array::from_fn(|_| (rng.normal() * self.std as f64) as f32);
+        self.offset(alpha)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Random crop, mirror and lighting.
+    Train,
+    /// The centre window.
+    Center,
+    /// Four corners and centre, and their mirrors, kept together per image.
+    Tencrop,
+}
+
+impl Mode {
+    pub fn views_per_image(self) -> usize {
+        match self {
+            Self::Tencrop => 10,
+            _ => 1,
+        }
+    }
+}
+
+/// The views of one image. `side` is the stored size, `crop` the window.
+pub fn views(
+    mode: Mode,
+    side: usize,
+    crop: usize,
+    lighting: Option<&Lighting>,
+    rng: &mut SplitMix64,
+) -> Vec<View> {
+    let slack = (side - crop) as u16;
+    let plain = |x: u16, y: u16, flip: bool| View {
+        x,
+        y,
+        flip,
+        light: [0.0; 3],
+    };
+    match mode {
+        Mode::Train => {
+            let x = rng.below(slack as u64 + 1) as u16;
+            let y = rng.below(slack as u64 + 1) as u16;
+            let flip = rng.next_u64() >> 63 == 1;
+            let light = lighting.map_or([0.0; 3], |l| l.draw(rng));
+            vec![View { x, y, flip, light }]
+        }
+        Mode::Center => vec![plain(slack / 2, slack / 2, false)],
+        Mode::Tencrop => {
+            let corners = [
+                (0, 0),
+                (slack, 0),
+                (0, slack),
+                (slack, slack),
+                (slack / 2, slack / 2),
+            ];
+            [false, true]
+                .into_iter()
+                .flat_map(|flip| corners.map(|(x, y)| plain(x, y, flip)))
+                .collect()
+        }
+    }
+}
+
+/// Source column of output column `col` of a view.
+#[inline]
+fn source_x(view: &View, crop: usize, col: usize) -> usize {
+    if view.flip {
+        view.x as usize + crop - 1 - col
+    } else {
+        view.x as usize + col
+    }
+}
+
+/// Copies the window of `view` (mirrored if asked) from the stored image
+/// `src` (side x side x 3, HWC) into `dst` (crop x crop x 3, HWC).
+pub fn crop_u8(src: &[u8], side: usize, view: &View, crop: usize, dst: &mut [u8]) {
+    for row in 0..crop {
+        let src_row = &src[((view.y as usize + row) * side + view.x as usize) * 3..][..crop * 3];
+        let dst_row = &mut dst[row * crop * 3..][..crop * 3];
+        if view.flip {
+            for (d, s) in dst_row
+                .chunks_exact_mut(3)
+                .zip(src_row.chunks_exact(3).rev())
+            {
+                d.copy_from_slice(s);
+            }
+        } else {
+            dst_row.copy_from_slice(src_row);
+        }
+    }
+}
+
+/// The float32 hand-over: `(pixel - mean) + light` in CHW order, from the
+/// stored image `src` and the per-pixel `mean` (both side x side x 3, HWC).
+pub fn to_f32_chw(
+    src: &[u8],
+    mean: &[f32],
+    side: usize,
+    view: &View,
+    crop: usize,
+    dst: &mut [f32],
+) {
+    let plane = crop * crop;
+    for row in 0..crop {
+        let base = (view.y as usize + row) * side;
+        for col in 0..crop {
+            let s = (base + source_x(view, crop, col)) * 3;
+            for c in 0..3 {
+                dst[c * plane + row * crop + col] =
+                    (src[s + c] as f32 - mean[s + c]) + view.light[c];
+            }
+        }
+    }
+}
+
+/// Applies a view's mean and lighting to its uint8 crop (the second
+/// hand-over form): the same floats as `to_f32_chw` on the stored image.
+pub fn u8_crop_to_f32_chw(
+    crop_px: &[u8],
+    mean: &[f32],
+    side: usize,
+    view: &View,
+    crop: usize,
+    dst: &mut [f32],
+) {
+    let plane = crop * crop;
+    for row in 0..crop {
+        let base = (view.y as usize + row) * side;
+        for col in 0..crop {
+            let m = (base + source_x(view, crop, col)) * 3;
+            let p = (row * crop + col) * 3;
+            for c in 0..3 {
+                dst[c * plane + row * crop + col] =
+                    (crop_px[p + c] as f32 - mean[m + c]) + view.light[c];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIDE: usize = 8;
+    const CROP: usize = 5;
+
+    fn image() -> Vec<u8> {
+        (0..SIDE * SIDE * 3).map(|i| (i * 7 % 256) as u8).collect()
+    }
+
+    fn mean() -> Vec<f32> {
+        (0..SIDE * SIDE * 3)
+            .map(|i| (i % 13) as f32 * 0.5)
+            .collect()
+    }
+
+    /// The plain definition, index by index, for comparison.
+    fn reference(src: &[u8], mean: &[f32], view: &View) -> Vec<f32> {
+        let mut out = vec![0f32; 3 * CROP * CROP];
+        for c in 0..3 {
+            for y in 0..CROP {
+                for x in 0..CROP {
+                    let sx = if view.flip {
+                        view.x as usize + CROP - 1 - x
+                    } else {
+                        view.x as usize + x
+                    };
+                    let i = ((view.y as usize + y) * SIDE + sx) * 3 + c;
+                    out[(c * CROP + y) * CROP + x] = (src[i] as f32 - mean[i]) + view.light[c];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn both_hand_over_forms_agree_with_the_definition() {
+        let (src, mean) = (image(), mean());
+        let mut rng = SplitMix64::new(1);
+        let lighting = Lighting {
+            eigenvalues: [3.0, 2.0, 1.0],
+            eigenvectors: [[0.6, 0.6, 0.52], [0.7, 0.0, -0.7], [-0.4, 0.8, -0.4]],
+            std: 0.1,
+        };
+        for _ in 0..50 {
+            let view = views(Mode::Train, SIDE, CROP, Some(&lighting), &mut rng)[0];
+            let want = reference(&src, &mean, &view);
+            let mut direct = vec![0f32; want.len()];
+            to_f32_chw(&src, &mean, SIDE, &view, CROP, &mut direct);
+            assert_eq!(direct, want);
+            let mut crop = vec![0u8; CROP * CROP * 3];
+            crop_u8(&src, SIDE, &view, CROP, &mut crop);
+            let mut from_u8 = vec![0f32; want.len()];
+            u8_crop_to_f32_chw(&crop, &mean, SIDE, &view, CROP, &mut from_u8);
+            assert_eq!(from_u8, want, "bit for bit");
+        }
+    }
+
+    #[test]
+    fn train_views_cover_every_offset_and_flip_half_the_time() {
+        let mut rng = SplitMix64::new(2);
+        let mut xs = [0u32; SIDE - CROP + 1];
+        let mut flips = 0;
+        let n = 30_000;
+        for _ in 0..n {
+            let v = views(Mode::Train, SIDE, CROP, None, &mut rng)[0];
+            xs[v.x as usize] += 1;
+            flips += v.flip as u32;
+            assert!(v.y as usize <= SIDE - CROP);
+            assert_eq!(v.light, [0.0; 3]);
+        }
+        for count in xs {
+            assert!((7_000..8_000).contains(&count), "{xs:?}");
+        }
+        assert!((14_400..15_600).contains(&flips), "{flips}");
+    }
+
+    #[test]
+    fn ten_crop_is_corners_centre_and_mirrors() {
+        let v = views(Mode::Tencrop, 256, 224, None, &mut SplitMix64::new(0));
+        let corners: Vec<(u16, u16, bool)> = v.iter().map(|v| (v.x, v.y, v.flip)).collect();
+        assert_eq!(
+            corners,
+            [
+                (0, 0, false),
+                (32, 0, false),
+                (0, 32, false),
+                (32, 32, false),
+                (16, 16, false),
+                (0, 0, true),
+                (32, 0, true),
+                (0, 32, true),
+                (32, 32, true),
+                (16, 16, true),
+            ]
+        );
+        let c = views(Mode::Center, 256, 224, None, &mut SplitMix64::new(0));
+        assert_eq!((c[0].x, c[0].y, c[0].flip), (16, 16, false));
+    }
+
+    #[test]
+    fn lighting_offsets_have_the_paper_covariance() {
+        // Offsets are sum_i alpha_i lambda_i p_i with alpha_i ~ N(0, s^2): their
+        // covariance is sum_i (s lambda_i)^2 p_i p_i^T.
+        let r = std::f32::consts::FRAC_1_SQRT_2;
+        let lighting = Lighting {
+            eigenvalues: [30.0, 10.0, 5.0],
+            eigenvectors: [[r, r, 0.0], [r, -r, 0.0], [0.0, 0.0, 1.0]],
+            std: 0.1,
+        };
+        let mut rng = SplitMix64::new(9);
+        let n = 100_000;
+        let draws: Vec<[f32; 3]> = (0..n).map(|_| lighting.draw(&mut rng)).collect();
+        let want: [[f64; 3]; 3] = std::array::from_fn(|a| {
+            std::array::from_fn(|b| {
+                (0..3)
+                    .map(|i| {
+                        let s = 0.1 * lighting.eigenvalues[i] as f64;
+                        let p = lighting.eigenvectors[i];
+                        s * s * p[a] as f64 * p[b] as f64
+                    })
+                    .sum()
+            })
+        });
+        for a in 0..3 {
+            let mean: f64 = draws.iter().map(|d| d[a] as f64).sum::<f64>() / n as f64;
+            assert!(
+                mean.abs() < 6.0 * (want[a][a] / n as f64).sqrt(),
+                "mean {mean}"
+            );
+            for b in 0..3 {
+                let cov: f64 =
+                    draws.iter().map(|d| d[a] as f64 * d[b] as f64).sum::<f64>() / n as f64;
+                // Six standard errors of a Gaussian sample covariance.
+                let se = ((want[a][a] * want[b][b] + want[a][b].powi(2)) / n as f64).sqrt();
+                assert!(
+                    (cov - want[a][b]).abs() < 6.0 * se,
+                    "cov[{a}][{b}] {cov} vs {}",
+                    want[a][b]
+                );
+            }
+        }
+    }
+}
