@@ -10,6 +10,7 @@
 //! - [`shard`]: the shard file format (read and write).
 //! - [`manifest`]: what a shard folder holds.
 //! - [`make_shards`]: the `pipeline shards` run (plan, resume, parallel write).
+//! - [`loader`]: the multithreaded prefetching loader.
 //! - [`inspect`]: `pipeline verify` and `pipeline export`.
 //! - [`stats`]: mean image and RGB PCA (`pipeline stats`).
 //! - [`sampler`]: which records make which batch, per epoch and rank.
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod delta;
 pub mod ingest;
 pub mod inspect;
+pub mod loader;
 pub mod make_shards;
 pub mod manifest;
 pub mod rng;

@@ -410,6 +410,44 @@ pub fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     out
 }
 
+/// Reads an NPY file written by `npy_f32` (or numpy: little-endian float32,
+/// C order) and checks its shape.
+pub fn read_npy_f32(path: &Path, shape: &[usize]) -> Result<Vec<f32>, StatsError> {
+    let bytes = std::fs::read(path).map_err(|source| StatsError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let bad = |detail: &str| StatsError::Data(format!("{}: {detail}", path.display()));
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" || bytes[6] != 1 {
+        return Err(bad("not an NPY 1.x file"));
+    }
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(
+        bytes
+            .get(10..10 + header_len)
+            .ok_or_else(|| bad("short header"))?,
+    )
+    .map_err(|_| bad("header is not text"))?;
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    if !header.contains("'descr': '<f4'")
+        || !header.contains("'fortran_order': False")
+        || !header.contains(&format!("'shape': ({})", dims.join(", ")))
+    {
+        return Err(bad(&format!(
+            "expected float32 of shape {shape:?}, header says {}",
+            header.trim()
+        )));
+    }
+    let data = &bytes[10 + header_len..];
+    if data.len() != shape.iter().product::<usize>() * 4 {
+        return Err(bad("data length does not match the shape"));
+    }
+    Ok(data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,6 +547,20 @@ mod tests {
         let (c, p) = channel_sums(&white);
         assert_eq!(c, [255 * 65536; 3]);
         assert_eq!(p, [65025 * 65536; 6]);
+    }
+
+    #[test]
+    fn npy_round_trip_and_shape_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.npy");
+        let data: Vec<f32> = (0..18).map(|i| i as f32 / 3.0).collect();
+        std::fs::write(&path, npy_f32(&[2, 3, 3], &data)).expect("write");
+        assert_eq!(read_npy_f32(&path, &[2, 3, 3]).expect("read"), data);
+        let err = read_npy_f32(&path, &[3, 2, 3]).expect_err("shape");
+        assert!(
+            err.to_string().contains("m.npy: expected float32 of shape"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,0 +1,731 @@
+//! The prefetching loader: batches of augmented crops from a shard folder.
+//!
+//! Design (after FFCV's loader): the sampler fixes the epoch's batches up
+//! front; the consumer hands out batch jobs, at most `prefetch` ahead of the
+//! batch it is waiting for; each of `threads` workers builds whole batches
+//! (read frame, decompress, undo filter, crop/mirror/light straight into the
+//! batch buffer) and returns them over a crossbeam channel; the consumer puts
+//! them back in order. Every image's random draws come from (seed, epoch,
+//! rank, position), so batches are identical for any thread count.
+//!
+//! Memory is bounded by configuration: at most `prefetch` batches exist
+//! besides the ones the caller holds, and their buffers are recycled when a
+//! `Batch` is dropped. Dropping the loader stops and joins every worker. A
+//! worker's error, or panic, reaches the caller as that batch's error.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::augment::{self, Lighting, Mode, View};
+use crate::ingest::Split;
+use crate::manifest::{Manifest, ManifestError};
+use crate::rng::SplitMix64;
+use crate::sampler::{mix, Order, RecordId, Sampler, SamplerError};
+use crate::shard::{RecordDecoder, ShardError, ShardReader};
+use crate::stats::{self, Stats, StatsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error(transparent)]
+    Stats(#[from] StatsError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error("{0}")]
+    Config(String),
+    #[error("loader worker failed: {0}")]
+    Worker(String),
+}
+
+/// How batches are handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// uint8 HWC crops (mirror applied) plus each view's parameters: the
+    /// trainer subtracts the mean and adds the lighting on the GPU.
+    U8,
+    /// float32 CHW with mean and lighting applied.
+    F32,
+}
+
+/// The open shards of one split, with the statistics the transforms need.
+pub struct Dataset {
+    shards: Vec<ShardReader>,
+    side: usize,
+    mean: Option<Vec<f32>>,
+    stats: Option<Stats>,
+    pub manifest: Manifest,
+}
+
+impl Dataset {
+    /// Opens `split` of the shard folder `dir`; reads mean.npy and
+    /// stats.json when they are there (`pipeline stats` writes them).
+    pub fn open(dir: &Path, split: Split) -> Result<Self, LoaderError> {
+        let manifest = Manifest::load(dir)?;
+        let info = manifest.split(split).ok_or_else(|| {
+            LoaderError::Config(format!("{}: no {} split", dir.display(), split.name()))
+        })?;
+        let g = manifest.geometry;
+        if g.height != g.width || g.channels != 3 {
+            return Err(LoaderError::Config(format!(
+                "{}: images are {}x{}x{}; the loader takes square RGB",
+                dir.display(),
+                g.height,
+                g.width,
+                g.channels
+            )));
+        }
+        let shards = info
+            .shards
+            .iter()
+            .map(|s| ShardReader::open(&dir.join(&s.file)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let side = g.width as usize;
+        let stats_path = dir.join(stats::STATS_FILE);
+        let stats = if stats_path.is_file() {
+            let text = std::fs::read_to_string(&stats_path).map_err(|source| StatsError::Io {
+                path: stats_path.clone(),
+                source,
+            })?;
+            Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| LoaderError::Config(format!("{}: {e}", stats_path.display())))?,
+            )
+        } else {
+            None
+        };
+        let mean_path = dir.join(stats::MEAN_FILE);
+        let mean = if mean_path.is_file() {
+            Some(stats::read_npy_f32(&mean_path, &[side, side, 3])?)
+        } else {
+            None
+        };
+        Ok(Self {
+            shards,
+            side,
+            mean,
+            stats,
+            manifest,
+        })
+    }
+
+    pub fn side(&self) -> usize {
+        self.side
+    }
+
+    pub fn shard_lens(&self) -> Vec<u32> {
+        self.shards.iter().map(|s| s.len() as u32).collect()
+    }
+
+    pub fn mean(&self) -> Option<&[f32]> {
+        self.mean.as_deref()
+    }
+
+    pub fn label(&self, id: RecordId) -> u32 {
+        self.shards[id.shard as usize].records()[id.index as usize].label
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub threads: usize,
+    /// Batches in flight ahead of the one the caller waits for.
+    pub prefetch: usize,
+    pub mode: Mode,
+    pub output: Output,
+    /// Side of the crop (224 in the paper).
+    pub crop: usize,
+    pub seed: u64,
+    pub order: Order,
+    pub rank: usize,
+    pub world: usize,
+    pub drop_last: bool,
+    /// Check every record's pixel checksum as it is read.
+    pub verify: bool,
+    /// Standard deviation of the PCA lighting alphas (0.1; 0 turns it off).
+    pub lighting_std: f32,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            batch_size: 128,
+            threads,
+            prefetch: 2 * threads,
+            mode: Mode::Train,
+            output: Output::U8,
+            crop: 224,
+            seed: 0,
+            order: Order::Random,
+            rank: 0,
+            world: 1,
+            drop_last: false,
+            verify: false,
+            lighting_std: 0.1,
+        }
+    }
+}
+
+/// The pixels of a batch.
+#[derive(Debug)]
+pub enum BatchData {
+    /// views x crop x crop x 3.
+    U8(Vec<u8>),
+    /// views x 3 x crop x crop.
+    F32(Vec<f32>),
+}
+
+/// One batch. Its buffer goes back to the loader when it is dropped.
+pub struct Batch {
+    pub epoch: u64,
+    /// Position in the epoch (counting from batch 0, also when resumed).
+    pub index: usize,
+    pub records: Vec<RecordId>,
+    pub labels: Vec<u32>,
+    /// `views_per_image` views per record, record by record.
+    pub views: Vec<View>,
+    pub views_per_image: usize,
+    pub data: BatchData,
+    recycle: Option<Sender<BatchData>>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(recycle) = self.recycle.take() {
+            let data = std::mem::replace(&mut self.data, BatchData::U8(Vec::new()));
+            let _ = recycle.try_send(data); // a full pool just frees it
+        }
+    }
+}
+
+type Job = (usize, Vec<RecordId>);
+type Done = (usize, Result<Batch, LoaderError>);
+
+/// Batches of one epoch, in order. Iterate it; drop it to stop.
+pub struct Loader {
+    batches: Vec<Vec<RecordId>>,
+    next: usize,
+    issued: usize,
+    prefetch: usize,
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    ready: BTreeMap<usize, Result<Batch, LoaderError>>,
+    workers: Vec<JoinHandle<()>>,
+    live: Arc<AtomicUsize>,
+}
+
+/// What every worker shares.
+struct Shared {
+    dataset: Arc<Dataset>,
+    config: LoaderConfig,
+    lighting: Option<Lighting>,
+    epoch: u64,
+    recycle_tx: Sender<BatchData>,
+    recycle_rx: Receiver<BatchData>,
+}
+
+impl Loader {
+    /// The batches of `epoch` for this rank, from `start_batch` on.
+    pub fn new(
+        dataset: Arc<Dataset>,
+        config: LoaderConfig,
+        epoch: u64,
+        start_batch: usize,
+    ) -> Result<Self, LoaderError> {
+        if config.threads == 0 || config.prefetch == 0 || config.crop > dataset.side {
+            return Err(LoaderError::Config(format!(
+                "threads and prefetch must be at least 1 and the crop ({}) at most the stored side ({})",
+                config.crop, dataset.side
+            )));
+        }
+        let lighting = lighting_for(&dataset, &config)?;
+        if config.output == Output::F32 && dataset.mean.is_none() {
+            return Err(LoaderError::Config(
+                "float32 output subtracts the mean image: run `pipeline stats` first (no mean.npy)"
+                    .into(),
+            ));
+        }
+        let sampler = Sampler::new(
+            dataset.shard_lens(),
+            config.seed,
+            config.order,
+            (config.rank, config.world),
+            config.batch_size,
+            config.drop_last,
+        )?;
+        let batches = sampler.batches(epoch, 0);
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+        let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(config.prefetch + config.threads);
+        let shared = Arc::new(Shared {
+            dataset,
+            lighting,
+            epoch,
+            recycle_tx,
+            recycle_rx,
+            config: config.clone(),
+        });
+        let live = Arc::new(AtomicUsize::new(0));
+        let workers = (0..config.threads)
+            .map(|i| {
+                let (shared, jobs, done, live) = (
+                    shared.clone(),
+                    jobs_rx.clone(),
+                    done_tx.clone(),
+                    live.clone(),
+                );
+                live.fetch_add(1, Ordering::SeqCst);
+                std::thread::Builder::new()
+                    .name(format!("loader-{i}"))
+                    .spawn(move || {
+                        worker(&shared, &jobs, &done);
+                        live.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .map_err(|e| LoaderError::Worker(format!("cannot start a thread: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut loader = Self {
+            next: start_batch.min(batches.len()),
+            issued: start_batch.min(batches.len()),
+            batches,
+            prefetch: config.prefetch,
+            jobs: Some(jobs_tx),
+            done: done_rx,
+            ready: BTreeMap::new(),
+            workers,
+            live,
+        };
+        loader.issue();
+        Ok(loader)
+    }
+
+    /// Batches left in this epoch.
+    pub fn remaining(&self) -> usize {
+        self.batches.len() - self.next
+    }
+
+    /// Worker threads still running (for tests of shutdown).
+    pub fn live_workers(&self) -> Arc<AtomicUsize> {
+        self.live.clone()
+    }
+
+    /// Hands out jobs up to `prefetch` ahead of the batch awaited.
+    fn issue(&mut self) {
+        let Some(jobs) = &self.jobs else { return };
+        while self.issued < self.batches.len() && self.issued < self.next + self.prefetch {
+            let job = (self.issued, self.batches[self.issued].clone());
+            if jobs.send(job).is_err() {
+                return;
+            }
+            self.issued += 1;
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch, LoaderError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.batches.len() {
+            return None;
+        }
+        let result = loop {
+            if let Some(result) = self.ready.remove(&self.next) {
+                break result;
+            }
+            match self.done.recv() {
+                Ok((index, result)) => {
+                    self.ready.insert(index, result);
+                }
+                Err(_) => break Err(LoaderError::Worker("every worker has stopped".into())),
+            }
+        };
+        self.next += 1;
+        self.issue();
+        Some(result)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.jobs = None; // workers see the channel close and return
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn lighting_for(dataset: &Dataset, config: &LoaderConfig) -> Result<Option<Lighting>, LoaderError> {
+    if config.mode != Mode::Train || config.lighting_std == 0.0 {
+        return Ok(None);
+    }
+    let stats = dataset.stats.as_ref().ok_or_else(|| {
+        LoaderError::Config(
+            "PCA lighting needs the RGB eigen pairs: run `pipeline stats` first (no stats.json), \
+             or set the lighting std to 0"
+                .into(),
+        )
+    })?;
+    Ok(Some(Lighting::from_stats(stats, config.lighting_std)))
+}
+
+fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
+    let mut decoder = match RecordDecoder::new() {
+        Ok(d) => d,
+        Err(e) => {
+            // Report on every job we take, so that no batch is waited for in vain.
+            for (index, _) in jobs.iter() {
+                let _ = done.send((index, Err(LoaderError::Worker(format!("zstd: {e}")))));
+            }
+            return;
+        }
+    };
+    let mut image = vec![0u8; shared.dataset.side * shared.dataset.side * 3];
+    for (index, records) in jobs.iter() {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            build_batch(shared, &mut decoder, &mut image, index, records)
+        }))
+        .unwrap_or_else(|panic| {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            Err(LoaderError::Worker(text))
+        });
+        if done.send((index, result)).is_err() {
+            return;
+        }
+    }
+}
+
+fn build_batch(
+    shared: &Shared,
+    decoder: &mut RecordDecoder,
+    image: &mut [u8],
+    index: usize,
+    records: Vec<RecordId>,
+) -> Result<Batch, LoaderError> {
+    let config = &shared.config;
+    let dataset = &shared.dataset;
+    let (side, crop) = (dataset.side, config.crop);
+    let per_image = config.mode.views_per_image();
+    let views_total = records.len() * per_image;
+    let mut data = take_buffer(shared, views_total * crop * crop * 3);
+    let mut views = Vec::with_capacity(views_total);
+    let mut labels = Vec::with_capacity(records.len());
+    let epoch_seed = mix(mix(config.seed, shared.epoch), config.rank as u64);
+    for (i, &id) in records.iter().enumerate() {
+        let shard = &dataset.shards[id.shard as usize];
+        decoder.decode(shard, id.index as usize, image, config.verify)?;
+        labels.push(shard.records()[id.index as usize].label);
+        let position = (index * config.batch_size + i) as u64;
+        let mut rng = SplitMix64::new(mix(epoch_seed, position));
+        for view in augment::views(config.mode, side, crop, shared.lighting.as_ref(), &mut rng) {
+            let slot = views.len() * crop * crop * 3;
+            match &mut data {
+                BatchData::U8(d) => {
+                    augment::crop_u8(image, side, &view, crop, &mut d[slot..][..crop * crop * 3])
+                }
+                BatchData::F32(d) => {
+                    let mean = dataset.mean.as_deref().unwrap_or_default();
+                    augment::to_f32_chw(
+                        image,
+                        mean,
+                        side,
+                        &view,
+                        crop,
+                        &mut d[slot..][..crop * crop * 3],
+                    );
+                }
+            }
+            views.push(view);
+        }
+    }
+    Ok(Batch {
+        epoch: shared.epoch,
+        index,
+        records,
+        labels,
+        views,
+        views_per_image: per_image,
+        data,
+        recycle: Some(shared.recycle_tx.clone()),
+    })
+}
+
+/// A recycled buffer of the right kind, or a new one; sized to `len` values.
+fn take_buffer(shared: &Shared, len: usize) -> BatchData {
+    let wanted_f32 = shared.config.output == Output::F32;
+    let mut data = match shared.recycle_rx.try_recv() {
+        Ok(data) => data,
+        Err(_) if wanted_f32 => BatchData::F32(Vec::new()),
+        Err(_) => BatchData::U8(Vec::new()),
+    };
+    match &mut data {
+        BatchData::U8(v) if !wanted_f32 => v.resize(len, 0),
+        BatchData::F32(v) if wanted_f32 => v.resize(len, 0.0),
+        _ => {
+            data = if wanted_f32 {
+                BatchData::F32(vec![0.0; len])
+            } else {
+                BatchData::U8(vec![0; len])
+            }
+        }
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::PreprocessOptions;
+    use crate::make_shards::{make_shards, ShardsConfig};
+
+    const SIDE: usize = 32;
+    const CROP: usize = 24;
+
+    /// A shard folder of 3 classes x 9 textured PNGs (side 32), with stats.
+    fn dataset() -> (tempfile::TempDir, Arc<Dataset>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for class in 0..3u32 {
+            let d = dir.path().join("tree/train").join(format!("n{class}"));
+            std::fs::create_dir_all(&d).expect("mkdir");
+            for k in 0..9u32 {
+                let img = image::RgbImage::from_fn(40, 32, |x, y| {
+                    image::Rgb([
+                        (x * 6 + k * 9) as u8,
+                        (y * 7 + class * 50) as u8,
+                        ((x ^ y) * 5) as u8,
+                    ])
+                });
+                img.save(d.join(format!("{k}.png"))).expect("png");
+            }
+        }
+        let mut config = ShardsConfig::new(dir.path().join("tree"), dir.path().join("shards"));
+        config.shard_size = 4;
+        config.jobs = 1;
+        config.preprocess = PreprocessOptions {
+            side: SIDE,
+            ..Default::default()
+        };
+        make_shards(&config).expect("shards");
+        let bar = indicatif::ProgressBar::hidden();
+        let (stats, mean) = crate::stats::compute(&config.out, &bar).expect("stats");
+        crate::stats::write(&config.out, &stats, &mean).expect("write stats");
+        let data = Arc::new(Dataset::open(&config.out, Split::Train).expect("open"));
+        (dir, data)
+    }
+
+    fn config(threads: usize, output: Output) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: 5,
+            threads,
+            prefetch: 3,
+            output,
+            crop: CROP,
+            seed: 7,
+            ..Default::default()
+        }
+    }
+
+    fn collect(loader: Loader) -> Vec<Batch> {
+        loader.map(|b| b.expect("batch")).collect()
+    }
+
+    fn u8_data(b: &Batch) -> &[u8] {
+        match &b.data {
+            BatchData::U8(d) => d,
+            BatchData::F32(_) => panic!("expected u8"),
+        }
+    }
+
+    fn f32_data(b: &Batch) -> &[f32] {
+        match &b.data {
+            BatchData::F32(d) => d,
+            BatchData::U8(_) => panic!("expected f32"),
+        }
+    }
+
+    #[test]
+    fn batches_are_the_same_for_any_thread_count_and_follow_the_sampler() {
+        let (_dir, data) = dataset();
+        let one = collect(Loader::new(data.clone(), config(1, Output::U8), 2, 0).expect("loader"));
+        let three =
+            collect(Loader::new(data.clone(), config(3, Output::U8), 2, 0).expect("loader"));
+        assert_eq!(one.len(), 6); // 27 records in batches of 5
+        for (a, b) in one.iter().zip(&three) {
+            assert_eq!(
+                (a.index, &a.records, &a.labels, &a.views),
+                (b.index, &b.records, &b.labels, &b.views)
+            );
+            assert_eq!(u8_data(a), u8_data(b));
+        }
+        let sampler =
+            Sampler::new(data.shard_lens(), 7, Order::Random, (0, 1), 5, false).expect("s");
+        let expected: Vec<Vec<RecordId>> = sampler.batches(2, 0);
+        assert_eq!(
+            one.iter().map(|b| b.records.clone()).collect::<Vec<_>>(),
+            expected
+        );
+        for b in &one {
+            assert_eq!(
+                b.labels,
+                b.records.iter().map(|&r| data.label(r)).collect::<Vec<_>>()
+            );
+        }
+        let next_epoch = collect(Loader::new(data, config(2, Output::U8), 3, 0).expect("loader"));
+        assert_ne!(next_epoch[0].records, one[0].records);
+    }
+
+    #[test]
+    fn resuming_mid_epoch_gives_the_same_remaining_batches() {
+        let (_dir, data) = dataset();
+        let whole =
+            collect(Loader::new(data.clone(), config(2, Output::U8), 1, 0).expect("loader"));
+        let rest = collect(Loader::new(data, config(2, Output::U8), 1, 4).expect("loader"));
+        assert_eq!(rest.len(), 2);
+        for (a, b) in whole[4..].iter().zip(&rest) {
+            assert_eq!(
+                (a.index, &a.records, &a.views),
+                (b.index, &b.records, &b.views)
+            );
+            assert_eq!(u8_data(a), u8_data(b));
+        }
+    }
+
+    #[test]
+    fn u8_hand_over_with_its_views_gives_the_f32_batch() {
+        let (_dir, data) = dataset();
+        let bytes =
+            collect(Loader::new(data.clone(), config(2, Output::U8), 0, 0).expect("loader"));
+        let floats =
+            collect(Loader::new(data.clone(), config(2, Output::F32), 0, 0).expect("loader"));
+        let mean = data.mean().expect("mean");
+        let (n3, n) = (CROP * CROP * 3, CROP * CROP * 3);
+        for (b, f) in bytes.iter().zip(&floats) {
+            assert_eq!(b.views, f.views);
+            assert!(
+                b.views.iter().any(|v| v.light != [0.0; 3]),
+                "lighting is on"
+            );
+            for (k, view) in b.views.iter().enumerate() {
+                let mut out = vec![0f32; n];
+                augment::u8_crop_to_f32_chw(
+                    &u8_data(b)[k * n3..][..n3],
+                    mean,
+                    SIDE,
+                    view,
+                    CROP,
+                    &mut out,
+                );
+                assert_eq!(out, f32_data(f)[k * n..][..n]);
+            }
+        }
+    }
+
+    #[test]
+    fn ten_crop_keeps_ten_views_per_image_together() {
+        let (_dir, data) = dataset();
+        let c = LoaderConfig {
+            mode: Mode::Tencrop,
+            order: Order::Sequential,
+            ..config(2, Output::U8)
+        };
+        let batches = collect(Loader::new(data, c, 0, 0).expect("loader"));
+        let b = &batches[0];
+        assert_eq!(b.views.len(), 50);
+        assert_eq!(u8_data(b).len(), 50 * CROP * CROP * 3);
+        // View 5 is view 0 mirrored: the same pixels, columns reversed.
+        let n = CROP * CROP * 3;
+        let (v0, v5) = (&u8_data(b)[..n], &u8_data(b)[5 * n..][..n]);
+        for row in 0..CROP {
+            for col in 0..CROP {
+                let a = &v0[(row * CROP + col) * 3..][..3];
+                let m = &v5[(row * CROP + CROP - 1 - col) * 3..][..3];
+                assert_eq!(a, m);
+            }
+        }
+    }
+
+    #[test]
+    fn dropping_the_loader_mid_epoch_stops_every_worker() {
+        let (_dir, data) = dataset();
+        let mut loader = Loader::new(data, config(3, Output::F32), 0, 0).expect("loader");
+        let live = loader.live_workers();
+        let first = loader.next().expect("one").expect("ok");
+        assert_eq!(live.load(Ordering::SeqCst), 3);
+        drop(loader);
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+        drop(first); // its buffer's way home is closed: no panic, no hang
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_naming_shard_and_record() {
+        let (dir, _) = dataset();
+        let shards = dir.path().join("shards");
+        let path = shards.join("train-00001.shard");
+        let reader = ShardReader::open(&path).expect("open");
+        let rec = reader.records()[2].clone();
+        drop(reader);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[rec.offset as usize + rec.len as usize / 2] ^= 0x55;
+        std::fs::write(&path, bytes).expect("write");
+        let data = Arc::new(Dataset::open(&shards, Split::Train).expect("open"));
+        let c = LoaderConfig {
+            verify: true,
+            order: Order::Sequential,
+            ..config(2, Output::U8)
+        };
+        let results: Vec<_> = Loader::new(data, c, 0, 0).expect("loader").collect();
+        assert_eq!(results.len(), 6, "every batch is delivered, good or bad");
+        let errors: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("train-00001.shard: record 2"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn missing_statistics_are_named() {
+        let (dir, _) = dataset();
+        let shards = dir.path().join("shards");
+        std::fs::remove_file(shards.join("mean.npy")).expect("rm");
+        std::fs::remove_file(shards.join("stats.json")).expect("rm");
+        let data = Arc::new(Dataset::open(&shards, Split::Train).expect("open"));
+        let err = Loader::new(data.clone(), config(1, Output::U8), 0, 0)
+            .err()
+            .expect("no stats");
+        assert!(err.to_string().contains("stats.json"), "{err}");
+        let c = LoaderConfig {
+            mode: Mode::Center,
+            ..config(1, Output::F32)
+        };
+        let err = Loader::new(data.clone(), c, 0, 0).err().expect("no mean");
+        assert!(err.to_string().contains("mean.npy"), "{err}");
+        let c = LoaderConfig {
+            mode: Mode::Center,
+            ..config(1, Output::U8)
+        };
+        assert_eq!(
+            collect(Loader::new(data, c, 0, 0).expect("centre u8 needs neither")).len(),
+            6
+        );
+    }
+}
