@@ -8,9 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use pipeline::augment::Mode;
 use pipeline::codec::{PreprocessOptions, ResizeFilter};
 use pipeline::ingest::{Split, ValLabelOptions};
 use pipeline::inspect::{self, Selector};
+use pipeline::loader::{Dataset, Loader, LoaderConfig, Output};
 use pipeline::make_shards::{make_shards, ShardsConfig};
 use pipeline::manifest::Manifest;
 use pipeline::shard::{PixelFilter, RecordDecoder};
@@ -37,6 +39,8 @@ enum Command {
     },
     /// Write one stored image as PNG and say what it is.
     Export(ExportArgs),
+    /// Measure the loader's throughput against the zstd decompression ceiling.
+    Bench(BenchArgs),
     /// Compute the per-pixel mean image (mean.npy) and the RGB covariance with
     /// its eigen pairs for PCA lighting (stats.json) over the train split.
     Stats {
@@ -102,6 +106,34 @@ struct ShardsArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// Shard folder (holds manifest.json, and stats.json/mean.npy for train
+    /// mode and float32 output).
+    #[arg(long, default_value = "shards")]
+    shards: PathBuf,
+    #[arg(long, value_enum, default_value_t = Split::Train)]
+    split: Split,
+    /// Loader threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Batches in flight ahead of the consumer [default: 2 x threads].
+    #[arg(long)]
+    prefetch: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Mode::Train)]
+    mode: Mode,
+    #[arg(long, value_enum, default_value_t = Output::U8)]
+    output: Output,
+    /// Epochs to run (resident memory is reported after each).
+    #[arg(long, default_value_t = 3)]
+    epochs: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct ExportArgs {
     /// Shard folder (holds manifest.json).
     #[arg(long, default_value = "shards")]
@@ -130,6 +162,7 @@ fn main() -> ExitCode {
             jobs,
             bench,
         } => run_stats(&shards, jobs, bench),
+        Command::Bench(args) => run_bench(args),
     };
     match result {
         Ok(code) => code,
@@ -268,6 +301,93 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
         dir.join(stats::STATS_FILE).display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_bench(args: BenchArgs) -> Result<ExitCode> {
+    let dataset = std::sync::Arc::new(Dataset::open(&args.shards, args.split)?);
+    let mut config = LoaderConfig {
+        batch_size: args.batch_size,
+        mode: args.mode,
+        output: args.output,
+        ..LoaderConfig::default()
+    };
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+        config.prefetch = 2 * threads;
+    }
+    if let Some(prefetch) = args.prefetch {
+        config.prefetch = prefetch;
+    }
+    let ceiling = pipeline::inspect::zstd_decompress_rate(&args.shards, &dataset.manifest, 2000)?;
+    let started = std::time::Instant::now();
+    let mut images = 0u64;
+    let mut rss_mb = Vec::new();
+    for epoch in 0..args.epochs {
+        for batch in Loader::new(dataset.clone(), config.clone(), epoch, 0)? {
+            images += batch?.records.len() as u64;
+        }
+        rss_mb.push(peak_resident_mb());
+    }
+    let rate = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let ceiling_total = ceiling * config.threads as f64;
+    let value_bytes = if config.output == Output::F32 { 4 } else { 1 };
+    let batch_mb = (config.batch_size
+        * config.mode.views_per_image()
+        * config.crop
+        * config.crop
+        * 3
+        * value_bytes) as f64
+        / 1e6;
+    let bound_mb = (config.prefetch + config.threads) as f64 * batch_mb + 64.0;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "images_per_sec": rate,
+                "ceiling_images_per_sec": ceiling_total,
+                "ratio": rate / ceiling_total,
+                "single_thread_zstd_images_per_sec": ceiling,
+                "threads": config.threads,
+                "prefetch": config.prefetch,
+                "batch_size": config.batch_size,
+                "mode": format!("{:?}", config.mode).to_lowercase(),
+                "output": format!("{:?}", config.output).to_lowercase(),
+                "images": images,
+                "peak_resident_mb_after_each_epoch": rss_mb,
+                "memory_bound_mb": bound_mb,
+            })
+        );
+    } else {
+        println!(
+            "loader: {rate:.0} images/s ({images} images, {} threads, batch {})",
+            config.threads, config.batch_size
+        );
+        println!(
+            "ceiling: {ceiling_total:.0} images/s ({} threads x {ceiling:.0} single-thread zstd); ratio {:.1}%",
+            config.threads,
+            100.0 * rate / ceiling_total
+        );
+        let rss: Vec<String> = rss_mb.iter().map(|m| format!("{m:.0}")).collect();
+        println!(
+            "peak resident MB after each epoch: {} (bound: (prefetch + threads) x batch + 64 = {bound_mb:.0})",
+            rss.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Peak resident memory of this process so far (VmHWM), from /proc; 0
+/// where there is none. Sampled after each epoch, it shows whether memory
+/// grows from epoch to epoch.
+fn peak_resident_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// A progress bar on a terminal, nothing otherwise.
