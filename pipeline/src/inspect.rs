@@ -174,9 +174,8 @@ pub fn zstd_decompress_rate(
             if frames.len() == limit {
                 break 'shards;
             }
-            let mut frame = Vec::new();
-            shard.read_frame(i, &mut frame)?;
-            frames.push(frame);
+            let mut buffer = Vec::new();
+            frames.push(shard.read_frame(i, &mut buffer)?.to_vec());
         }
     }
     let mut zstd = zstd::bulk::Decompressor::new()?;

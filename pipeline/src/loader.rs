@@ -185,7 +185,29 @@ pub enum BatchData {
     F32(Vec<f32>),
 }
 
-/// One batch. Its buffer goes back to the loader when it is dropped.
+/// Idle batch buffers, shared by the loaders of successive epochs so that
+/// each epoch does not allocate and zero its buffers anew (at 256 x 224 x
+/// 224 x 3 bytes a batch, that costs about as much as decoding the images).
+#[derive(Clone)]
+pub struct BufferPool {
+    tx: Sender<BatchData>,
+    rx: Receiver<BatchData>,
+}
+
+impl BufferPool {
+    /// Keeps at most `capacity` idle buffers; more are freed.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        Self { tx, rx }
+    }
+
+    /// A pool sized for one loader configuration.
+    pub fn for_config(config: &LoaderConfig) -> Self {
+        Self::new(config.prefetch + config.threads)
+    }
+}
+
+/// One batch. Its buffer goes back to the pool when it is dropped.
 pub struct Batch {
     pub epoch: u64,
     /// Position in the epoch (counting from batch 0, also when resumed).
@@ -230,8 +252,7 @@ struct Shared {
     config: LoaderConfig,
     lighting: Option<Lighting>,
     epoch: u64,
-    recycle_tx: Sender<BatchData>,
-    recycle_rx: Receiver<BatchData>,
+    pool: BufferPool,
 }
 
 impl Loader {
@@ -239,6 +260,19 @@ impl Loader {
     pub fn new(
         dataset: Arc<Dataset>,
         config: LoaderConfig,
+        epoch: u64,
+        start_batch: usize,
+    ) -> Result<Self, LoaderError> {
+        let pool = BufferPool::for_config(&config);
+        Self::with_pool(dataset, config, pool, epoch, start_batch)
+    }
+
+    /// As `new`, taking batch buffers from (and returning them to) `pool`:
+    /// pass the same pool to every epoch's loader.
+    pub fn with_pool(
+        dataset: Arc<Dataset>,
+        config: LoaderConfig,
+        pool: BufferPool,
         epoch: u64,
         start_batch: usize,
     ) -> Result<Self, LoaderError> {
@@ -266,13 +300,11 @@ impl Loader {
         let batches = sampler.batches(epoch, 0);
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
-        let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(config.prefetch + config.threads);
         let shared = Arc::new(Shared {
             dataset,
             lighting,
             epoch,
-            recycle_tx,
-            recycle_rx,
+            pool,
             config: config.clone(),
         });
         let live = Arc::new(AtomicUsize::new(0));
@@ -460,14 +492,14 @@ fn build_batch(
         views,
         views_per_image: per_image,
         data,
-        recycle: Some(shared.recycle_tx.clone()),
+        recycle: Some(shared.pool.tx.clone()),
     })
 }
 
 /// A recycled buffer of the right kind, or a new one; sized to `len` values.
 fn take_buffer(shared: &Shared, len: usize) -> BatchData {
     let wanted_f32 = shared.config.output == Output::F32;
-    let mut data = match shared.recycle_rx.try_recv() {
+    let mut data = match shared.pool.rx.try_recv() {
         Ok(data) => data,
         Err(_) if wanted_f32 => BatchData::F32(Vec::new()),
         Err(_) => BatchData::U8(Vec::new()),
@@ -586,6 +618,31 @@ mod tests {
         }
         let next_epoch = collect(Loader::new(data, config(2, Output::U8), 3, 0).expect("loader"));
         assert_ne!(next_epoch[0].records, one[0].records);
+    }
+
+    #[test]
+    fn a_shared_pool_hands_buffers_to_the_next_epoch() {
+        let (_dir, data) = dataset();
+        let c = config(2, Output::U8);
+        let pool = BufferPool::for_config(&c);
+        let first =
+            collect(Loader::with_pool(data.clone(), c.clone(), pool.clone(), 0, 0).expect("l"));
+        let addresses: Vec<*const u8> = first.iter().map(|b| u8_data(b).as_ptr()).collect();
+        drop(first);
+        let second = collect(Loader::with_pool(data.clone(), c.clone(), pool, 1, 0).expect("l"));
+        let reused = second
+            .iter()
+            .filter(|b| addresses.contains(&u8_data(b).as_ptr()))
+            .count();
+        assert!(reused >= 1, "no buffer came back from epoch 0");
+        let fresh = collect(Loader::new(data, c, 1, 0).expect("l"));
+        for (a, b) in second.iter().zip(&fresh) {
+            assert_eq!(
+                u8_data(a),
+                u8_data(b),
+                "recycled buffers hold nothing stale"
+            );
+        }
     }
 
     #[test]

@@ -456,13 +456,24 @@ impl ShardReader {
         self.file_len
     }
 
-    /// Reads record `index`'s compressed frame into `frame`.
-    pub fn read_frame(&self, index: usize, frame: &mut Vec<u8>) -> Result<(), ShardError> {
+    /// Reads record `index`'s compressed frame into the start of `buffer`
+    /// and returns it. The buffer only ever grows: zero-filling it to each
+    /// frame's length cost as much as copying the frame in.
+    pub fn read_frame<'b>(
+        &self,
+        index: usize,
+        buffer: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], ShardError> {
         let r = &self.records[index];
-        frame.resize(r.len as usize, 0);
+        let len = r.len as usize;
+        if buffer.len() < len {
+            buffer.resize(len, 0);
+        }
+        let frame = &mut buffer[..len];
         self.file
             .read_exact_at(frame, r.offset)
-            .map_err(io_err(&self.path))
+            .map_err(io_err(&self.path))?;
+        Ok(frame)
     }
 
     /// Error for record `index` with a reason.
@@ -499,10 +510,11 @@ impl RecordDecoder {
         out: &mut [u8],
         verify: bool,
     ) -> Result<(), ShardError> {
-        let mut frame = std::mem::take(&mut self.frame);
-        shard.read_frame(index, &mut frame)?;
-        let result = self.decode_bytes(shard, index, &frame, out, verify);
-        self.frame = frame; // keep the allocation for the next record
+        let mut buffer = std::mem::take(&mut self.frame);
+        let result = shard
+            .read_frame(index, &mut buffer)
+            .and_then(|frame| self.decode_bytes(shard, index, frame, out, verify));
+        self.frame = buffer; // keep the allocation for the next record
         result
     }
 

@@ -12,7 +12,7 @@ use pipeline::augment::Mode;
 use pipeline::codec::{PreprocessOptions, ResizeFilter};
 use pipeline::ingest::{Split, ValLabelOptions};
 use pipeline::inspect::{self, Selector};
-use pipeline::loader::{Dataset, Loader, LoaderConfig, Output};
+use pipeline::loader::{BufferPool, Dataset, Loader, LoaderConfig, Output};
 use pipeline::make_shards::{make_shards, ShardsConfig};
 use pipeline::manifest::Manifest;
 use pipeline::shard::{PixelFilter, RecordDecoder};
@@ -319,11 +319,12 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         config.prefetch = prefetch;
     }
     let ceiling = pipeline::inspect::zstd_decompress_rate(&args.shards, &dataset.manifest, 2000)?;
+    let pool = BufferPool::for_config(&config);
     let started = std::time::Instant::now();
     let mut images = 0u64;
     let mut rss_mb = Vec::new();
     for epoch in 0..args.epochs {
-        for batch in Loader::new(dataset.clone(), config.clone(), epoch, 0)? {
+        for batch in Loader::with_pool(dataset.clone(), config.clone(), pool.clone(), epoch, 0)? {
             images += batch?.records.len() as u64;
         }
         rss_mb.push(peak_resident_mb());
