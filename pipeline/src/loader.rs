@@ -298,8 +298,11 @@ impl Loader {
             config.drop_last,
         )?;
         let batches = sampler.batches(epoch, 0);
-        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
-        let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+        // At most `prefetch` jobs are out at once (see `issue`), so neither
+        // channel ever blocks its sender; the bounds make that a property of
+        // the types rather than of the bookkeeping.
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(config.prefetch);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<Done>(config.prefetch);
         let shared = Arc::new(Shared {
             dataset,
             lighting,
