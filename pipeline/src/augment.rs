@@ -161,17 +161,7 @@ pub fn to_f32_chw(
     crop: usize,
     dst: &mut [f32],
 ) {
-    let plane = crop * crop;
-    for row in 0..crop {
-        let base = (view.y as usize + row) * side;
-        for col in 0..crop {
-            let s = (base + source_x(view, crop, col)) * 3;
-            for c in 0..3 {
-                dst[c * plane + row * crop + col] =
-                    (src[s + c] as f32 - mean[s + c]) + view.light[c];
-            }
-        }
-    }
+    normalise_chw(mean, side, view, crop, dst, |_, stored| src[stored]);
 }
 
 /// Applies a view's mean and lighting to its uint8 crop (the second
@@ -184,15 +174,30 @@ pub fn u8_crop_to_f32_chw(
     crop: usize,
     dst: &mut [f32],
 ) {
+    normalise_chw(mean, side, view, crop, dst, |cropped, _| crop_px[cropped]);
+}
+
+/// The one loop behind both float32 forms, so that they cannot drift apart:
+/// `pixel(i_crop, i_stored)` gives the byte at HWC index `i_crop` of the
+/// crop, which is index `i_stored` of the stored image (and of the mean).
+#[inline(always)]
+fn normalise_chw(
+    mean: &[f32],
+    side: usize,
+    view: &View,
+    crop: usize,
+    dst: &mut [f32],
+    pixel: impl Fn(usize, usize) -> u8,
+) {
     let plane = crop * crop;
     for row in 0..crop {
         let base = (view.y as usize + row) * side;
         for col in 0..crop {
-            let m = (base + source_x(view, crop, col)) * 3;
-            let p = (row * crop + col) * 3;
+            let stored = (base + source_x(view, crop, col)) * 3;
+            let cropped = (row * crop + col) * 3;
             for c in 0..3 {
-                dst[c * plane + row * crop + col] =
-                    (crop_px[p + c] as f32 - mean[m + c]) + view.light[c];
+                let v = pixel(cropped + c, stored + c) as f32;
+                dst[c * plane + row * crop + col] = (v - mean[stored + c]) + view.light[c];
             }
         }
     }
