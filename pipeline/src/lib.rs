@@ -14,6 +14,7 @@
 //! - [`inspect`]: `pipeline verify` and `pipeline export`.
 //! - [`stats`]: mean image and RGB PCA (`pipeline stats`).
 //! - [`sampler`]: which records make which batch, per epoch and rank.
+//! - [`rgb_moments`]: RGB sums and products, fast (for stats).
 //! - [`rng`]: the seeded generator behind every order and augmentation.
 pub mod atomic;
 pub mod augment;
@@ -24,6 +25,7 @@ pub mod inspect;
 pub mod loader;
 pub mod make_shards;
 pub mod manifest;
+pub mod rgb_moments;
 pub mod rng;
 pub mod sampler;
 pub mod shard;

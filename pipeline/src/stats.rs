@@ -95,7 +95,11 @@ impl Sums {
         }
         self.images += 1;
         self.recent_images += 1;
-        let (c, p) = image_sums(&mut self.recent, px);
+        // u8 into u16 lanes: the compiler vectorises this 16 lanes wide.
+        for (acc, &v) in self.recent.iter_mut().zip(px) {
+            *acc += v as u16;
+        }
+        let (c, p) = crate::rgb_moments::moments(px);
         for (acc, v) in self.channel.iter_mut().zip(c) {
             *acc += v as u128;
         }
@@ -130,98 +134,8 @@ impl Sums {
     }
 }
 
-/// Adds one image into the per-pixel `recent` sums and returns its channel
-/// sums and products. The portable build targets SSE2; the same loops
-/// compiled for AVX2 do twice the lanes per instruction where the CPU has it
-/// (on the sample: 55-68% of the zstd ceiling against 56% without).
-fn image_sums(recent: &mut [u16], px: &[u8]) -> ([u64; 3], [u64; 6]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { image_sums_avx2(recent, px) };
-    }
-    image_sums_portable(recent, px)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn image_sums_avx2(recent: &mut [u16], px: &[u8]) -> ([u64; 3], [u64; 6]) {
-    image_sums_portable(recent, px)
-}
-
-#[inline(always)]
-fn image_sums_portable(recent: &mut [u16], px: &[u8]) -> ([u64; 3], [u64; 6]) {
-    for (acc, &v) in recent.iter_mut().zip(px) {
-        *acc += v as u16;
-    }
-    channel_sums(px)
-}
-
 /// Images whose per-pixel sums fit u16 lanes: 257 * 255 = 65,535.
 const RECENT_MAX: u32 = 257;
-
-/// One image's channel sums (r, g, b) and products (rr, rg, rb, gg, gb, bb).
-///
-/// A loop over pixels with nine accumulators does not vectorise. Instead we
-/// walk the interleaved bytes in blocks of 48 (16 pixels) and keep one u32
-/// accumulator per byte position for x, x*x, x*next and x*next-but-one;
-/// position j of a block is channel j % 3, so each lane maps to one sum, and
-/// the lanes that pair bytes of two different pixels are dropped. A lane adds
-/// at most 255^2 = 65,025 per block, so u32 lanes are safe for 65,536 blocks
-/// (1M pixels); larger images are summed in slices of that size. Measured on
-/// decoded sample images, one core: 0.09-0.14 ms an image, the plain pixel
-/// loop 0.17-0.21 ms.
-#[inline(always)]
-fn channel_sums(px: &[u8]) -> ([u64; 3], [u64; 6]) {
-    const BLOCK: usize = 48;
-    const MAX_BLOCKS: usize = 65_536; // 65,536 * 65,025 < 2^32
-    let (mut c, mut p) = ([0u64; 3], [0u64; 6]);
-    let whole = px.len() / BLOCK * BLOCK;
-    for slice in px[..whole].chunks(BLOCK * MAX_BLOCKS) {
-        let (mut s, mut sq) = ([0u32; BLOCK], [0u32; BLOCK]);
-        let (mut next, mut next2) = ([0u32; BLOCK], [0u32; BLOCK]);
-        for block in slice.chunks_exact(BLOCK) {
-            let x: &[u8; BLOCK] = block.try_into().expect("48-byte block");
-            for j in 0..BLOCK {
-                let v = x[j] as u32;
-                s[j] += v;
-                sq[j] += v * v;
-            }
-            for j in 0..BLOCK - 1 {
-                next[j] += x[j] as u32 * x[j + 1] as u32;
-            }
-            for j in 0..BLOCK - 2 {
-                next2[j] += x[j] as u32 * x[j + 2] as u32;
-            }
-        }
-        for j in 0..BLOCK {
-            let ch = j % 3;
-            c[ch] += s[j] as u64;
-            p[[0, 3, 5][ch]] += sq[j] as u64; // rr, gg, bb
-            match ch {
-                0 => {
-                    p[1] += next[j] as u64; // r*g
-                    p[2] += next2[j] as u64; // r*b
-                }
-                1 => p[4] += next[j] as u64, // g*b
-                _ => {}                      // pairs across pixels
-            }
-        }
-    }
-    for rgb in px[whole..].chunks_exact(3) {
-        let (r, g, b) = (rgb[0] as u64, rgb[1] as u64, rgb[2] as u64);
-        c[0] += r;
-        c[1] += g;
-        c[2] += b;
-        p[0] += r * r;
-        p[1] += r * g;
-        p[2] += r * b;
-        p[3] += g * g;
-        p[4] += g * b;
-        p[5] += b * b;
-    }
-    (c, p)
-}
 
 /// Fewest records one thread takes at a time: enough to pay for a fresh
 /// accumulator (1.5 MB) and decoder.
@@ -515,38 +429,6 @@ mod tests {
         sums.flush();
         assert_eq!(sums.pixel, [600 * 255; 6]);
         assert_eq!(sums.images, 600);
-    }
-
-    #[test]
-    fn blocked_channel_sums_equal_the_plain_loop() {
-        // 16 pixels make one block; 23 pixels leave a remainder.
-        for pixels in [1usize, 16, 23, 4096] {
-            let px: Vec<u8> = (0..pixels * 3).map(|i| (i * 97 % 251) as u8).collect();
-            let (mut c, mut p) = ([0u64; 3], [0u64; 6]);
-            for rgb in px.chunks_exact(3) {
-                let [r, g, b] = [rgb[0], rgb[1], rgb[2]].map(u64::from);
-                c = [c[0] + r, c[1] + g, c[2] + b];
-                let q = [r * r, r * g, r * b, g * g, g * b, b * b];
-                p = std::array::from_fn(|i| p[i] + q[i]);
-            }
-            assert_eq!(channel_sums(&px), (c, p), "{pixels} pixels");
-        }
-        let white = vec![255u8; 256 * 256 * 3];
-        let (c, p) = channel_sums(&white);
-        assert_eq!(c, [255 * 65536; 3]);
-        assert_eq!(p, [65025 * 65536; 6]);
-    }
-
-    #[test]
-    fn channel_sums_known_answers() {
-        // Two pixels (1,2,3) and (4,5,6), worked out by hand.
-        let (c, p) = channel_sums(&[1, 2, 3, 4, 5, 6]);
-        assert_eq!(c, [5, 7, 9]);
-        assert_eq!(p, [17, 22, 27, 29, 36, 45]);
-        let white = vec![255u8; 256 * 256 * 3];
-        let (c, p) = channel_sums(&white);
-        assert_eq!(c, [255 * 65536; 3]);
-        assert_eq!(p, [65025 * 65536; 6]);
     }
 
     #[test]
