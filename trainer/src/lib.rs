@@ -1,0 +1,5 @@
+//! AlexNet training on libtorch (tch): the model, its optimiser and
+//! schedule, the input hand-over from the pipeline loader, checkpoints,
+//! metrics, and the training and evaluation loops.
+
+pub mod model;

@@ -1,0 +1,682 @@
+//! AlexNet as Krizhevsky, Sutskever and Hinton (2012) describe it: the whole
+//! network in this one file.
+//!
+//! Two columns ("GPU A" and "GPU B" in the paper's figure 2), each holding
+//! half of every layer's kernels:
+//!
+//! | layer | kernels (both columns) | input |
+//! |---|---|---|
+//! | conv1 | 96 x 11x11x3, stride 4, then ReLU, LRN, max-pool 3/2 | the image |
+//! | conv2 | 256 x 5x5x48, then ReLU, LRN, max-pool 3/2 | own column |
+//! | conv3 | 384 x 3x3x256, ReLU | both columns |
+//! | conv4 | 384 x 3x3x192, ReLU | own column |
+//! | conv5 | 256 x 3x3x192, ReLU, max-pool 3/2 | own column |
+//! | fc6 | 4096, ReLU (dropout 0.5 on its input) | both columns |
+//! | fc7 | 4096, ReLU (dropout 0.5 on its input) | both columns |
+//! | fc8 | 1000, softmax (in the loss) | both columns |
+//!
+//! The paper's 224x224 input does not divide evenly under an 11x11 stride-4
+//! kernel; a padding of 2 gives the paper's 55x55 maps (as torchvision does).
+//!
+//! Parameters are kept per column, named `a.conv1.weight`, `b.fc6.bias`...
+//! On one device the net runs as its grouped equivalent (conv2, conv4 and
+//! conv5 with groups=2, one kernel for both columns); on two devices each
+//! column's layers run on its own device and only conv3, fc6, fc7 and fc8
+//! read across (`Placement::Split`). Both forms compute the same function
+//! (tested), and checkpoints are the same for both.
+//!
+//! LRN, paper section 3.3: b_i = a_i / (k + alpha * sum_j a_j^2)^beta, the
+//! sum over the n = 5 maps around i *within the column* (each GPU normalised
+//! its own maps), with k = 2, alpha = 1e-4, beta = 0.75. We follow the
+//! paper's formula: alpha is NOT divided by n. cuda-convnet, Caffe and
+//! PyTorch's LocalResponseNorm divide it by n (so PyTorch's alpha=1e-4 means
+//! 2e-5 here); we keep the published equation, which is the specification
+//! this project reproduces. The sum is one 1x1 convolution of a^2 with a
+//! fixed banded (block-diagonal per column) matrix, with k as its bias: a
+//! single GEMM on the GPU, where PyTorch's avg_pool3d-based LRN is what
+//! makes the PyTorch reference slow.
+
+use tch::{Device, Kind, Tensor};
+
+/// Local response normalisation (paper section 3.3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lrn {
+    /// Maps in the sum (n).
+    pub size: i64,
+    pub k: f64,
+    /// Multiplies the plain sum of squares (not divided by `size`).
+    pub alpha: f64,
+    pub beta: f64,
+}
+
+impl Lrn {
+    pub const PAPER: Lrn = Lrn {
+        size: 5,
+        k: 2.0,
+        alpha: 1e-4,
+        beta: 0.75,
+    };
+}
+
+/// How the weights start.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// The paper: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6
+    /// and fc7, 0 elsewhere.
+    Paper,
+    /// He et al. (2015): weights N(0, 2/fan_in) (1/fan_in for fc8), biases 0.
+    /// A deviation for short runs; pair it with inputs scaled to unit
+    /// variance (the trainer does).
+    Kaiming,
+}
+
+/// Arithmetic of the forward and backward passes. Weights stay float32.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    /// Convolutions, matrix products and LRN in bfloat16; loss in float32.
+    Bf16,
+}
+
+impl Precision {
+    fn kind(self) -> Kind {
+        match self {
+            Self::F32 => Kind::Float,
+            Self::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// Where the two columns run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Both columns on one device, as the grouped network.
+    One(Device),
+    /// Column A on the first device, column B on the second (paper, section 3.2).
+    Split(Device, Device),
+}
+
+impl Placement {
+    /// The device of column `c` (0 = A, 1 = B).
+    pub fn device(self, c: usize) -> Device {
+        match (self, c) {
+            (Self::One(d), _) | (Self::Split(d, _), 0) => d,
+            (Self::Split(_, d), _) => d,
+        }
+    }
+
+    /// Where inputs go and logits come out.
+    pub fn first(self) -> Device {
+        self.device(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    pub classes: i64,
+    /// Scales every layer's width (1.0 = the paper); widths stay even so
+    /// that each column gets half.
+    pub width_mult: f64,
+    /// Side of the square input (224 in the paper).
+    pub input_side: i64,
+    /// Dropout probability before fc6 and fc7 (0.5 in the paper).
+    pub dropout: f64,
+}
+
+impl ModelConfig {
+    pub fn paper(classes: i64) -> Self {
+        Self {
+            classes,
+            width_mult: 1.0,
+            input_side: 224,
+            dropout: 0.5,
+        }
+    }
+}
+
+/// Kernels per layer for both columns together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Widths {
+    pub conv: [i64; 5],
+    pub fc: i64,
+}
+
+impl Widths {
+    pub const PAPER: Widths = Widths {
+        conv: [96, 256, 384, 384, 256],
+        fc: 4096,
+    };
+
+    pub fn scaled(mult: f64) -> Self {
+        let scale = |n: i64| (((n as f64 * mult) / 2.0).round() as i64).max(1) * 2;
+        Self {
+            conv: Self::PAPER.conv.map(scale),
+            fc: scale(Self::PAPER.fc),
+        }
+    }
+}
+
+/// Side of the maps after pool5 for an input of side `input`.
+pub fn pool5_side(input: i64) -> i64 {
+    let pool = |s: i64| (s - 3) / 2 + 1;
+    let conv1 = (input + 2 * 2 - 11) / 4 + 1;
+    pool(pool(pool(conv1)))
+}
+
+/// One layer's parameters in one column.
+pub struct Layer {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+pub const LAYERS: [&str; 8] = [
+    "conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8",
+];
+const COLUMNS: [&str; 2] = ["a", "b"];
+
+/// The layers whose biases the paper starts at 1.
+const BIAS_ONE: [&str; 5] = ["conv2", "conv4", "conv5", "fc6", "fc7"];
+
+pub struct AlexNet {
+    pub config: ModelConfig,
+    pub widths: Widths,
+    pub placement: Placement,
+    pub precision: Precision,
+    /// `columns[c][l]`: layer `LAYERS[l]` of column `c`.
+    columns: [Vec<Layer>; 2],
+    /// Banded summing matrices of the LRN after conv1 and conv2, per column
+    /// device (one block-diagonal matrix for both columns on one device).
+    lrn_bands: Vec<[Tensor; 2]>,
+    lrn: Lrn,
+}
+
+impl AlexNet {
+    /// A freshly initialised network; the same `seed` gives the same
+    /// weights on any placement.
+    pub fn new(
+        config: ModelConfig,
+        init: Init,
+        seed: i64,
+        placement: Placement,
+        precision: Precision,
+    ) -> Self {
+        let widths = Widths::scaled(config.width_mult);
+        let shapes = layer_shapes(&config, &widths);
+        tch::manual_seed(seed);
+        let columns = [0, 1].map(|c| {
+            shapes
+                .iter()
+                .enumerate()
+                .map(|(l, (w_shape, b_len))| {
+                    let (std, bias) = init_of(init, LAYERS[l], w_shape);
+                    let out = b_len[c];
+                    let mut shape = w_shape.clone();
+                    shape[0] = out;
+                    let weight = (Tensor::randn(&shape, (Kind::Float, Device::Cpu)) * std)
+                        .to_device(placement.device(c))
+                        .set_requires_grad(true);
+                    let bias = Tensor::full([out], bias, (Kind::Float, placement.device(c)))
+                        .set_requires_grad(true);
+                    Layer { weight, bias }
+                })
+                .collect()
+        });
+        Self::assemble(config, widths, placement, precision, columns)
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        widths: Widths,
+        placement: Placement,
+        precision: Precision,
+        columns: [Vec<Layer>; 2],
+    ) -> Self {
+        let lrn = Lrn::PAPER;
+        let lrn_bands = match placement {
+            Placement::One(d) => vec![[0, 1].map(|l| lrn_band(widths.conv[l], 2, lrn, d))],
+            Placement::Split(a, b) => [a, b]
+                .into_iter()
+                .map(|d| [0, 1].map(|l| lrn_band(widths.conv[l] / 2, 1, lrn, d)))
+                .collect(),
+        };
+        Self {
+            config,
+            widths,
+            placement,
+            precision,
+            columns,
+            lrn_bands,
+            lrn,
+        }
+    }
+
+    /// The same weights on another placement or precision (copies).
+    pub fn to_placement(&self, placement: Placement, precision: Precision) -> Self {
+        let columns = [0, 1].map(|c| {
+            self.columns[c]
+                .iter()
+                .map(|layer| {
+                    let copy = |t: &Tensor| {
+                        t.detach()
+                            .to_device(placement.device(c))
+                            .copy()
+                            .set_requires_grad(true)
+                    };
+                    Layer {
+                        weight: copy(&layer.weight),
+                        bias: copy(&layer.bias),
+                    }
+                })
+                .collect()
+        });
+        Self::assemble(self.config, self.widths, placement, precision, columns)
+    }
+
+    /// Every parameter with its name (`a.conv1.weight` ...), column A first.
+    pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
+        let mut out = Vec::new();
+        for (c, column) in self.columns.iter().enumerate() {
+            for (l, layer) in column.iter().enumerate() {
+                let name = format!("{}.{}", COLUMNS[c], LAYERS[l]);
+                out.push((format!("{name}.weight"), &layer.weight));
+                out.push((format!("{name}.bias"), &layer.bias));
+            }
+        }
+        out
+    }
+
+    /// Scalar parameters in the network.
+    pub fn parameter_count(&self) -> i64 {
+        self.named_parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
+    }
+
+    /// Replaces the weights by `tensors` (from a checkpoint), by name.
+    pub fn load(&mut self, tensors: &[(String, Tensor)]) -> Result<(), String> {
+        let names: Vec<String> = self
+            .named_parameters()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        for name in names {
+            let Some((_, src)) = tensors.iter().find(|(n, _)| *n == name) else {
+                return Err(format!("no tensor named {name}"));
+            };
+            let dst = self.parameter_mut(&name);
+            if src.size() != dst.size() {
+                return Err(format!(
+                    "{name}: shape {:?} where the model has {:?} (another --width-mult or class count?)",
+                    src.size(),
+                    dst.size()
+                ));
+            }
+            tch::no_grad(|| dst.copy_(src));
+        }
+        Ok(())
+    }
+
+    fn parameter_mut(&mut self, name: &str) -> &mut Tensor {
+        let mut parts = name.split('.');
+        let (c, l, which) = (parts.next(), parts.next(), parts.next());
+        let c = COLUMNS.iter().position(|x| Some(*x) == c);
+        let l = LAYERS.iter().position(|x| Some(*x) == l);
+        let layer = &mut self.columns[c.expect("column")][l.expect("layer")];
+        match which {
+            Some("weight") => &mut layer.weight,
+            _ => &mut layer.bias,
+        }
+    }
+
+    /// Logits (float32, on `placement.first()`) of an NCHW float batch.
+    /// `train` turns dropout on.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let x = x.to_kind(self.precision.kind());
+        let logits = match self.placement {
+            Placement::One(_) => self.forward_grouped(&x, train),
+            Placement::Split(..) => self.forward_split(&x, train),
+        };
+        logits.to_kind(Kind::Float)
+    }
+
+    /// Weight and bias of layer `l` in column `c`, in the compute precision.
+    fn params(&self, c: usize, l: usize) -> (Tensor, Tensor) {
+        let layer = &self.columns[c][l];
+        let kind = self.precision.kind();
+        (layer.weight.to_kind(kind), layer.bias.to_kind(kind))
+    }
+
+    /// Both columns' kernels of layer `l` as one grouped layer.
+    fn params_both(&self, l: usize) -> (Tensor, Tensor) {
+        let (wa, ba) = self.params(0, l);
+        let (wb, bb) = self.params(1, l);
+        (Tensor::cat(&[wa, wb], 0), Tensor::cat(&[ba, bb], 0))
+    }
+
+    fn lrn_apply(&self, x: &Tensor, column_device: usize, which: usize) -> Tensor {
+        let band = &self.lrn_bands[column_device][which];
+        local_response_norm(x, band, self.lrn)
+    }
+
+    /// conv -> ReLU (-> LRN) (-> pool), the blocks of the feature stack.
+    fn forward_grouped(&self, x: &Tensor, train: bool) -> Tensor {
+        let conv = |x: &Tensor, l: usize, pad: i64, stride: i64, groups: i64| {
+            let (w, b) = self.params_both(l);
+            x.conv2d(&w, Some(&b), [stride], [pad], [1], groups).relu()
+        };
+        let h = pool(&self.lrn_apply(&conv(x, 0, 2, 4, 1), 0, 0));
+        let h = pool(&self.lrn_apply(&conv(&h, 1, 2, 1, 2), 0, 1));
+        let h = conv(&h, 2, 1, 1, 1);
+        let h = conv(&h, 3, 1, 1, 2);
+        let h = pool(&conv(&h, 4, 1, 1, 2));
+        let mut f = h.flatten(1, -1);
+        for l in 5..8 {
+            if l < 7 {
+                f = f.dropout(self.config.dropout, train);
+            }
+            // Two products on the shared input rather than one on
+            // concatenated weights: no per-step copy of the big matrices.
+            let halves: Vec<Tensor> = (0..2)
+                .map(|c| {
+                    let (w, b) = self.params(c, l);
+                    f.linear(&w, Some(&b))
+                })
+                .collect();
+            f = Tensor::cat(&halves, 1);
+            if l < 7 {
+                f = f.relu();
+            }
+        }
+        f
+    }
+
+    /// Each column on its own device; conv3 and the FC layers gather both.
+    fn forward_split(&self, x: &Tensor, train: bool) -> Tensor {
+        let dev = |c: usize| self.placement.device(c);
+        let conv = |x: &Tensor, c: usize, l: usize, pad: i64, stride: i64| {
+            let (w, b) = self.params(c, l);
+            x.conv2d(&w, Some(&b), [stride], [pad], [1], 1).relu()
+        };
+        let gather = |h: &[Tensor; 2], c: usize| {
+            Tensor::cat(&[h[0].to_device(dev(c)), h[1].to_device(dev(c))], 1)
+        };
+        let x = [0, 1].map(|c| x.to_device(dev(c)));
+        let h = [0, 1].map(|c| pool(&self.lrn_apply(&conv(&x[c], c, 0, 2, 4), c, 0)));
+        let h = [0, 1].map(|c| pool(&self.lrn_apply(&conv(&h[c], c, 1, 2, 1), c, 1)));
+        let h = [0, 1].map(|c| conv(&gather(&h, c), c, 2, 1, 1));
+        let h = [0, 1].map(|c| conv(&h[c], c, 3, 1, 1));
+        let mut f = [0, 1].map(|c| pool(&conv(&h[c], c, 4, 1, 1)).flatten(1, -1));
+        for l in 5..8 {
+            if l < 7 {
+                f = f.map(|t| t.dropout(self.config.dropout, train));
+            }
+            f = [0, 1].map(|c| {
+                let (w, b) = self.params(c, l);
+                let y = gather(&f, c).linear(&w, Some(&b));
+                if l < 7 {
+                    y.relu()
+                } else {
+                    y
+                }
+            });
+        }
+        let [a, b] = f;
+        Tensor::cat(&[a, b.to_device(dev(0))], 1)
+    }
+}
+
+fn pool(x: &Tensor) -> Tensor {
+    x.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false)
+}
+
+/// `(weight shape with both columns' rows, rows per column)` of each layer.
+fn layer_shapes(config: &ModelConfig, widths: &Widths) -> Vec<(Vec<i64>, [i64; 2])> {
+    let [c1, c2, c3, c4, c5] = widths.conv;
+    let fc = widths.fc;
+    let flat = c5 * pool5_side(config.input_side).pow(2);
+    let halves = |n: i64| [n - n / 2, n / 2];
+    vec![
+        (vec![c1, 3, 11, 11], halves(c1)),
+        (vec![c2, c1 / 2, 5, 5], halves(c2)),
+        (vec![c3, c2, 3, 3], halves(c3)),
+        (vec![c4, c3 / 2, 3, 3], halves(c4)),
+        (vec![c5, c4 / 2, 3, 3], halves(c5)),
+        (vec![fc, flat], halves(fc)),
+        (vec![fc, fc], halves(fc)),
+        (vec![config.classes, fc], halves(config.classes)),
+    ]
+}
+
+/// (weight standard deviation, bias value) of a layer.
+fn init_of(init: Init, layer: &str, weight_shape: &[i64]) -> (f64, f64) {
+    match init {
+        Init::Paper => (0.01, if BIAS_ONE.contains(&layer) { 1.0 } else { 0.0 }),
+        Init::Kaiming => {
+            let fan_in: i64 = weight_shape[1..].iter().product();
+            let gain = if layer == "fc8" { 1.0 } else { 2.0 };
+            ((gain / fan_in as f64).sqrt(), 0.0)
+        }
+    }
+}
+
+/// The 1x1-convolution weight that sums squares over `lrn.size` adjacent
+/// maps within each of `groups` groups of `channels / groups` maps, times
+/// alpha; its bias is k.
+fn lrn_band(channels: i64, groups: i64, lrn: Lrn, device: Device) -> Tensor {
+    let per_group = channels / groups;
+    let half = lrn.size / 2;
+    let mut band = vec![0f32; (channels * channels) as usize];
+    for i in 0..channels {
+        for j in 0..channels {
+            if i / per_group == j / per_group && (i - j).abs() <= half {
+                band[(i * channels + j) as usize] = lrn.alpha as f32;
+            }
+        }
+    }
+    Tensor::from_slice(&band)
+        .view([channels, channels, 1, 1])
+        .to_device(device)
+}
+
+/// b = a / (k + sum(alpha * a^2 over the band))^beta.
+pub fn local_response_norm(x: &Tensor, band: &Tensor, lrn: Lrn) -> Tensor {
+    let channels = band.size()[0];
+    let k = Tensor::full([channels], lrn.k, (x.kind(), x.device()));
+    let denom = x
+        .square()
+        .conv2d(&band.to_kind(x.kind()), Some(&k), [1], [0], [1], 1);
+    x * denom.pow_tensor_scalar(-lrn.beta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(classes: i64) -> ModelConfig {
+        ModelConfig {
+            classes,
+            width_mult: 0.125,
+            input_side: 99,
+            dropout: 0.0,
+        }
+    }
+
+    /// Parameters counted from the paper's table by hand, independently of
+    /// `layer_shapes`: 60,965,224 for the paper network.
+    #[test]
+    fn parameter_count_matches_the_paper_arithmetic() {
+        let conv = |out: i64, inp: i64, k: i64| out * inp * k * k + out;
+        let fc = |out: i64, inp: i64| out * inp + out;
+        let expected = conv(96, 3, 11)
+            + conv(256, 48, 5)
+            + conv(384, 256, 3)
+            + conv(384, 192, 3)
+            + conv(256, 192, 3)
+            + fc(4096, 256 * 6 * 6)
+            + fc(4096, 4096)
+            + fc(1000, 4096);
+        assert_eq!(expected, 60_965_224);
+        let net = AlexNet::new(
+            ModelConfig::paper(1000),
+            Init::Paper,
+            0,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        assert_eq!(net.parameter_count(), expected);
+    }
+
+    #[test]
+    fn shapes_through_the_network() {
+        assert_eq!(pool5_side(224), 6);
+        assert_eq!(pool5_side(227), 6);
+        let net = AlexNet::new(
+            small(10),
+            Init::Paper,
+            0,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        let x = Tensor::randn([3, 3, 99, 99], (Kind::Float, Device::Cpu));
+        assert_eq!(net.forward(&x, false).size(), vec![3, 10]);
+        // Column B of conv2 reads only its own column's 6 conv1 maps; conv3
+        // reads both columns' 16 + 16.
+        let params = net.named_parameters();
+        let shape = |name: &str| params.iter().find(|(n, _)| n == name).unwrap().1.size();
+        assert_eq!(shape("b.conv2.weight"), vec![16, 6, 5, 5]);
+        assert_eq!(shape("a.conv3.weight"), vec![24, 32, 3, 3]);
+        assert_eq!(shape("b.fc6.weight"), vec![256, 32 * 4]);
+        assert_eq!(shape("a.fc8.weight"), vec![5, 512]);
+    }
+
+    /// The LRN against the paper's formula, written out as loops, with the
+    /// window cut at the column boundary.
+    #[test]
+    fn lrn_matches_the_formula_within_each_column() {
+        let (n, c, hw) = (2i64, 12i64, 3i64);
+        let x = Tensor::randn([n, c, hw, hw], (Kind::Float, Device::Cpu)) * 30.0;
+        let band = lrn_band(c, 2, Lrn::PAPER, Device::Cpu);
+        let got = Vec::<f32>::try_from(local_response_norm(&x, &band, Lrn::PAPER).flatten(0, -1))
+            .unwrap();
+        let a = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
+        let at = |b: i64, ch: i64, p: i64| a[((b * c + ch) * hw * hw + p) as usize] as f64;
+        let per_column = c / 2;
+        for b in 0..n {
+            for ch in 0..c {
+                let lo = (ch - 2).max(ch / per_column * per_column);
+                let hi = (ch + 2).min(ch / per_column * per_column + per_column - 1);
+                for p in 0..hw * hw {
+                    let sum: f64 = (lo..=hi).map(|j| at(b, j, p).powi(2)).sum();
+                    let want = at(b, ch, p) / (2.0 + 1e-4 * sum).powf(0.75);
+                    let have = got[((b * c + ch) * hw * hw + p) as usize] as f64;
+                    assert!(
+                        (want - have).abs() <= 1e-5 * want.abs().max(1.0),
+                        "b={b} ch={ch} p={p}: {have} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn paper_init_statistics_and_biases() {
+        let net = AlexNet::new(
+            ModelConfig::paper(1000),
+            Init::Paper,
+            7,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        for (name, t) in net.named_parameters() {
+            let layer = name.split('.').nth(1).unwrap();
+            if name.ends_with("weight") {
+                let std = t.std(true).double_value(&[]);
+                let mean = t.mean(Kind::Float).double_value(&[]);
+                assert!((std - 0.01).abs() < 0.0015, "{name}: std {std}");
+                assert!(mean.abs() < 0.001, "{name}: mean {mean}");
+            } else {
+                let want = if BIAS_ONE.contains(&layer) { 1.0 } else { 0.0 };
+                assert_eq!(t.min().double_value(&[]), want, "{name}");
+                assert_eq!(t.max().double_value(&[]), want, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn kaiming_init_scales_with_fan_in() {
+        let net = AlexNet::new(
+            ModelConfig::paper(1000),
+            Init::Kaiming,
+            7,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        let params = net.named_parameters();
+        let std = |name: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1
+                .std(true)
+                .double_value(&[])
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 0.03 * b;
+        assert!(close(std("a.conv1.weight"), (2.0 / 363.0f64).sqrt()));
+        assert!(close(
+            std("b.conv3.weight"),
+            (2.0 / (256.0 * 9.0f64)).sqrt()
+        ));
+        assert!(close(std("a.fc8.weight"), (1.0 / 4096.0f64).sqrt()));
+    }
+
+    /// The same weights on one device (grouped convolutions) and split over
+    /// two device slots (per-column layers, cross-column gathers) give the
+    /// same logits and the same gradients.
+    #[test]
+    fn split_columns_compute_what_the_grouped_net_computes() {
+        let one = AlexNet::new(
+            small(7),
+            Init::Kaiming,
+            3,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        let split = one.to_placement(Placement::Split(Device::Cpu, Device::Cpu), Precision::F32);
+        let x = Tensor::randn([4, 3, 99, 99], (Kind::Float, Device::Cpu));
+        let weights = Tensor::randn([4, 7], (Kind::Float, Device::Cpu));
+        let mut logits = Vec::new();
+        for net in [&one, &split] {
+            let y = net.forward(&x, true);
+            (&y * &weights).sum(Kind::Float).backward();
+            logits.push(y);
+        }
+        let diff = (&logits[0] - &logits[1]).abs().max().double_value(&[]);
+        let scale = logits[0].abs().max().double_value(&[]);
+        assert!(
+            scale > 0.0 && diff <= 1e-5 * scale,
+            "logits differ by {diff} (scale {scale})"
+        );
+        for ((name, a), (_, b)) in one
+            .named_parameters()
+            .into_iter()
+            .zip(split.named_parameters())
+        {
+            let (ga, gb) = (a.grad(), b.grad());
+            let diff = (&ga - &gb).abs().max().double_value(&[]);
+            let scale = ga.abs().max().double_value(&[]);
+            assert!(scale > 0.0, "{name}: no gradient");
+            assert!(
+                diff <= 1e-4 * scale,
+                "{name}: gradients differ by {diff} (scale {scale})"
+            );
+        }
+    }
+}
