@@ -129,6 +129,20 @@ impl Dataset {
         self.mean.as_deref()
     }
 
+    /// stats.json, when `pipeline stats` has been run.
+    pub fn stats(&self) -> Option<&Stats> {
+        self.stats.as_ref()
+    }
+
+    /// Records in this split.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn label(&self, id: RecordId) -> u32 {
         self.shards[id.shard as usize].records()[id.index as usize].label
     }
