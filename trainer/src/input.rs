@@ -12,6 +12,7 @@
 //! mean image held on the device.
 
 use pipeline::augment::View;
+use pipeline::loader::{Batch, BatchData, LoaderError};
 use tch::{Device, Kind, Tensor};
 
 pub struct InputNorm {
@@ -72,6 +73,16 @@ impl InputNorm {
             x *= scale;
         }
         x.permute([0, 3, 1, 2])
+    }
+}
+
+/// The uint8 pixels of a batch (the trainer always asks for uint8).
+pub fn batch_pixels(batch: &Batch) -> Result<&[u8], LoaderError> {
+    match &batch.data {
+        BatchData::U8(pixels) => Ok(pixels),
+        BatchData::F32(_) => Err(LoaderError::Config(
+            "the trainer takes the uint8 hand-over, got float32".into(),
+        )),
     }
 }
 

@@ -2,7 +2,13 @@
 //! schedule, the input hand-over from the pipeline loader, checkpoints,
 //! metrics, and the training and evaluation loops.
 
+pub mod bench;
+pub mod checkpoint;
+pub mod eval;
 pub mod input;
+pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod schedule;
 pub mod sgd;
+pub mod train;

@@ -1,5 +1,382 @@
-fn main() {
-    let t = tch::Tensor::from_slice(&[1f32, 2., 3.]);
-    t.print();
-    println!("cuda {}", tch::Cuda::is_available());
+//! `trainer`: AlexNet training (`run`), the paper's evaluation (`eval`) and
+//! a training-speed benchmark (`bench`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use pipeline::augment::Mode;
+use pipeline::ingest::Split;
+use pipeline::loader::Dataset;
+use tch::Device;
+use trainer::bench::{bench, BenchOptions};
+use trainer::checkpoint;
+use trainer::eval::{evaluate, EvalOptions};
+use trainer::input::InputNorm;
+use trainer::model::{AlexNet, Init, Placement, Precision};
+use trainer::train::{run, RunOptions, CROP};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "AlexNet (Krizhevsky, Sutskever & Hinton, 2012) on libtorch: train, evaluate, benchmark",
+    after_help = "Start with `pipeline shards` and `pipeline stats`, then `trainer run --shards DIR --out RUN`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train on a shard folder (made by `pipeline shards`, with `pipeline stats` run).
+    Run(RunArgs),
+    /// Top-1 / top-5 of a checkpoint: the centre crop, or the paper's ten crops.
+    Eval(EvalArgs),
+    /// Training images per second on synthetic data (no loader).
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Amp {
+    /// Convolutions, products and LRN in bfloat16 (weights and loss float32).
+    Bf16,
+}
+
+fn precision(amp: Option<Amp>) -> Precision {
+    match amp {
+        Some(Amp::Bf16) => Precision::Bf16,
+        None => Precision::F32,
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Shard folder with train (and val) splits, mean.npy and stats.json.
+    #[arg(long, default_value = "shards")]
+    shards: PathBuf,
+    /// Run folder: metrics.jsonl, checkpoints/, curves.png.
+    #[arg(long, default_value = "runs/alexnet")]
+    out: PathBuf,
+    /// `cpu`, `cuda:0`, or `cuda:0,cuda:1` for the paper's two-GPU split.
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+    #[arg(long, default_value_t = 90)]
+    epochs: u64,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Initial learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Applied to weights, not biases (see trainer/src/sgd.rs).
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// Epochs without a new best val error before the lr is divided by 10.
+    #[arg(long, default_value_t = 3)]
+    patience: u32,
+    /// Most lr divisions (the paper: three).
+    #[arg(long, default_value_t = 3)]
+    max_drops: u32,
+    /// `paper`: N(0, 0.01), biases 1 in conv2/4/5, fc6/7. `kaiming`: He init
+    /// with unit-variance inputs, a deviation that learns in short runs.
+    #[arg(long, value_enum, default_value_t = Init::Paper)]
+    init: Init,
+    /// Scales every layer's width (quick CPU runs: 0.25).
+    #[arg(long, default_value_t = 1.0)]
+    width_mult: f64,
+    /// Stop (with a checkpoint and a val evaluation) after this many steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Mixed precision.
+    #[arg(long, value_enum)]
+    amp: Option<Amp>,
+    /// Seeds the weights, the data order, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Loader worker threads (default: all cores).
+    #[arg(long)]
+    loader_threads: Option<usize>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Checkpoints kept (newest first).
+    #[arg(long, default_value_t = 2)]
+    keep_checkpoints: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A checkpoint folder, or a run folder (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "shards")]
+    shards: PathBuf,
+    #[arg(long, value_enum, default_value_t = SplitArg::Val)]
+    split: SplitArg,
+    /// The paper's test: softmax averaged over 4 corners + centre and mirrors.
+    #[arg(long)]
+    ten_crop: bool,
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+    /// Images per batch.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long)]
+    loader_threads: Option<usize>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Val,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+    #[arg(long, default_value_t = 128)]
+    batch_size: i64,
+    #[arg(long, value_enum)]
+    amp: Option<Amp>,
+    #[arg(long, default_value_t = 1.0)]
+    width_mult: f64,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 40)]
+    steps: usize,
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+}
+
+/// `cpu`, `cuda`, `cuda:N`, or two of them separated by a comma.
+fn parse_devices(text: &str) -> Result<Placement> {
+    let devices = text
+        .split(',')
+        .map(|d| match d.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(Device::Cuda(i)),
+                _ => bail!("--devices: `{other}` is not cpu, cuda or cuda:N"),
+            },
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for d in &devices {
+        if let Device::Cuda(i) = d {
+            if !tch::Cuda::is_available() {
+                bail!(
+                    "--devices {text}: libtorch sees no CUDA device (no GPU, no driver, or a CPU-only libtorch; see README troubleshooting)"
+                );
+            }
+            let count = tch::Cuda::device_count() as usize;
+            if *i >= count {
+                bail!("--devices {text}: cuda:{i} does not exist ({count} CUDA devices seen)");
+            }
+        }
+    }
+    match devices[..] {
+        [d] => Ok(Placement::One(d)),
+        [a, b] => Ok(Placement::Split(a, b)),
+        _ => bail!(
+            "--devices takes one device or two (the paper's two columns), got {}",
+            devices.len()
+        ),
+    }
+}
+
+fn threads(arg: Option<usize>) -> usize {
+    arg.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run_cmd(args),
+        Command::Eval(args) => eval_cmd(args),
+        Command::Bench(args) => bench_cmd(args),
+    }
+}
+
+fn run_cmd(args: RunArgs) -> Result<()> {
+    let placement = parse_devices(&args.devices)?;
+    if args.batch_size == 0 || args.width_mult <= 0.0 || args.lr <= 0.0 {
+        bail!("--batch-size, --width-mult and --lr must be positive");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: stopping without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: checkpointing after this step (again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let opts = RunOptions {
+        shards: args.shards,
+        out: args.out,
+        placement,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        patience: args.patience,
+        max_drops: args.max_drops,
+        init: args.init,
+        width_mult: args.width_mult,
+        max_steps: args.max_steps,
+        precision: precision(args.amp),
+        seed: args.seed,
+        loader_threads: threads(args.loader_threads),
+        resume: args.resume,
+        keep_checkpoints: args.keep_checkpoints,
+        progress: !args.quiet,
+    };
+    if placement.first().is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let summary = run(&opts, &stop)?;
+    println!("steps: {}", summary.steps);
+    if let Some(e) = &summary.last_eval {
+        println!(
+            "val (centre crop) after step {}: top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  lr {}",
+            e.step,
+            100.0 * e.val_top1,
+            100.0 * e.val_top5,
+            e.val_loss,
+            e.lr
+        );
+    }
+    if let Some(c) = &summary.checkpoint {
+        println!("checkpoint: {}", c.display());
+    }
+    println!(
+        "metrics: {}",
+        opts.out.join(trainer::metrics::FILE).display()
+    );
+    if let Some(c) = &summary.curves {
+        println!("curves: {}", c.display());
+    }
+    if summary.interrupted {
+        println!(
+            "interrupted: continue with `trainer run --resume --out {}`",
+            opts.out.display()
+        );
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+fn eval_cmd(args: EvalArgs) -> Result<()> {
+    let placement = parse_devices(&args.devices)?;
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let split = match args.split {
+        SplitArg::Train => Split::Train,
+        SplitArg::Val => Split::Val,
+    };
+    let dataset = Arc::new(Dataset::open(&args.shards, split)?);
+    let train = Dataset::open(&args.shards, Split::Train)?;
+    let mean = train.mean().with_context(|| {
+        format!(
+            "{}: no mean.npy: run `pipeline stats` first",
+            args.shards.display()
+        )
+    })?;
+    let mut net = AlexNet::new(
+        ck.state.model,
+        ck.state.init,
+        0,
+        placement,
+        ck.state.precision,
+    );
+    net.load(&ck.weights)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ck.path.display()))?;
+    let norm = InputNorm::new(
+        mean,
+        train.side(),
+        CROP,
+        ck.state.input_scale,
+        placement.first(),
+    );
+    let mode = if args.ten_crop {
+        Mode::Tencrop
+    } else {
+        Mode::Center
+    };
+    let bar = ProgressBar::new(dataset.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed_precise}, ETA {eta}]")
+            .expect("valid template"),
+    );
+    let result = evaluate(
+        &net,
+        &norm,
+        dataset,
+        &EvalOptions {
+            mode,
+            batch_size: args.batch_size,
+            threads: threads(args.loader_threads),
+        },
+        Some(&bar),
+    )?;
+    bar.finish_and_clear();
+    let crops = if args.ten_crop {
+        "ten-crop"
+    } else {
+        "centre crop"
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "checkpoint": ck.path, "step": ck.state.step, "crops": crops,
+                "images": result.images, "top1": result.top1, "top5": result.top5, "loss": result.loss,
+            })
+        );
+    } else {
+        println!(
+            "{} (step {}), {} images, {crops}: top-1 {:.2}%  top-5 {:.2}%  (error {:.2}% / {:.2}%)  loss {:.4}",
+            ck.path.display(),
+            ck.state.step,
+            result.images,
+            100.0 * result.top1,
+            100.0 * result.top5,
+            100.0 * (1.0 - result.top1),
+            100.0 * (1.0 - result.top5),
+            result.loss
+        );
+    }
+    Ok(())
+}
+
+fn bench_cmd(args: BenchArgs) -> Result<()> {
+    let placement = parse_devices(&args.devices)?;
+    if args.batch_size <= 0 || args.steps == 0 {
+        bail!("--batch-size and --steps must be positive");
+    }
+    let result = bench(&BenchOptions {
+        placement,
+        batch_size: args.batch_size,
+        precision: precision(args.amp),
+        width_mult: args.width_mult,
+        warmup: args.warmup,
+        steps: args.steps,
+    });
+    let amp = if args.amp.is_some() { "bf16" } else { "fp32" };
+    println!(
+        "BENCH paper-alexnet-2col devices={} bs={} {amp} width={} img/s={:.0} step_ms={:.2}",
+        args.devices, args.batch_size, args.width_mult, result.img_per_sec, result.step_ms
+    );
+    Ok(())
 }

@@ -1,0 +1,270 @@
+//! Checkpoints: everything a run needs to continue as if never stopped.
+//!
+//! `RUN/checkpoints/step-00001234/` holds `model.safetensors` (the
+//! weights), `momentum.safetensors` (the SGD buffers) and `state.json`
+//! (step, epoch and next batch of the loader, schedule, seed, model
+//! configuration). Random state needs no saving: dropout is reseeded from
+//! (seed, step) before every step, and the loader's draws are a function of
+//! (seed, epoch, position). A checkpoint is written under a hidden
+//! `.NAME.partial` folder and renamed when complete; `LATEST` names the
+//! newest, and only the newest `keep` are kept.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::model::{AlexNet, Init, ModelConfig, Precision};
+use crate::schedule::Schedule;
+use crate::sgd::Sgd;
+
+pub const LATEST: &str = "LATEST";
+const MODEL_FILE: &str = "model.safetensors";
+const MOMENTUM_FILE: &str = "momentum.safetensors";
+const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Tensors {
+        path: PathBuf,
+        #[source]
+        source: tch::TchError,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// Where a run stands, in `state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done.
+    pub step: u64,
+    /// The epoch in progress and its next batch.
+    pub epoch: u64,
+    pub batch: usize,
+    pub schedule: Schedule,
+    pub seed: u64,
+    pub model: ModelConfig,
+    pub init: Init,
+    pub precision: Precision,
+    pub batch_size: usize,
+    /// Per-channel input scale (Some with --init kaiming).
+    pub input_scale: Option<[f32; 3]>,
+    /// The shard set trained on (`manifest.json` id).
+    pub manifest_id: String,
+}
+
+/// What a checkpoint folder holds, loaded on the CPU.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub state: TrainState,
+    pub weights: Vec<(String, Tensor)>,
+    pub momentum: Vec<(String, Tensor)>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn tensors(path: &Path) -> impl FnOnce(tch::TchError) -> CheckpointError + '_ {
+    move |source| CheckpointError::Tensors {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a checkpoint into `dir` and makes it the latest; returns its path.
+pub fn save(
+    dir: &Path,
+    state: &TrainState,
+    net: &AlexNet,
+    sgd: &Sgd,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = format!("step-{:08}", state.step);
+    let final_path = dir.join(&name);
+    let temp = dir.join(format!(".{name}.partial"));
+    if temp.exists() {
+        std::fs::remove_dir_all(&temp).map_err(io(&temp))?;
+    }
+    std::fs::create_dir_all(&temp).map_err(io(&temp))?;
+    let params = net.named_parameters();
+    let weights: Vec<(String, Tensor)> = params
+        .iter()
+        .map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu)))
+        .collect();
+    let path = temp.join(MODEL_FILE);
+    Tensor::write_safetensors(&weights, &path).map_err(tensors(&path))?;
+    let momentum: Vec<(String, Tensor)> = sgd
+        .named_buffers(&params)
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(tch::Device::Cpu)))
+        .collect();
+    let path = temp.join(MOMENTUM_FILE);
+    Tensor::write_safetensors(&momentum, &path).map_err(tensors(&path))?;
+    let path = temp.join(STATE_FILE);
+    let json = serde_json::to_vec_pretty(state).expect("state serialises");
+    std::fs::write(&path, json).map_err(io(&path))?;
+    if final_path.exists() {
+        std::fs::remove_dir_all(&final_path).map_err(io(&final_path))?;
+    }
+    std::fs::rename(&temp, &final_path).map_err(io(&final_path))?;
+    let latest = dir.join(LATEST);
+    pipeline::atomic::write(&latest, format!("{name}\n").as_bytes()).map_err(io(&latest))?;
+    prune(dir, keep.max(1))?;
+    Ok(final_path)
+}
+
+/// Removes all but the newest `keep` checkpoints (and stray partials).
+fn prune(dir: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let name = entry
+            .map_err(io(dir))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("step-") {
+            names.push(name);
+        } else if pipeline::atomic::is_partial(&name) {
+            let p = dir.join(&name);
+            std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        }
+    }
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for name in &names[..excess] {
+        let p = dir.join(name);
+        std::fs::remove_dir_all(&p).map_err(io(&p))?;
+    }
+    Ok(())
+}
+
+/// The newest checkpoint in `dir`, if any.
+pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    let pointer = dir.join(LATEST);
+    if !pointer.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&pointer).map_err(io(&pointer))?;
+    Ok(Some(dir.join(name.trim())))
+}
+
+/// Loads a checkpoint folder (or a run folder, meaning its latest).
+pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let path = resolve(path)?;
+    let state_path = path.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
+        path: state_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let model_path = path.join(MODEL_FILE);
+    let weights = Tensor::read_safetensors(&model_path).map_err(tensors(&model_path))?;
+    let momentum_path = path.join(MOMENTUM_FILE);
+    let momentum = Tensor::read_safetensors(&momentum_path).map_err(tensors(&momentum_path))?;
+    Ok(Checkpoint {
+        path,
+        state,
+        weights,
+        momentum,
+    })
+}
+
+/// A checkpoint folder as given, or the latest one of a run folder or of
+/// its `checkpoints/`.
+fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
+    if path.join(STATE_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    for dir in [path.to_path_buf(), path.join("checkpoints")] {
+        if let Some(found) = latest(&dir)? {
+            return Ok(found);
+        }
+    }
+    Err(CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        reason: "not a checkpoint (no state.json) nor a run folder with checkpoints/LATEST".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Placement;
+    use tch::Device;
+
+    #[test]
+    fn round_trips_and_keeps_only_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ModelConfig {
+            classes: 5,
+            width_mult: 0.0625,
+            input_side: 67,
+            dropout: 0.5,
+        };
+        let net = AlexNet::new(
+            config,
+            Init::Paper,
+            1,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        let sgd = Sgd::new(&net.named_parameters(), 0.9, 5e-4);
+        let mut state = TrainState {
+            step: 1,
+            epoch: 0,
+            batch: 1,
+            schedule: Schedule::new(0.01, 3, 3),
+            seed: 9,
+            model: config,
+            init: Init::Paper,
+            precision: Precision::F32,
+            batch_size: 4,
+            input_scale: None,
+            manifest_id: "m".into(),
+        };
+        for step in 1..=3 {
+            state.step = step;
+            save(dir.path(), &state, &net, &sgd, 2).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["LATEST", "step-00000002", "step-00000003"]);
+        let ck = load(dir.path()).unwrap();
+        assert_eq!(ck.state, state);
+        let mut other = AlexNet::new(
+            config,
+            Init::Paper,
+            2,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        other.load(&ck.weights).unwrap();
+        for ((_, a), (_, b)) in net.named_parameters().iter().zip(other.named_parameters()) {
+            assert!(a.equal(b));
+        }
+        assert_eq!(ck.momentum.len(), ck.weights.len());
+    }
+
+    #[test]
+    fn a_missing_checkpoint_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("not a checkpoint"), "{err}");
+    }
+}

@@ -1,0 +1,117 @@
+//! Top-1 / top-5 on a split: the centre crop (every epoch) or the paper's
+//! ten crops (four corners and centre, and their mirrors) with the softmax
+//! averaged over the ten.
+
+use std::sync::Arc;
+
+use indicatif::ProgressBar;
+use pipeline::augment::Mode;
+use pipeline::loader::{Dataset, Loader, LoaderConfig, LoaderError, Output};
+use pipeline::sampler::Order;
+use tch::{Kind, Tensor};
+
+use crate::input::InputNorm;
+use crate::model::AlexNet;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalResult {
+    pub images: usize,
+    pub top1: f64,
+    pub top5: f64,
+    /// Mean cross-entropy of the (averaged) softmax.
+    pub loss: f64,
+}
+
+pub struct EvalOptions {
+    pub mode: Mode,
+    /// Images per batch (ten-crop batches hold ten views per image).
+    pub batch_size: usize,
+    pub threads: usize,
+}
+
+pub fn evaluate(
+    net: &AlexNet,
+    norm: &InputNorm,
+    dataset: Arc<Dataset>,
+    options: &EvalOptions,
+    progress: Option<&ProgressBar>,
+) -> Result<EvalResult, LoaderError> {
+    let config = LoaderConfig {
+        batch_size: options.batch_size,
+        threads: options.threads.max(1),
+        prefetch: 2 * options.threads.max(1),
+        mode: options.mode,
+        output: Output::U8,
+        order: Order::Sequential,
+        drop_last: false,
+        lighting_std: 0.0,
+        ..LoaderConfig::default()
+    };
+    let loader = Loader::new(dataset, config, 0, 0)?;
+    let (mut images, mut hit1, mut hit5, mut loss_sum) = (0usize, 0f64, 0f64, 0f64);
+    for batch in loader {
+        let batch = batch?;
+        let pixels = crate::input::batch_pixels(&batch)?;
+        let x = norm.apply(pixels, &batch.views);
+        let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+        let labels = Tensor::from_slice(&labels).to_device(norm.device());
+        let n = labels.size()[0];
+        let (h1, h5, loss) = tch::no_grad(|| {
+            let probs = net.forward(&x, false).softmax(-1, Kind::Float);
+            let classes = probs.size()[1];
+            let probs = probs
+                .view([n, batch.views_per_image as i64, classes])
+                .mean_dim(1, false, Kind::Float);
+            score(&probs, &labels)
+        });
+        images += n as usize;
+        hit1 += h1;
+        hit5 += h5;
+        loss_sum += loss;
+        if let Some(p) = progress {
+            p.inc(n as u64);
+        }
+    }
+    let d = images.max(1) as f64;
+    Ok(EvalResult {
+        images,
+        top1: hit1 / d,
+        top5: hit5 / d,
+        loss: loss_sum / d,
+    })
+}
+
+/// (top-1 hits, top-5 hits, summed cross-entropy) of class probabilities.
+pub fn score(probs: &Tensor, labels: &Tensor) -> (f64, f64, f64) {
+    let k = probs.size()[1].min(5);
+    let (_, top) = probs.topk(k, 1, true, true);
+    let hits = top.eq_tensor(&labels.unsqueeze(1));
+    let h1 = hits.narrow(1, 0, 1).sum(Kind::Float).double_value(&[]);
+    let h5 = hits.sum(Kind::Float).double_value(&[]);
+    let p = probs
+        .gather(1, &labels.unsqueeze(1), false)
+        .clamp_min(1e-12);
+    let loss = -p.log().sum(Kind::Float).double_value(&[]);
+    (h1, h5, loss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_top1_top5_and_loss() {
+        // Three images, six classes.
+        let probs = Tensor::from_slice(&[
+            0.5f32, 0.1, 0.1, 0.1, 0.1, 0.1, // label 0: top-1
+            0.3, 0.25, 0.2, 0.12, 0.08, 0.05, // label 3: 4th
+            0.3, 0.25, 0.2, 0.12, 0.08, 0.05, // label 5: 6th, outside top-5
+        ])
+        .view([3, 6]);
+        let labels = Tensor::from_slice(&[0i64, 3, 5]);
+        let (h1, h5, loss) = score(&probs, &labels);
+        assert_eq!((h1, h5), (1.0, 2.0));
+        let want = -(0.5f64.ln() + 0.12f64.ln() + 0.05f64.ln());
+        assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+    }
+}

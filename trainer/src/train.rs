@@ -1,0 +1,436 @@
+//! `trainer run`: the training loop.
+//!
+//! Each step takes the next batch from the pipeline loader (random crop,
+//! mirror and PCA lighting on the CPU, uint8 hand-over), normalises it on
+//! the device, runs forward and backward, and applies the paper's SGD rule.
+//! After each epoch: centre-crop top-1/top-5 on val, the lr schedule, a
+//! checkpoint and the curves PNG. Ctrl-C (or --max-steps) checkpoints and
+//! stops; `--resume` continues from the latest checkpoint exactly.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pipeline::augment::Mode;
+use pipeline::ingest::Split;
+use pipeline::loader::{BufferPool, Dataset, Loader, LoaderConfig, LoaderError, Output};
+use pipeline::sampler::{mix, Order, Sampler};
+use tch::{Kind, Tensor};
+
+use crate::checkpoint::{self, CheckpointError, TrainState};
+use crate::eval::{evaluate, EvalOptions, EvalResult};
+use crate::input::{batch_pixels, unit_variance_scale, InputNorm};
+use crate::metrics::{EpochLine, Line, MetricsLog, StepLine};
+use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
+use crate::plot;
+use crate::schedule::Schedule;
+use crate::sgd::Sgd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Everything `trainer run` is told.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub shards: PathBuf,
+    /// The run folder: metrics.jsonl, checkpoints/, curves.png.
+    pub out: PathBuf,
+    pub placement: Placement,
+    pub epochs: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub patience: u32,
+    pub max_drops: u32,
+    pub init: Init,
+    pub width_mult: f64,
+    pub max_steps: Option<u64>,
+    pub precision: Precision,
+    pub seed: u64,
+    pub loader_threads: usize,
+    pub resume: bool,
+    pub keep_checkpoints: usize,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub steps: u64,
+    pub last_eval: Option<EpochLine>,
+    pub interrupted: bool,
+    pub checkpoint: Option<PathBuf>,
+    pub curves: Option<PathBuf>,
+}
+
+/// The side of the crops the network sees (paper: 224).
+pub const CROP: usize = 224;
+
+struct Data {
+    train: Arc<Dataset>,
+    val: Option<Arc<Dataset>>,
+    classes: i64,
+}
+
+fn open_data(shards: &Path) -> Result<Data, TrainError> {
+    let train = Dataset::open(shards, Split::Train)?;
+    if train.mean().is_none() || train.stats().is_none() {
+        return Err(TrainError::Config(format!(
+            "{}: no mean.npy/stats.json: run `pipeline stats --shards {}` first",
+            shards.display(),
+            shards.display()
+        )));
+    }
+    let val = match train.manifest.split(Split::Val) {
+        Some(_) => Some(Arc::new(Dataset::open(shards, Split::Val)?)),
+        None => None,
+    };
+    let classes = train.manifest.classes.len() as i64;
+    Ok(Data {
+        train: Arc::new(train),
+        val,
+        classes,
+    })
+}
+
+/// The state a run starts from: fresh, or the latest checkpoint.
+fn start_state(
+    opts: &RunOptions,
+    data: &Data,
+) -> Result<(TrainState, Option<checkpoint::Checkpoint>), TrainError> {
+    let ckpt_dir = opts.out.join("checkpoints");
+    let manifest_id = data.train.manifest.id.clone();
+    if opts.resume {
+        let ck = checkpoint::load(&ckpt_dir)?;
+        if ck.state.manifest_id != manifest_id {
+            return Err(TrainError::Config(format!(
+                "{}: trained on shard set {}, but {} is {}",
+                ck.path.display(),
+                ck.state.manifest_id,
+                opts.shards.display(),
+                manifest_id
+            )));
+        }
+        return Ok((ck.state.clone(), Some(ck)));
+    }
+    if checkpoint::latest(&ckpt_dir)?.is_some() {
+        return Err(TrainError::Config(format!(
+            "{} already holds a run: pass --resume to continue it, or choose another --out",
+            opts.out.display()
+        )));
+    }
+    let stats = data.train.stats().expect("checked in open_data");
+    let input_scale = match opts.init {
+        Init::Paper => None,
+        Init::Kaiming => Some(unit_variance_scale(stats)),
+    };
+    let state = TrainState {
+        step: 0,
+        epoch: 0,
+        batch: 0,
+        schedule: Schedule::new(opts.lr, opts.patience, opts.max_drops),
+        seed: opts.seed,
+        model: ModelConfig {
+            width_mult: opts.width_mult,
+            ..ModelConfig::paper(data.classes)
+        },
+        init: opts.init,
+        precision: opts.precision,
+        batch_size: opts.batch_size,
+        input_scale,
+        manifest_id,
+    };
+    Ok((state, None))
+}
+
+pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainError> {
+    let data = open_data(&opts.shards)?;
+    std::fs::create_dir_all(&opts.out).map_err(|source| TrainError::Io {
+        path: opts.out.clone(),
+        source,
+    })?;
+    let (mut state, resumed) = start_state(opts, &data)?;
+    let mut net = AlexNet::new(
+        state.model,
+        state.init,
+        mix(state.seed, 0x1417) as i64,
+        opts.placement,
+        state.precision,
+    );
+    let mut sgd = Sgd::new(&net.named_parameters(), opts.momentum, opts.weight_decay);
+    if let Some(ck) = &resumed {
+        let bad = |reason: String| CheckpointError::Invalid {
+            path: ck.path.clone(),
+            reason,
+        };
+        net.load(&ck.weights).map_err(bad)?;
+        sgd.load(&net.named_parameters(), &ck.momentum)
+            .map_err(bad)?;
+    }
+    let mut log =
+        MetricsLog::open(&opts.out, resumed.as_ref().map(|c| c.state.step)).map_err(|source| {
+            TrainError::Io {
+                path: opts.out.join(crate::metrics::FILE),
+                source,
+            }
+        })?;
+    let side = data.train.side();
+    let mean = data.train.mean().expect("checked in open_data");
+    let norm = InputNorm::new(mean, side, CROP, state.input_scale, opts.placement.first());
+    let loader_config = LoaderConfig {
+        batch_size: state.batch_size,
+        threads: opts.loader_threads.max(1),
+        prefetch: 2 * opts.loader_threads.max(1),
+        mode: Mode::Train,
+        output: Output::U8,
+        crop: CROP,
+        seed: state.seed,
+        order: Order::Random,
+        drop_last: true,
+        ..LoaderConfig::default()
+    };
+    let pool = BufferPool::for_config(&loader_config);
+    let steps_per_epoch = Sampler::new(
+        data.train.shard_lens(),
+        state.seed,
+        Order::Random,
+        (0, 1),
+        state.batch_size,
+        true,
+    )
+    .map_err(LoaderError::from)?
+    .batches_per_epoch();
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Config(format!(
+            "{}: fewer training images ({}) than one batch ({})",
+            opts.shards.display(),
+            data.train.len(),
+            state.batch_size
+        )));
+    }
+    let total = (opts.epochs * steps_per_epoch as u64).min(opts.max_steps.unwrap_or(u64::MAX));
+    let bar = progress_bar(opts.progress, total, state.step);
+    let params = net.named_parameters();
+    let mut summary = RunSummary {
+        steps: state.step,
+        last_eval: None,
+        interrupted: false,
+        checkpoint: None,
+        curves: None,
+    };
+    let ckpt_dir = opts.out.join("checkpoints");
+    while state.epoch < opts.epochs {
+        let loader = Loader::with_pool(
+            data.train.clone(),
+            loader_config.clone(),
+            pool.clone(),
+            state.epoch,
+            state.batch,
+        )?;
+        let (mut loss_sum, mut loss_n) = (0f64, 0u64);
+        let mut last = Instant::now();
+        let mut waited = Instant::now();
+        for batch in loader {
+            let batch = batch?;
+            let loader_wait = waited.elapsed().as_secs_f64();
+            let x = norm.apply(batch_pixels(&batch)?, &batch.views);
+            let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+            let labels = Tensor::from_slice(&labels).to_device(norm.device());
+            drop(batch);
+            // Dropout's randomness is a function of (seed, step): a resumed
+            // run draws exactly what the uninterrupted run would have.
+            tch::manual_seed(mix(state.seed, state.step) as i64);
+            let loss = net.forward(&x, true).cross_entropy_for_logits(&labels);
+            loss.backward();
+            sgd.step(&params, state.schedule.lr);
+            let loss = loss.to_kind(Kind::Double).double_value(&[]);
+            state.step += 1;
+            state.batch += 1;
+            let now = Instant::now();
+            let img_per_sec = loader_config.batch_size as f64 / (now - last).as_secs_f64();
+            last = now;
+            loss_sum += loss;
+            loss_n += 1;
+            log.write(&Line::Step(StepLine {
+                step: state.step,
+                epoch: state.epoch,
+                loss,
+                lr: state.schedule.lr,
+                img_per_sec,
+                loader_wait,
+            }))
+            .map_err(|source| TrainError::Io {
+                path: log.path().to_path_buf(),
+                source,
+            })?;
+            bar.set_position(state.step);
+            bar.set_message(format!(
+                "epoch {} loss {loss:.3} {img_per_sec:.0} img/s",
+                state.epoch
+            ));
+            if !loss.is_finite() {
+                bar.abandon();
+                return Err(TrainError::Config(format!(
+                    "the loss is {loss} at step {}: training diverged (a lower --lr, or --init kaiming for short runs)",
+                    state.step
+                )));
+            }
+            let hit_max = opts.max_steps.is_some_and(|m| state.step >= m);
+            if stop.load(Ordering::SeqCst) || hit_max {
+                summary.interrupted = !hit_max;
+                summary.checkpoint = Some(checkpoint::save(
+                    &ckpt_dir,
+                    &state,
+                    &net,
+                    &sgd,
+                    opts.keep_checkpoints,
+                )?);
+                if hit_max {
+                    let eval = eval_line(
+                        &net,
+                        &norm,
+                        &data,
+                        opts,
+                        &state,
+                        loss_sum / loss_n as f64,
+                        true,
+                    )?;
+                    if let Some(line) = &eval {
+                        write_line(&mut log, &Line::Epoch(line.clone()))?;
+                    }
+                    summary.last_eval = eval;
+                }
+                return finish(opts, log, bar, summary, state.step);
+            }
+            waited = Instant::now();
+        }
+        let train_loss = loss_sum / loss_n.max(1) as f64;
+        let eval = eval_line(&net, &norm, &data, opts, &state, train_loss, false)?;
+        if let Some(line) = &eval {
+            write_line(&mut log, &Line::Epoch(line.clone()))?;
+            if state.schedule.observe(1.0 - line.val_top1) {
+                bar.println(format!("lr divided by 10: now {}", state.schedule.lr));
+            }
+        }
+        summary.last_eval = eval;
+        state.epoch += 1;
+        state.batch = 0;
+        summary.checkpoint = Some(checkpoint::save(
+            &ckpt_dir,
+            &state,
+            &net,
+            &sgd,
+            opts.keep_checkpoints,
+        )?);
+        log.flush().map_err(|source| TrainError::Io {
+            path: log.path().to_path_buf(),
+            source,
+        })?;
+        summary.curves = plot_curves(&opts.out);
+    }
+    finish(opts, log, bar, summary, state.step)
+}
+
+fn write_line(log: &mut MetricsLog, line: &Line) -> Result<(), TrainError> {
+    log.write(line)
+        .and_then(|_| log.flush())
+        .map_err(|source| TrainError::Io {
+            path: log.path().to_path_buf(),
+            source,
+        })
+}
+
+fn finish(
+    opts: &RunOptions,
+    mut log: MetricsLog,
+    bar: ProgressBar,
+    mut summary: RunSummary,
+    steps: u64,
+) -> Result<RunSummary, TrainError> {
+    log.flush().map_err(|source| TrainError::Io {
+        path: log.path().to_path_buf(),
+        source,
+    })?;
+    bar.finish_and_clear();
+    summary.steps = steps;
+    summary.curves = plot_curves(&opts.out);
+    Ok(summary)
+}
+
+fn plot_curves(run: &Path) -> Option<PathBuf> {
+    match plot::write_curves(run) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            eprintln!("warning: no curves PNG: {e}");
+            None
+        }
+    }
+}
+
+/// Centre-crop evaluation on val as an epoch line (None without val).
+fn eval_line(
+    net: &AlexNet,
+    norm: &InputNorm,
+    data: &Data,
+    opts: &RunOptions,
+    state: &TrainState,
+    train_loss: f64,
+    partial: bool,
+) -> Result<Option<EpochLine>, TrainError> {
+    let Some(val) = &data.val else {
+        return Ok(None);
+    };
+    let EvalResult {
+        top1, top5, loss, ..
+    } = evaluate(
+        net,
+        norm,
+        val.clone(),
+        &EvalOptions {
+            mode: Mode::Center,
+            batch_size: state.batch_size,
+            threads: opts.loader_threads,
+        },
+        None,
+    )?;
+    Ok(Some(EpochLine {
+        epoch: state.epoch,
+        step: state.step,
+        val_top1: top1,
+        val_top5: top5,
+        val_loss: loss,
+        lr: state.schedule.lr,
+        train_loss,
+        partial,
+    }))
+}
+
+fn progress_bar(show: bool, total: u64, at: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}, ETA {eta}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(at);
+    bar
+}
