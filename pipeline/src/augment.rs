@@ -4,7 +4,8 @@
 //! 0..=side-crop), mirrored with probability 1/2, plus PCA lighting: every
 //! pixel gets `sum_i alpha_i * lambda_i * p_i` added, with alpha_i ~ N(0, 0.1)
 //! drawn per image each time it is used, lambda_i / p_i the eigenvalues /
-//! eigenvectors of the RGB covariance (stats.json); then the per-pixel mean
+//! eigenvectors of the RGB covariance (stats.json; see `Lighting::from_stats`
+//! for the units of lambda); then the per-pixel mean
 //! image (mean.npy), cropped and mirrored like the image, is subtracted.
 //! Evaluation: the centre window, or ten: 4 corners + centre, and mirrors.
 //!
@@ -40,9 +41,17 @@ pub struct Lighting {
 }
 
 impl Lighting {
+    /// The paper's lambda_i are eigenvalues of the covariance of RGB values
+    /// scaled to [0, 1], and the offset alpha * lambda * p is in those units
+    /// too (so fb.resnet.torch and its descendants: ImageNet's lambda_1 =
+    /// 0.2175). stats.json is in 0..255 units, where the covariance is 255^2
+    /// times larger; in pixel levels the offset is then 255 * alpha *
+    /// (lambda_255 / 255^2) * p = alpha * (lambda_255 / 255) * p. For
+    /// ImageNet (lambda_1 ~ 12,900) that is ~5 levels per 0.1 of alpha;
+    /// taking lambda_255 as it is would add ~1,300 levels and drown the image.
     pub fn from_stats(stats: &Stats, std: f32) -> Self {
         Self {
-            eigenvalues: stats.eigenvalues.map(|v| v as f32),
+            eigenvalues: stats.eigenvalues.map(|v| (v / 255.0) as f32),
             eigenvectors: stats.eigenvectors.map(|v| v.map(|x| x as f32)),
             std,
         }
@@ -206,6 +215,38 @@ fn normalise_chw(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// stats.json's eigenvalues (0..255 units) become lighting in levels:
+    /// alpha = 1 along the first component moves a pixel lambda / 255.
+    #[test]
+    fn lighting_from_stats_is_in_pixel_levels() {
+        let p = [0.58f64, 0.58, 0.57];
+        let stats = Stats {
+            images: 1,
+            pixels: 1,
+            channel_mean: [0.0; 3],
+            covariance: [[0.0; 3]; 3],
+            eigenvalues: [12750.0, 510.0, 255.0],
+            eigenvectors: [p, [0.7, 0.0, -0.7], [-0.4, 0.8, -0.4]],
+            manifest_id: String::new(),
+            height: 1,
+            width: 1,
+        };
+        let l = Lighting::from_stats(&stats, 0.1);
+        let off = l.offset([1.0, 0.0, 0.0]);
+        for c in 0..3 {
+            assert!((off[c] as f64 - 50.0 * p[c]).abs() < 1e-3, "{off:?}");
+        }
+        // Draws: about N(0, 0.1) * 50 levels along p.
+        let mut rng = SplitMix64::new(1);
+        let n = 4000;
+        let var: f64 = (0..n)
+            .map(|_| (l.draw(&mut rng)[0] as f64).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        let want = (5.0f64 * p[0]).powi(2) + (0.2f64 * 0.7).powi(2) + (0.1f64 * 0.4).powi(2);
+        assert!((var / want - 1.0).abs() < 0.1, "var {var} vs {want}");
+    }
 
     const SIDE: usize = 8;
     const CROP: usize = 5;
