@@ -1,0 +1,131 @@
+"""`trainer` end to end on a real labelled set: Fashion-MNIST (Debian's
+dataset-fashion-mnist) written as an ILSVRC-style tree, through `pipeline
+shards` and `pipeline stats`, trained on this CPU, evaluated with ten crops;
+and the trainer's user errors."""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+
+import pytest
+
+from conftest import run as pipeline
+
+TRAINER = os.environ.get("TRAINER_BIN", "target/release/trainer")
+SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "scripts")
+FASHION_SRC = "/usr/share/datasets/fashion-mnist"
+
+
+def trainer(*args, check=True, timeout=900):
+    p = subprocess.run([TRAINER, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"trainer {' '.join(map(str, args))} failed:\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory):
+    assert os.path.isdir(FASHION_SRC), "run `make setup-apt` (dataset-fashion-mnist)"
+    root = tmp_path_factory.mktemp("fashion")
+    subprocess.run([sys.executable, os.path.join(SCRIPTS, "fashion_mnist_tree.py"),
+                    "--out", root / "tree"], check=True, capture_output=True)
+    pipeline("shards", "--imagenet", root / "tree", "--out", root / "shards")
+    pipeline("stats", "--shards", root / "shards")
+    return root
+
+
+@pytest.fixture(scope="module")
+def kaiming_run(fashion):
+    """The `make learn-fashion` recipe: width 0.25, batch 64, 240 steps."""
+    out = fashion / "run"
+    p = trainer("run", "--shards", fashion / "shards", "--out", out, "--devices", "cpu",
+                "--width-mult", "0.25", "--batch-size", "64", "--max-steps", "240",
+                "--init", "kaiming", "--quiet")
+    lines = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    return dict(out=out, stdout=p.stdout, lines=lines)
+
+
+def test_fashion_mnist_is_learned_on_cpu(kaiming_run):
+    steps = [l for l in kaiming_run["lines"] if "loss" in l]
+    epochs = [l for l in kaiming_run["lines"] if "val_top1" in l]
+    assert [s["step"] for s in steps] == list(range(1, 241))
+    for s in steps:
+        assert s["img_per_sec"] > 0 and s["loader_wait"] >= 0 and s["lr"] in (0.01, 0.001)
+    first = sum(s["loss"] for s in steps[:20]) / 20
+    last = sum(s["loss"] for s in steps[-20:]) / 20
+    assert last < 0.6 * first, (first, last)
+    # 3000 images / 64 = 46 steps an epoch: five full epochs and the stop.
+    assert [e["step"] for e in epochs] == [46, 92, 138, 184, 230, 240]
+    assert epochs[-1]["partial"] is True
+    # Ten balanced classes: chance is 10% top-1, 50% top-5.
+    assert epochs[-1]["val_top1"] > 0.5, epochs[-1]
+    assert epochs[-1]["val_top5"] > 0.9, epochs[-1]
+    assert "top-1" in kaiming_run["stdout"]
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(33)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert zlib.crc32(head[12:29]) == struct.unpack(">I", head[29:33])[0]
+    return struct.unpack(">II", head[16:24])
+
+
+def test_run_folder_holds_curves_and_a_checkpoint(kaiming_run):
+    out = kaiming_run["out"]
+    assert png_size(out / "curves.png") == (1200, 480)
+    latest = (out / "checkpoints" / "LATEST").read_text().strip()
+    assert latest == "step-00000240"
+    state = json.load(open(out / "checkpoints" / latest / "state.json"))
+    assert state["step"] == 240 and state["epoch"] == 5 and state["batch"] == 10
+    assert state["init"] == "kaiming" and state["input_scale"] is not None
+
+
+def test_ten_crop_eval_of_the_checkpoint(fashion, kaiming_run):
+    centre = json.loads(trainer("eval", "--checkpoint", kaiming_run["out"], "--shards",
+                                fashion / "shards", "--json").stdout)
+    last = [l for l in kaiming_run["lines"] if "val_top1" in l][-1]
+    # The same weights and crops as the run's own final evaluation.
+    assert centre["images"] == 500
+    assert centre["top1"] == pytest.approx(last["val_top1"], abs=1e-9)
+    assert centre["top5"] == pytest.approx(last["val_top5"], abs=1e-9)
+    ten = json.loads(trainer("eval", "--checkpoint", kaiming_run["out"], "--shards",
+                             fashion / "shards", "--ten-crop", "--json").stdout)
+    assert ten["crops"] == "ten-crop" and ten["images"] == 500
+    # Averaging ten views should not be far off the centre crop either way.
+    assert abs(ten["top1"] - centre["top1"]) < 0.1, (ten, centre)
+    assert ten["top1"] > 0.5
+
+
+def test_resume_refuses_to_overwrite_and_continues(fashion, tmp_path):
+    out = tmp_path / "r"
+    args = ["run", "--shards", fashion / "shards", "--out", out, "--width-mult", "0.0625",
+            "--batch-size", "16", "--quiet", "--init", "kaiming"]
+    trainer(*args, "--max-steps", "2")
+    p = trainer(*args, "--max-steps", "3", check=False)
+    assert p.returncode != 0 and "--resume" in p.stderr
+    trainer(*args, "--max-steps", "3", "--resume")
+    steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
+    assert steps == [1, 2, 3]
+
+
+def test_errors_are_one_clear_line(fashion, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(fashion / "shards", bare)
+    os.remove(bare / "stats.json")
+    p = trainer("run", "--shards", bare, "--out", tmp_path / "x", check=False)
+    assert p.returncode != 0 and "pipeline stats" in p.stderr, p.stderr
+    p = trainer("run", "--shards", tmp_path / "nowhere", "--out", tmp_path / "x", check=False)
+    assert p.returncode != 0 and "nowhere" in p.stderr, p.stderr
+    p = trainer("bench", "--devices", "cpu,cpu,cpu", check=False)
+    assert p.returncode != 0 and "one device or two" in p.stderr
+    p = trainer("bench", "--devices", "tpu", check=False)
+    assert p.returncode != 0 and "`tpu`" in p.stderr
+    p = trainer("eval", "--checkpoint", tmp_path, "--shards", fashion / "shards", check=False)
+    assert p.returncode != 0 and "not a checkpoint" in p.stderr
+    if shutil.which("nvidia-smi") is None:
+        p = trainer("bench", "--devices", "cuda:0", check=False)
+        assert p.returncode != 0 and "no CUDA device" in p.stderr
