@@ -679,4 +679,27 @@ mod tests {
             );
         }
     }
+
+    /// bfloat16 arithmetic (the --amp bf16 path) tracks float32 to bf16's
+    /// precision, and its gradients reach the float32 weights.
+    #[test]
+    fn bf16_forward_tracks_f32() {
+        let net = AlexNet::new(
+            small(7),
+            Init::Kaiming,
+            4,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        let half = net.to_placement(Placement::One(Device::Cpu), Precision::Bf16);
+        let x = Tensor::randn([2, 3, 99, 99], (Kind::Float, Device::Cpu));
+        let (a, b) = (net.forward(&x, false), half.forward(&x, false));
+        assert_eq!(b.kind(), Kind::Float);
+        let err = (&a - &b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]);
+        assert!(err < 0.05, "bf16 off by {err}");
+        b.sum(Kind::Float).backward();
+        let (_, w) = &half.named_parameters()[0];
+        assert_eq!(w.kind(), Kind::Float);
+        assert!(w.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
 }
