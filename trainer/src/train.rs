@@ -182,7 +182,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         sgd.load(&net.named_parameters(), &ck.momentum)
             .map_err(bad)?;
     }
-    let mut log =
+    let log =
         MetricsLog::open(&opts.out, resumed.as_ref().map(|c| c.state.step)).map_err(|source| {
             TrainError::Io {
                 path: opts.out.join(crate::metrics::FILE),
@@ -224,7 +224,14 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         )));
     }
     let total = (opts.epochs * steps_per_epoch as u64).min(opts.max_steps.unwrap_or(u64::MAX));
-    let bar = progress_bar(opts.progress, total, state.step);
+    let mut rec = Recorder {
+        pending: None,
+        log,
+        bar: progress_bar(opts.progress, total, state.step),
+        last_flush: Instant::now(),
+        loss_sum: 0.0,
+        loss_n: 0,
+    };
     let params = net.named_parameters();
     let mut summary = RunSummary {
         steps: state.step,
@@ -242,7 +249,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             state.epoch,
             state.batch,
         )?;
-        let (mut loss_sum, mut loss_n) = (0f64, 0u64);
+        rec.start_epoch();
         let mut last = Instant::now();
         let mut waited = Instant::now();
         for batch in loader {
@@ -258,40 +265,23 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             let loss = net.forward(&x, true).cross_entropy_for_logits(&labels);
             loss.backward();
             sgd.step(&params, state.schedule.lr);
-            let loss = loss.to_kind(Kind::Double).double_value(&[]);
             state.step += 1;
             state.batch += 1;
             let now = Instant::now();
             let img_per_sec = loader_config.batch_size as f64 / (now - last).as_secs_f64();
             last = now;
-            loss_sum += loss;
-            loss_n += 1;
-            log.write(&Line::Step(StepLine {
+            let line = StepLine {
                 step: state.step,
                 epoch: state.epoch,
-                loss,
+                loss: f64::NAN, // read when the next step is under way
                 lr: state.schedule.lr,
                 img_per_sec,
                 loader_wait,
-            }))
-            .map_err(|source| TrainError::Io {
-                path: log.path().to_path_buf(),
-                source,
-            })?;
-            bar.set_position(state.step);
-            bar.set_message(format!(
-                "epoch {} loss {loss:.3} {img_per_sec:.0} img/s",
-                state.epoch
-            ));
-            if !loss.is_finite() {
-                bar.abandon();
-                return Err(TrainError::Config(format!(
-                    "the loss is {loss} at step {}: training diverged (a lower --lr, or --init kaiming for short runs)",
-                    state.step
-                )));
-            }
+            };
+            rec.push(loss.detach(), line)?;
             let hit_max = opts.max_steps.is_some_and(|m| state.step >= m);
             if stop.load(Ordering::SeqCst) || hit_max {
+                rec.settle()?;
                 summary.interrupted = !hit_max;
                 summary.checkpoint = Some(checkpoint::save(
                     &ckpt_dir,
@@ -301,30 +291,23 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
                     opts.keep_checkpoints,
                 )?);
                 if hit_max {
-                    let eval = eval_line(
-                        &net,
-                        &norm,
-                        &data,
-                        opts,
-                        &state,
-                        loss_sum / loss_n as f64,
-                        true,
-                    )?;
+                    let eval = eval_line(&net, &norm, &data, opts, &state, rec.epoch_loss(), true)?;
                     if let Some(line) = &eval {
-                        write_line(&mut log, &Line::Epoch(line.clone()))?;
+                        rec.write(&Line::Epoch(line.clone()))?;
                     }
                     summary.last_eval = eval;
                 }
-                return finish(opts, log, bar, summary, state.step);
+                return rec.finish(opts, summary, state.step);
             }
             waited = Instant::now();
         }
-        let train_loss = loss_sum / loss_n.max(1) as f64;
-        let eval = eval_line(&net, &norm, &data, opts, &state, train_loss, false)?;
+        rec.settle()?;
+        let eval = eval_line(&net, &norm, &data, opts, &state, rec.epoch_loss(), false)?;
         if let Some(line) = &eval {
-            write_line(&mut log, &Line::Epoch(line.clone()))?;
+            rec.write(&Line::Epoch(line.clone()))?;
             if state.schedule.observe(1.0 - line.val_top1) {
-                bar.println(format!("lr divided by 10: now {}", state.schedule.lr));
+                rec.bar
+                    .println(format!("lr divided by 10: now {}", state.schedule.lr));
             }
         }
         summary.last_eval = eval;
@@ -337,39 +320,97 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             &sgd,
             opts.keep_checkpoints,
         )?);
-        log.flush().map_err(|source| TrainError::Io {
-            path: log.path().to_path_buf(),
-            source,
-        })?;
+        rec.flush()?;
         summary.curves = plot_curves(&opts.out);
     }
-    finish(opts, log, bar, summary, state.step)
+    rec.finish(opts, summary, state.step)
 }
 
-fn write_line(log: &mut MetricsLog, line: &Line) -> Result<(), TrainError> {
-    log.write(line)
-        .and_then(|_| log.flush())
-        .map_err(|source| TrainError::Io {
-            path: log.path().to_path_buf(),
+/// Step lines, the progress bar and the epoch's mean loss. A step's loss
+/// stays on the device until the next step has been queued: reading it is
+/// the one point where the host waits for the device, and waiting one step
+/// late keeps the device busy meanwhile.
+struct Recorder {
+    pending: Option<(Tensor, StepLine)>,
+    log: MetricsLog,
+    bar: ProgressBar,
+    last_flush: Instant,
+    loss_sum: f64,
+    loss_n: u64,
+}
+
+impl Recorder {
+    fn start_epoch(&mut self) {
+        self.loss_sum = 0.0;
+        self.loss_n = 0;
+    }
+
+    fn epoch_loss(&self) -> f64 {
+        self.loss_sum / self.loss_n.max(1) as f64
+    }
+
+    fn push(&mut self, loss: Tensor, line: StepLine) -> Result<(), TrainError> {
+        self.settle()?;
+        self.pending = Some((loss, line));
+        Ok(())
+    }
+
+    /// Reads the pending loss and writes its line.
+    fn settle(&mut self) -> Result<(), TrainError> {
+        let Some((loss, mut line)) = self.pending.take() else {
+            return Ok(());
+        };
+        line.loss = loss.to_kind(Kind::Double).double_value(&[]);
+        if !line.loss.is_finite() {
+            self.bar.abandon();
+            return Err(TrainError::Config(format!(
+                "the loss is {} at step {}: training diverged (a lower --lr, or --init kaiming for short runs)",
+                line.loss, line.step
+            )));
+        }
+        self.loss_sum += line.loss;
+        self.loss_n += 1;
+        self.bar.set_position(line.step);
+        self.bar.set_message(format!(
+            "epoch {} loss {:.3} {:.0} img/s",
+            line.epoch, line.loss, line.img_per_sec
+        ));
+        self.write(&Line::Step(line))?;
+        // Flushed about once a second, so that `tail -f` follows the run.
+        if self.last_flush.elapsed().as_secs_f64() >= 1.0 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, line: &Line) -> Result<(), TrainError> {
+        self.log.write(line).map_err(|source| TrainError::Io {
+            path: self.log.path().to_path_buf(),
             source,
         })
-}
+    }
 
-fn finish(
-    opts: &RunOptions,
-    mut log: MetricsLog,
-    bar: ProgressBar,
-    mut summary: RunSummary,
-    steps: u64,
-) -> Result<RunSummary, TrainError> {
-    log.flush().map_err(|source| TrainError::Io {
-        path: log.path().to_path_buf(),
-        source,
-    })?;
-    bar.finish_and_clear();
-    summary.steps = steps;
-    summary.curves = plot_curves(&opts.out);
-    Ok(summary)
+    fn flush(&mut self) -> Result<(), TrainError> {
+        self.last_flush = Instant::now();
+        self.log.flush().map_err(|source| TrainError::Io {
+            path: self.log.path().to_path_buf(),
+            source,
+        })
+    }
+
+    fn finish(
+        mut self,
+        opts: &RunOptions,
+        mut summary: RunSummary,
+        steps: u64,
+    ) -> Result<RunSummary, TrainError> {
+        self.settle()?;
+        self.flush()?;
+        self.bar.finish_and_clear();
+        summary.steps = steps;
+        summary.curves = plot_curves(&opts.out);
+        Ok(summary)
+    }
 }
 
 fn plot_curves(run: &Path) -> Option<PathBuf> {
