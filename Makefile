@@ -33,7 +33,7 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch build test lint unit e2e check-imagenet shards stats verify bench-shards learn-fashion clean
+.PHONY: setup setup-apt setup-python setup-torch build test lint unit e2e check-imagenet shards stats verify bench-shards learn-fashion device-stage clean
 
 setup: setup-apt setup-python setup-torch
 
@@ -116,6 +116,15 @@ learn-fashion: build setup-python
 	rm -rf $(RUNS)/fashion-kaiming
 	$(TRAINER) run --shards $(FASHION)/shards --out $(RUNS)/fashion-kaiming --devices cpu \
 	  --width-mult 0.25 --batch-size 64 --max-steps 240 --init kaiming
+
+# Stages what scripts/device_check.sh needs on the lent GPU machine (no
+# internet, no Rust there): stripped binaries and the Fashion-MNIST JPEG tree.
+device-stage: build setup-python
+	@[ -f $(FASHION)/tree/LOC_val_solution.csv ] || $(PY) scripts/fashion_mnist_tree.py --out $(FASHION)/tree
+	rm -rf device && mkdir -p device
+	strip -o device/trainer $(TRAINER) && strip -o device/pipeline $(PIPELINE)
+	cp -r $(FASHION)/tree device/fashion-tree
+	du -sh device
 
 # `pipeline shards` against a Pillow + python-zstandard script doing the same
 # job, both on one core, on the shared 1000-image sample.
