@@ -33,7 +33,7 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch build test lint unit e2e check-imagenet shards stats verify bench-shards learn-fashion device-stage clean
+.PHONY: setup setup-apt setup-python setup-torch env build test lint unit e2e check-imagenet shards stats verify bench-shards learn-fashion device-stage clean
 
 setup: setup-apt setup-python setup-torch
 
@@ -72,6 +72,10 @@ $(TORCH_VENV)/.installed:
 	$(TORCH_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TORCH_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION)
 	touch $@
+
+# For cargo outside make: eval "$$(make -s env)" exports what the tch build needs.
+env:
+	@echo "export VIRTUAL_ENV=$(TORCH_VENV) LIBTORCH_USE_PYTORCH=1 PATH=$(TORCH_VENV)/bin:\$$PATH"
 
 build: setup-apt setup-torch
 	$(CARGO) build --release --workspace

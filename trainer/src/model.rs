@@ -702,4 +702,30 @@ mod tests {
         assert_eq!(w.kind(), Kind::Float);
         assert!(w.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
+
+    /// Dropout (p = 0.5 before fc6 and fc7) acts in training only: eval
+    /// logits are deterministic, training logits change with the draw.
+    #[test]
+    fn dropout_only_in_training() {
+        let config = ModelConfig {
+            dropout: 0.5,
+            ..small(7)
+        };
+        let net = AlexNet::new(
+            config,
+            Init::Kaiming,
+            4,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        let x = Tensor::randn([2, 3, 99, 99], (Kind::Float, Device::Cpu));
+        let run = |train: bool, seed: i64| {
+            tch::manual_seed(seed);
+            net.forward(&x, train)
+        };
+        assert!(run(false, 1).equal(&run(false, 2)));
+        assert!(run(true, 1).equal(&run(true, 1)));
+        assert!(!run(true, 1).equal(&run(true, 2)));
+        assert!(!run(true, 1).equal(&run(false, 1)));
+    }
 }
