@@ -76,6 +76,20 @@ impl InputNorm {
     }
 }
 
+/// Host tensor -> `device`. To a CUDA device the bytes go through pinned
+/// memory and the copy is queued without waiting: a copy from pageable
+/// memory makes the host wait until the device has drained its queue, which
+/// would stall every step. libtorch's caching host allocator keeps the
+/// pinned block until its copy has completed.
+pub fn upload(host: &Tensor, device: Device) -> Tensor {
+    if device.is_cuda() {
+        host.pin_memory(device)
+            .to_device_(device, host.kind(), true, false)
+    } else {
+        host.to_device(device)
+    }
+}
+
 /// The uint8 pixels of a batch (the trainer always asks for uint8).
 pub fn batch_pixels(batch: &Batch) -> Result<&[u8], LoaderError> {
     match &batch.data {

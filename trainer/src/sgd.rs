@@ -34,23 +34,32 @@ impl Sgd {
     }
 
     /// One update from the gradients in `params`, which are then zeroed.
+    /// Four or five in-place kernels per parameter and no allocation:
+    /// `addcmul_` fuses each multiply-add, its factor a 0-dim tensor made
+    /// on the device (a fill kernel, where copying it from the host would
+    /// make the host wait for the device).
     pub fn step(&mut self, params: &[(String, &Tensor)], lr: f64) {
+        let mut factors: Vec<(tch::Device, Tensor, Tensor)> = Vec::new();
         tch::no_grad(|| {
             for ((name, p), v) in params.iter().zip(&mut self.velocity) {
                 let mut g = p.grad();
                 if !g.defined() {
                     continue;
                 }
-                let decay = if name.ends_with(".weight") {
-                    self.weight_decay
-                } else {
-                    0.0
-                };
-                let _ = v.g_mul_scalar_(self.momentum);
-                if decay != 0.0 {
-                    let _ = g.g_add_(&(*p * decay));
+                let device = p.device();
+                if !factors.iter().any(|(d, _, _)| *d == device) {
+                    let on = |x: f64| Tensor::full([0i64; 0], x, (tch::Kind::Float, device));
+                    factors.push((device, on(-lr), on(-lr * self.weight_decay)));
                 }
-                let _ = v.g_sub_(&(&g * lr));
+                let (_, neg_lr, neg_decay) = factors
+                    .iter()
+                    .find(|(d, _, _)| *d == device)
+                    .expect("added");
+                let _ = v.g_mul_scalar_(self.momentum);
+                let _ = v.addcmul_(&g, neg_lr);
+                if name.ends_with(".weight") && self.weight_decay != 0.0 {
+                    let _ = v.addcmul_(p, neg_decay);
+                }
                 let mut w = p.shallow_clone();
                 let _ = w.g_add_(v);
                 let _ = g.zero_();

@@ -21,7 +21,7 @@ use tch::{Kind, Tensor};
 
 use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::eval::{evaluate, EvalOptions, EvalResult};
-use crate::input::{batch_pixels, unit_variance_scale, InputNorm};
+use crate::input::{batch_pixels, unit_variance_scale, upload, InputNorm};
 use crate::metrics::{EpochLine, Line, MetricsLog, StepLine};
 use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
 use crate::plot;
@@ -257,7 +257,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             let loader_wait = waited.elapsed().as_secs_f64();
             let x = norm.apply(batch_pixels(&batch)?, &batch.views);
             let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-            let labels = Tensor::from_slice(&labels).to_device(norm.device());
+            let labels = upload(&Tensor::from_slice(&labels), norm.device());
             drop(batch);
             // Dropout's randomness is a function of (seed, step): a resumed
             // run draws exactly what the uninterrupted run would have.
