@@ -2,6 +2,7 @@
 //! dataset statistics, and the loader that feeds the trainer.
 //!
 //! Modules, one idea each:
+//! - [`aligned`]: page-aligned buffers for images and batches.
 //! - [`augment`]: crops, mirrors, PCA lighting and mean (paper 4.1).
 //! - [`atomic`]: files appear under their final name only when complete.
 //! - [`ingest`]: find the images of an ILSVRC tree and their labels.
@@ -16,6 +17,7 @@
 //! - [`sampler`]: which records make which batch, per epoch and rank.
 //! - [`rgb_moments`]: RGB sums and products, fast (for stats).
 //! - [`rng`]: the seeded generator behind every order and augmentation.
+pub mod aligned;
 pub mod atomic;
 pub mod augment;
 pub mod codec;

@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::aligned::AlignedBuf;
 use crate::augment::{self, Lighting, Mode, View};
 use crate::ingest::Split;
 use crate::manifest::{Manifest, ManifestError};
@@ -193,8 +194,8 @@ impl Default for LoaderConfig {
 /// The pixels of a batch.
 #[derive(Debug)]
 pub enum BatchData {
-    /// views x crop x crop x 3.
-    U8(Vec<u8>),
+    /// views x crop x crop x 3, starting on a 4 KiB boundary.
+    U8(AlignedBuf),
     /// views x 3 x crop x crop.
     F32(Vec<f32>),
 }
@@ -238,7 +239,7 @@ pub struct Batch {
 impl Drop for Batch {
     fn drop(&mut self) {
         if let Some(recycle) = self.recycle.take() {
-            let data = std::mem::replace(&mut self.data, BatchData::U8(Vec::new()));
+            let data = std::mem::replace(&mut self.data, BatchData::U8(AlignedBuf::default()));
             let _ = recycle.try_send(data); // a full pool just frees it
         }
     }
@@ -439,7 +440,8 @@ fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
             return;
         }
     };
-    let mut image = vec![0u8; shared.dataset.side * shared.dataset.side * 3];
+    // Decoded images land on a page boundary (see aligned.rs).
+    let mut image = AlignedBuf::zeroed(shared.dataset.side * shared.dataset.side * 3);
     for (index, records) in jobs.iter() {
         let result = catch_unwind(AssertUnwindSafe(|| {
             build_batch(shared, &mut decoder, &mut image, index, records)
@@ -519,16 +521,16 @@ fn take_buffer(shared: &Shared, len: usize) -> BatchData {
     let mut data = match shared.pool.rx.try_recv() {
         Ok(data) => data,
         Err(_) if wanted_f32 => BatchData::F32(Vec::new()),
-        Err(_) => BatchData::U8(Vec::new()),
+        Err(_) => BatchData::U8(AlignedBuf::default()),
     };
     match &mut data {
-        BatchData::U8(v) if !wanted_f32 => v.resize(len, 0),
+        BatchData::U8(v) if !wanted_f32 => v.resize(len),
         BatchData::F32(v) if wanted_f32 => v.resize(len, 0.0),
         _ => {
             data = if wanted_f32 {
                 BatchData::F32(vec![0.0; len])
             } else {
-                BatchData::U8(vec![0; len])
+                BatchData::U8(AlignedBuf::zeroed(len))
             }
         }
     }
