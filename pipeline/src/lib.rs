@@ -14,6 +14,7 @@
 //! - [`loader`]: the multithreaded prefetching loader.
 //! - [`inspect`]: `pipeline verify` and `pipeline export`.
 //! - [`stats`]: mean image and RGB PCA (`pipeline stats`).
+//! - [`sheet`]: a contact sheet of one augmented batch (PNG).
 //! - [`sampler`]: which records make which batch, per epoch and rank.
 //! - [`rgb_moments`]: RGB sums and products, fast (for stats).
 //! - [`rng`]: the seeded generator behind every order and augmentation.
@@ -31,4 +32,5 @@ pub mod rgb_moments;
 pub mod rng;
 pub mod sampler;
 pub mod shard;
+pub mod sheet;
 pub mod stats;

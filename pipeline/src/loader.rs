@@ -144,6 +144,17 @@ impl Dataset {
         self.len() == 0
     }
 
+    /// Decodes one stored image (side x side x 3) into `out`.
+    pub fn decode(
+        &self,
+        id: RecordId,
+        decoder: &mut RecordDecoder,
+        out: &mut [u8],
+    ) -> Result<(), LoaderError> {
+        let shard = &self.shards[id.shard as usize];
+        Ok(decoder.decode(shard, id.index as usize, out, false)?)
+    }
+
     pub fn label(&self, id: RecordId) -> u32 {
         self.shards[id.shard as usize].records()[id.index as usize].label
     }
@@ -538,16 +549,16 @@ fn take_buffer(shared: &Shared, len: usize) -> BatchData {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::codec::PreprocessOptions;
     use crate::make_shards::{make_shards, ShardsConfig};
 
-    const SIDE: usize = 32;
-    const CROP: usize = 24;
+    pub(crate) const SIDE: usize = 32;
+    pub(crate) const CROP: usize = 24;
 
     /// A shard folder of 3 classes x 9 textured PNGs (side 32), with stats.
-    fn dataset() -> (tempfile::TempDir, Arc<Dataset>) {
+    pub(crate) fn dataset() -> (tempfile::TempDir, Arc<Dataset>) {
         let dir = tempfile::tempdir().expect("tempdir");
         for class in 0..3u32 {
             let d = dir.path().join("tree/train").join(format!("n{class}"));

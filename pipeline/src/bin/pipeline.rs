@@ -41,6 +41,10 @@ enum Command {
     Export(ExportArgs),
     /// Measure the loader's throughput against the zstd decompression ceiling.
     Bench(BenchArgs),
+    /// Draw one augmented training batch as a PNG contact sheet: each stored
+    /// image with its crop window (green; magenta when mirrored) beside the
+    /// crop the network sees, lighting added, mean not subtracted.
+    Sheet(SheetArgs),
     /// Compute the per-pixel mean image (mean.npy) and the RGB covariance with
     /// its eigen pairs for PCA lighting (stats.json) over the train split.
     Stats {
@@ -134,6 +138,25 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct SheetArgs {
+    /// Shard folder, with stats.json (for the lighting).
+    #[arg(long, default_value = "shards")]
+    shards: PathBuf,
+    #[arg(long, value_name = "FILE.png", default_value = "sheet.png")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Cells per row.
+    #[arg(long, default_value_t = 4)]
+    columns: usize,
+    /// Loader seed and epoch: which batch, with which draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0)]
+    epoch: u64,
+}
+
+#[derive(Args)]
 struct ExportArgs {
     /// Shard folder (holds manifest.json).
     #[arg(long, default_value = "shards")]
@@ -163,6 +186,7 @@ fn main() -> ExitCode {
             bench,
         } => run_stats(&shards, jobs, bench),
         Command::Bench(args) => run_bench(args),
+        Command::Sheet(args) => run_sheet(args),
     };
     match result {
         Ok(code) => code,
@@ -300,6 +324,36 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
         dir.join(stats::MEAN_FILE).display(),
         dir.join(stats::STATS_FILE).display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_sheet(args: SheetArgs) -> Result<ExitCode> {
+    let dataset = std::sync::Arc::new(Dataset::open(&args.shards, Split::Train)?);
+    let config = LoaderConfig {
+        batch_size: args.batch_size.max(1),
+        seed: args.seed,
+        ..LoaderConfig::default()
+    };
+    let classes = dataset.manifest.classes.clone();
+    let (sheet, entries) =
+        pipeline::sheet::contact_sheet(dataset, &config, args.epoch, args.columns)?;
+    sheet
+        .save(&args.out)
+        .with_context(|| format!("{}: cannot write the PNG", args.out.display()))?;
+    println!("cell  x   y  mirrored  lighting (R, G, B)       class");
+    for (i, e) in entries.iter().enumerate() {
+        let name = classes
+            .get(e.label as usize)
+            .map_or("?", |c| c.name.as_str());
+        let [r, g, b] = e.view.light;
+        println!(
+            "{i:>4} {:>3} {:>3}  {:<8}  ({r:+6.2}, {g:+6.2}, {b:+6.2})  {name}",
+            e.view.x,
+            e.view.y,
+            if e.view.flip { "yes" } else { "no" }
+        );
+    }
+    println!("wrote {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }
 
