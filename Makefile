@@ -33,7 +33,7 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch env build test lint unit e2e check-imagenet shards stats verify bench-shards learn-fashion device-stage clean
+.PHONY: setup setup-apt setup-python setup-torch env build test lint unit e2e check-imagenet shards stats verify bench-shards learn-fashion device-stage demo clean
 
 setup: setup-apt setup-python setup-torch
 
@@ -108,6 +108,12 @@ stats: build
 
 verify: build
 	$(PIPELINE) verify --shards "$(SHARDS)"
+
+# The whole chain on real bundled data (see scripts/demo.py); ~2 minutes on
+# this 2-core CPU once set up. DEMO holds the tree, shards, run and PNGs.
+DEMO ?= demo-out
+demo: build setup-python
+	$(PY) scripts/demo.py --pipeline $(PIPELINE) --trainer $(TRAINER) --photos $(PHOTOS) --work $(DEMO)
 
 # The trainer learns on a real labelled set, on this CPU: Fashion-MNIST (3,000
 # train / 500 val JPEGs) through shards, stats and the loader, a quarter-width
