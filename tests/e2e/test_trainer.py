@@ -129,3 +129,24 @@ def test_errors_are_one_clear_line(fashion, tmp_path):
     if shutil.which("nvidia-smi") is None:
         p = trainer("bench", "--devices", "cuda:0", check=False)
         assert p.returncode != 0 and "no CUDA device" in p.stderr
+
+
+def test_ctrl_c_checkpoints_and_resume_continues(fashion, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "c"
+    args = [TRAINER, "run", "--shards", fashion / "shards", "--out", out, "--width-mult", "0.0625",
+            "--batch-size", "16", "--quiet", "--init", "kaiming", "--max-steps", "100000"]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stdout and "Ctrl-C" in stderr
+    state = json.load(open(out / "checkpoints" / (out / "checkpoints" / "LATEST").read_text().strip()
+                           / "state.json"))
+    stopped = state["step"]
+    assert stopped >= 1
+    trainer("run", *map(str, args[2:-2]), "--max-steps", stopped + 2, "--resume")
+    steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
+    assert steps == list(range(1, stopped + 3))
