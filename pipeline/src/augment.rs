@@ -16,6 +16,7 @@
 //! does that on the CPU and gives the same floats, bit for bit (tested).
 
 use crate::rng::SplitMix64;
+use crate::shard::PixelFilter;
 use crate::stats::Stats;
 
 /// One crop of a stored image.
@@ -160,6 +161,37 @@ pub fn crop_u8(src: &[u8], side: usize, view: &View, crop: usize, dst: &mut [u8]
     }
 }
 
+/// As `crop_u8`, from a stored image whose pixel `filter` is still in
+/// place: only the rows the window covers, and each only up to the window's
+/// right edge, are unfiltered (in place), then copied while in L1. Saves the
+/// full-image unfilter pass and a second walk over the rows.
+pub fn crop_u8_filtered(
+    filtered: &mut [u8],
+    filter: PixelFilter,
+    side: usize,
+    view: &View,
+    crop: usize,
+    dst: &mut [u8],
+) {
+    let (x, y) = (view.x as usize, view.y as usize);
+    for row in 0..crop {
+        let line = &mut filtered[(y + row) * side * 3..][..(x + crop) * 3];
+        filter.undo(line, line.len(), 3);
+        let src_row = &line[x * 3..];
+        let dst_row = &mut dst[row * crop * 3..][..crop * 3];
+        if view.flip {
+            for (d, s) in dst_row
+                .chunks_exact_mut(3)
+                .zip(src_row.chunks_exact(3).rev())
+            {
+                d.copy_from_slice(s);
+            }
+        } else {
+            dst_row.copy_from_slice(src_row);
+        }
+    }
+}
+
 /// The float32 hand-over: `(pixel - mean) + light` in CHW order, from the
 /// stored image `src` and the per-pixel `mean` (both side x side x 3, HWC).
 pub fn to_f32_chw(
@@ -215,6 +247,33 @@ fn normalise_chw(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Unfiltering only the window's rows while cropping gives the bytes of
+    /// cropping the fully unfiltered image.
+    #[test]
+    fn cropping_a_filtered_image_equals_cropping_the_unfiltered_one() {
+        let (side, crop) = (40usize, 29usize);
+        let mut rng = SplitMix64::new(9);
+        let image: Vec<u8> = (0..side * side * 3).map(|_| rng.next_u64() as u8).collect();
+        for filter in [PixelFilter::Delta, PixelFilter::None] {
+            let mut filtered = Vec::new();
+            filter.apply(&image, side * 3, 3, &mut filtered);
+            for (x, y, flip) in [(0, 0, false), (11, 3, true), (11, 11, false), (5, 9, true)] {
+                let view = View {
+                    x,
+                    y,
+                    flip,
+                    light: [0.0; 3],
+                };
+                let mut want = vec![0u8; crop * crop * 3];
+                crop_u8(&image, side, &view, crop, &mut want);
+                let mut got = vec![0u8; crop * crop * 3];
+                let mut scratch = filtered.clone();
+                crop_u8_filtered(&mut scratch, filter, side, &view, crop, &mut got);
+                assert_eq!(got, want, "{filter:?} {x} {y} {flip}");
+            }
+        }
+    }
 
     /// stats.json's eigenvalues (0..255 units) become lighting in levels:
     /// alpha = 1 along the first component moves a pixel lambda / 255.

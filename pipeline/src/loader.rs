@@ -487,9 +487,17 @@ fn build_batch(
     let mut views = Vec::with_capacity(views_total);
     let mut labels = Vec::with_capacity(records.len());
     let epoch_seed = mix(mix(config.seed, shared.epoch), config.rank as u64);
+    // One uint8 view per image and no checksum: unfilter only what the crop
+    // reads, while copying it (augment::crop_u8_filtered).
+    let fused = per_image == 1 && !config.verify && matches!(data, BatchData::U8(_));
     for (i, &id) in records.iter().enumerate() {
         let shard = &dataset.shards[id.shard as usize];
-        decoder.decode(shard, id.index as usize, image, config.verify)?;
+        let filter = if fused {
+            Some(decoder.decode_filtered(shard, id.index as usize, image)?)
+        } else {
+            decoder.decode(shard, id.index as usize, image, config.verify)?;
+            None
+        };
         labels.push(shard.records()[id.index as usize].label);
         let position = (index * config.batch_size + i) as u64;
         let mut rng = SplitMix64::new(mix(epoch_seed, position));
@@ -497,7 +505,11 @@ fn build_batch(
             let slot = views.len() * crop * crop * 3;
             match &mut data {
                 BatchData::U8(d) => {
-                    augment::crop_u8(image, side, &view, crop, &mut d[slot..][..crop * crop * 3])
+                    let dst = &mut d[slot..][..crop * crop * 3];
+                    match filter {
+                        Some(f) => augment::crop_u8_filtered(image, f, side, &view, crop, dst),
+                        None => augment::crop_u8(image, side, &view, crop, dst),
+                    }
                 }
                 BatchData::F32(d) => {
                     let mean = dataset.mean.as_deref().unwrap_or_default();
@@ -648,6 +660,34 @@ pub(crate) mod tests {
         }
         let next_epoch = collect(Loader::new(data, config(2, Output::U8), 3, 0).expect("loader"));
         assert_ne!(next_epoch[0].records, one[0].records);
+    }
+
+    /// The uint8 crops (unfiltered only where the crop reads) are the crops
+    /// of the fully decoded images, and float32 output is those crops
+    /// normalised.
+    #[test]
+    fn u8_crops_are_crops_of_the_decoded_images() {
+        let (_dir, data) = dataset();
+        let u8s = collect(Loader::new(data.clone(), config(2, Output::U8), 1, 0).expect("loader"));
+        let f32s =
+            collect(Loader::new(data.clone(), config(2, Output::F32), 1, 0).expect("loader"));
+        let mut decoder = RecordDecoder::new().expect("decoder");
+        let mut image = vec![0u8; SIDE * SIDE * 3];
+        let (mut want, mut norm) = (vec![0u8; CROP * CROP * 3], vec![0f32; CROP * CROP * 3]);
+        for (b, f) in u8s.iter().zip(&f32s) {
+            let BatchData::F32(fdata) = &f.data else {
+                panic!("f32")
+            };
+            for (i, (&id, view)) in b.records.iter().zip(&b.views).enumerate() {
+                data.decode(id, &mut decoder, &mut image).expect("decode");
+                augment::crop_u8(&image, SIDE, view, CROP, &mut want);
+                let got = &u8_data(b)[i * CROP * CROP * 3..][..CROP * CROP * 3];
+                assert_eq!(got, &want[..], "batch {} view {i}", b.index);
+                let mean = data.mean().expect("mean");
+                augment::u8_crop_to_f32_chw(got, mean, SIDE, view, CROP, &mut norm);
+                assert_eq!(&fdata[i * CROP * CROP * 3..][..CROP * CROP * 3], &norm[..]);
+            }
+        }
     }
 
     #[test]

@@ -518,6 +518,42 @@ impl RecordDecoder {
         result
     }
 
+    /// Reads and decompresses record `index` into `out` but leaves the pixel
+    /// filter in place, for a caller that undoes it only where it reads (the
+    /// loader's crop); returns the filter. No checksum: that needs every
+    /// pixel.
+    pub fn decode_filtered(
+        &mut self,
+        shard: &ShardReader,
+        index: usize,
+        out: &mut [u8],
+    ) -> Result<PixelFilter, ShardError> {
+        let mut buffer = std::mem::take(&mut self.frame);
+        let result = shard
+            .read_frame(index, &mut buffer)
+            .and_then(|frame| self.decompress(shard, index, frame, out));
+        self.frame = buffer;
+        result.map(|()| shard.header.filter)
+    }
+
+    fn decompress(
+        &mut self,
+        shard: &ShardReader,
+        index: usize,
+        frame: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), ShardError> {
+        let n = self
+            .decompressor
+            .decompress_to_buffer(frame, out)
+            .map_err(|e| shard.record_error(index, format!("zstd: {e}")))?;
+        if n != shard.header.image_len() {
+            let want = shard.header.image_len();
+            return Err(shard.record_error(index, format!("{n} bytes, expected {want}")));
+        }
+        Ok(())
+    }
+
     /// As `decode`, for a frame the caller already holds (e.g. from a
     /// memory map).
     pub fn decode_bytes(
@@ -529,13 +565,7 @@ impl RecordDecoder {
         verify: bool,
     ) -> Result<(), ShardError> {
         let h = shard.header;
-        let n = self
-            .decompressor
-            .decompress_to_buffer(frame, out)
-            .map_err(|e| shard.record_error(index, format!("zstd: {e}")))?;
-        if n != h.image_len() {
-            return Err(shard.record_error(index, format!("{n} bytes, expected {}", h.image_len())));
-        }
+        self.decompress(shard, index, frame, out)?;
         h.filter.undo(out, h.row_len(), h.channels as usize);
         if verify && xxh3_64(out) != shard.records[index].checksum {
             return Err(shard.record_error(index, "pixel checksum mismatch"));
