@@ -47,6 +47,16 @@ fn register_font() {
     });
 }
 
+/// The loss axis: from the lowest loss to the highest, but at most three
+/// times the median, so that a few early spikes (the paper's init can reach
+/// 25 in its first steps) do not flatten the rest of the curve.
+fn loss_range(loss: &[(f64, f64)]) -> (f64, f64) {
+    let mut sorted: Vec<f64> = loss.iter().map(|p| p.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
+    (lo, hi.min(3.0 * sorted[sorted.len() / 2]).max(lo + 1e-6))
+}
+
 /// Mean of the last `window` values at each point.
 fn running_mean(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
     let mut sum = 0.0;
@@ -71,9 +81,7 @@ fn draw(path: &Path, loss: &[(f64, f64)], top1: &[(f64, f64)], top5: &[(f64, f64
     let (left, right) = root.split_horizontally(600);
     let max_step = loss.last().map_or(1.0, |p| p.0).max(1.0);
 
-    let (lo, hi) = loss.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
-        (lo.min(p.1), hi.max(p.1))
-    });
+    let (lo, hi) = loss_range(loss);
     let mut chart = ChartBuilder::on(&left)
         .caption("training loss", (FONT, 22))
         .margin(12)
@@ -146,6 +154,18 @@ fn draw(path: &Path, loss: &[(f64, f64)], top1: &[(f64, f64)], top5: &[(f64, f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_axis_clips_early_spikes() {
+        let mut pts: Vec<(f64, f64)> = (0..100)
+            .map(|i| (i as f64, 2.0 - i as f64 / 100.0))
+            .collect();
+        pts[3].1 = 25.0;
+        let (lo, hi) = loss_range(&pts);
+        assert!((lo - 1.01).abs() < 1e-9);
+        assert!(hi < 5.0, "{hi}");
+        assert_eq!(loss_range(&[(1.0, 2.0)]), (2.0, 2.0 + 1e-6));
+    }
 
     #[test]
     fn running_mean_over_a_window() {

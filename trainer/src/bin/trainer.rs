@@ -38,6 +38,12 @@ enum Command {
     Eval(EvalArgs),
     /// Training images per second on synthetic data (no loader).
     Bench(BenchArgs),
+    /// Redraw a run folder's curves.png from its metrics.jsonl.
+    Plot {
+        /// The run folder (--out of `trainer run`).
+        #[arg(long)]
+        run: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -204,6 +210,12 @@ fn main() -> Result<()> {
         Command::Run(args) => run_cmd(args),
         Command::Eval(args) => eval_cmd(args),
         Command::Bench(args) => bench_cmd(args),
+        Command::Plot { run } => {
+            let path = trainer::plot::write_curves(&run)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", run.display()))?;
+            println!("wrote {}", path.display());
+            Ok(())
+        }
     }
 }
 
