@@ -133,6 +133,9 @@ device-stage: build setup-python
 	@[ -f $(FASHION)/tree/LOC_val_solution.csv ] || $(PY) scripts/fashion_mnist_tree.py --out $(FASHION)/tree
 	rm -rf device && mkdir -p device
 	strip -o device/trainer $(TRAINER) && strip -o device/pipeline $(PIPELINE)
+	# OpenBLAS (stats' eigensolver) and its Fortran runtime may be missing there.
+	mkdir -p device/lib && for l in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do \
+	  gzip -9c "$$(ldconfig -p | awk -v l=$$l '$$1 == l {print $$NF; exit}')" > device/lib/$$l.gz; done
 	cp -r $(FASHION)/tree device/fashion-tree
 	du -sh device
 

@@ -14,7 +14,9 @@ set -uo pipefail
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"
 TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-export LD_LIBRARY_PATH="$TORCH_LIB:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$TORCH_LIB:$PWD/device/lib:${LD_LIBRARY_PATH:-}"
+# The shared libraries travel gzipped (the carry limit is 64 MiB).
+for z in device/lib/*.gz; do [ -f "${z%.gz}" ] || gunzip -k "$z"; done
 T=device/trainer
 P=device/pipeline
 log() { echo "== $*" | tee -a "$OUT/log.txt"; }
