@@ -232,6 +232,26 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         loss_sum: 0.0,
         loss_n: 0,
     };
+    if opts.progress {
+        rec.bar.suspend(|| {
+            eprintln!(
+                "{}: train {} images ({steps_per_epoch} steps of {} an epoch), val {}; \
+             AlexNet {:.1}M parameters (width {}, {:?} init, {:?}) on {:?}; step {} of {total}",
+                opts.shards.display(),
+                data.train.len(),
+                state.batch_size,
+                data.val
+                    .as_ref()
+                    .map_or("none".to_string(), |v| format!("{} images", v.len())),
+                net.parameter_count() as f64 / 1e6,
+                state.model.width_mult,
+                state.init,
+                state.precision,
+                opts.placement,
+                state.step,
+            )
+        });
+    }
     let params = net.named_parameters();
     let mut summary = RunSummary {
         steps: state.step,
