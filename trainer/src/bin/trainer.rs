@@ -67,8 +67,9 @@ struct RunArgs {
     /// Run folder: metrics.jsonl, checkpoints/, curves.png.
     #[arg(long, default_value = "runs/alexnet")]
     out: PathBuf,
-    /// `cpu`, `cuda:0`, or `cuda:0,cuda:1` for the paper's two-GPU split.
-    #[arg(long, default_value = "cpu")]
+    /// `auto` (cuda:0 when libtorch sees a GPU, else cpu), `cpu`, `cuda:0`,
+    /// or `cuda:0,cuda:1` for the paper's two-GPU split.
+    #[arg(long, default_value = "auto")]
     devices: String,
     #[arg(long, default_value_t = 90)]
     epochs: u64,
@@ -130,7 +131,8 @@ struct EvalArgs {
     /// The paper's test: softmax averaged over 4 corners + centre and mirrors.
     #[arg(long)]
     ten_crop: bool,
-    #[arg(long, default_value = "cpu")]
+    /// `auto`, `cpu`, `cuda:N`, or two devices for the two-column split.
+    #[arg(long, default_value = "auto")]
     devices: String,
     /// Images per batch.
     #[arg(long, default_value_t = 128)]
@@ -150,7 +152,8 @@ enum SplitArg {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    #[arg(long, default_value = "cpu")]
+    /// `auto`, `cpu`, `cuda:N`, or two devices for the two-column split.
+    #[arg(long, default_value = "auto")]
     devices: String,
     #[arg(long, default_value_t = 128)]
     batch_size: i64,
@@ -165,8 +168,15 @@ struct BenchArgs {
     warmup: usize,
 }
 
-/// `cpu`, `cuda`, `cuda:N`, or two of them separated by a comma.
+/// `auto`, `cpu`, `cuda`, `cuda:N`, or two of them separated by a comma.
 fn parse_devices(text: &str) -> Result<Placement> {
+    if text.trim() == "auto" {
+        return Ok(Placement::One(if tch::Cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }));
+    }
     let devices = text
         .split(',')
         .map(|d| match d.trim() {
@@ -387,8 +397,8 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     });
     let amp = if args.amp.is_some() { "bf16" } else { "fp32" };
     println!(
-        "BENCH paper-alexnet-2col devices={} bs={} {amp} width={} img/s={:.0} step_ms={:.2}",
-        args.devices, args.batch_size, args.width_mult, result.img_per_sec, result.step_ms
+        "BENCH paper-alexnet-2col devices={placement:?} bs={} {amp} width={} img/s={:.0} step_ms={:.2}",
+        args.batch_size, args.width_mult, result.img_per_sec, result.step_ms
     );
     Ok(())
 }
