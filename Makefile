@@ -119,18 +119,20 @@ demo: build setup-python
 # train / 500 val JPEGs) through shards, stats and the loader, a quarter-width
 # AlexNet, batch 64, 240 steps, Kaiming init (the paper's N(0, 0.01) does not
 # leave chance in so few steps; see README).
-learn-fashion: build setup-python
-	@[ -f $(FASHION)/tree/LOC_val_solution.csv ] || $(PY) scripts/fashion_mnist_tree.py --out $(FASHION)/tree
+learn-fashion: build $(FASHION)/tree/LOC_val_solution.csv
 	$(PIPELINE) shards --imagenet $(FASHION)/tree --out $(FASHION)/shards
 	@[ -f $(FASHION)/shards/stats.json ] || $(PIPELINE) stats --shards $(FASHION)/shards
 	rm -rf $(RUNS)/fashion-kaiming
 	$(TRAINER) run --shards $(FASHION)/shards --out $(RUNS)/fashion-kaiming --devices cpu \
 	  --width-mult 0.25 --batch-size 64 --max-steps 240 --init kaiming
 
+# The Fashion-MNIST JPEG tree, written once (its last file marks it done).
+$(FASHION)/tree/LOC_val_solution.csv: | setup-apt setup-python
+	$(PY) scripts/fashion_mnist_tree.py --out $(FASHION)/tree
+
 # Stages what scripts/device_check.sh needs on the lent GPU machine (no
 # internet, no Rust there): stripped binaries and the Fashion-MNIST JPEG tree.
-device-stage: build setup-python
-	@[ -f $(FASHION)/tree/LOC_val_solution.csv ] || $(PY) scripts/fashion_mnist_tree.py --out $(FASHION)/tree
+device-stage: build $(FASHION)/tree/LOC_val_solution.csv
 	rm -rf device && mkdir -p device
 	strip -o device/trainer $(TRAINER) && strip -o device/pipeline $(PIPELINE)
 	# OpenBLAS (stats' eigensolver) and its Fortran runtime may be missing there.

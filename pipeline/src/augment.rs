@@ -142,22 +142,28 @@ fn source_x(view: &View, crop: usize, col: usize) -> usize {
     }
 }
 
+/// One crop row of RGB pixels, reversed pixel by pixel when mirrored.
+#[inline]
+fn copy_row(src_row: &[u8], dst_row: &mut [u8], flip: bool) {
+    if flip {
+        for (d, s) in dst_row
+            .chunks_exact_mut(3)
+            .zip(src_row.chunks_exact(3).rev())
+        {
+            d.copy_from_slice(s);
+        }
+    } else {
+        dst_row.copy_from_slice(src_row);
+    }
+}
+
 /// Copies the window of `view` (mirrored if asked) from the stored image
 /// `src` (side x side x 3, HWC) into `dst` (crop x crop x 3, HWC).
 pub fn crop_u8(src: &[u8], side: usize, view: &View, crop: usize, dst: &mut [u8]) {
     for row in 0..crop {
         let src_row = &src[((view.y as usize + row) * side + view.x as usize) * 3..][..crop * 3];
         let dst_row = &mut dst[row * crop * 3..][..crop * 3];
-        if view.flip {
-            for (d, s) in dst_row
-                .chunks_exact_mut(3)
-                .zip(src_row.chunks_exact(3).rev())
-            {
-                d.copy_from_slice(s);
-            }
-        } else {
-            dst_row.copy_from_slice(src_row);
-        }
+        copy_row(src_row, dst_row, view.flip);
     }
 }
 
@@ -179,16 +185,7 @@ pub fn crop_u8_filtered(
         filter.undo(line, line.len(), 3);
         let src_row = &line[x * 3..];
         let dst_row = &mut dst[row * crop * 3..][..crop * 3];
-        if view.flip {
-            for (d, s) in dst_row
-                .chunks_exact_mut(3)
-                .zip(src_row.chunks_exact(3).rev())
-            {
-                d.copy_from_slice(s);
-            }
-        } else {
-            dst_row.copy_from_slice(src_row);
-        }
+        copy_row(src_row, dst_row, view.flip);
     }
 }
 

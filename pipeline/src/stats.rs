@@ -137,8 +137,8 @@ impl Sums {
 /// Images whose per-pixel sums fit u16 lanes: 257 * 255 = 65,535.
 const RECENT_MAX: u32 = 257;
 
-/// Fewest records one thread takes at a time: enough to pay for a fresh
-/// accumulator (1.5 MB) and decoder.
+/// Records a stats thread takes from the shared counter at a time: few
+/// enough to balance the threads, enough to keep the counter uncontended.
 const RECORDS_PER_TASK: usize = 64;
 
 /// One thread's running sums with its decoder and pixel buffer.

@@ -53,8 +53,7 @@ pub fn evaluate(
         let batch = batch?;
         let pixels = crate::input::batch_pixels(&batch)?;
         let x = norm.apply(pixels, &batch.views);
-        let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-        let labels = crate::input::upload(&Tensor::from_slice(&labels), norm.device());
+        let labels = crate::input::batch_labels(&batch, norm.device());
         let n = labels.size()[0];
         let (h1, h5, loss) = tch::no_grad(|| {
             let probs = net.forward(&x, false).softmax(-1, Kind::Float);

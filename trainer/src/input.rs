@@ -90,6 +90,12 @@ pub fn upload(host: &Tensor, device: Device) -> Tensor {
     }
 }
 
+/// A batch's labels as an int64 tensor on `device`.
+pub fn batch_labels(batch: &Batch, device: Device) -> Tensor {
+    let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+    upload(&Tensor::from_slice(&labels), device)
+}
+
 /// The uint8 pixels of a batch (the trainer always asks for uint8).
 pub fn batch_pixels(batch: &Batch) -> Result<&[u8], LoaderError> {
     match &batch.data {

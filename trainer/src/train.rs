@@ -21,7 +21,7 @@ use tch::{Kind, Tensor};
 
 use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::eval::{evaluate, EvalOptions, EvalResult};
-use crate::input::{batch_pixels, unit_variance_scale, upload, InputNorm};
+use crate::input::{batch_labels, batch_pixels, unit_variance_scale, InputNorm};
 use crate::metrics::{EpochLine, Line, MetricsLog, StepLine};
 use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
 use crate::plot;
@@ -276,8 +276,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             let batch = batch?;
             let loader_wait = waited.elapsed().as_secs_f64();
             let x = norm.apply(batch_pixels(&batch)?, &batch.views);
-            let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-            let labels = upload(&Tensor::from_slice(&labels), norm.device());
+            let labels = batch_labels(&batch, norm.device());
             drop(batch);
             // Dropout's randomness is a function of (seed, step): a resumed
             // run draws exactly what the uninterrupted run would have.
@@ -341,7 +340,9 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             opts.keep_checkpoints,
         )?);
         rec.flush()?;
-        summary.curves = plot_curves(&opts.out);
+        if state.epoch < opts.epochs {
+            summary.curves = plot_curves(&opts.out); // the last epoch's: in finish
+        }
     }
     rec.finish(opts, summary, state.step)
 }
