@@ -46,8 +46,7 @@ pub fn bench(opts: &BenchOptions) -> BenchResult {
         let loss = net
             .forward(&inputs[i % 2], true)
             .cross_entropy_for_logits(&labels);
-        loss.backward();
-        sgd.step(&params, 0.01);
+        sgd.minimize(&loss, &params, 0.01);
     };
     for i in 0..opts.warmup {
         step(i);

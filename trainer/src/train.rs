@@ -282,8 +282,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             // run draws exactly what the uninterrupted run would have.
             tch::manual_seed(mix(state.seed, state.step) as i64);
             let loss = net.forward(&x, true).cross_entropy_for_logits(&labels);
-            loss.backward();
-            sgd.step(&params, state.schedule.lr);
+            sgd.minimize(&loss, &params, state.schedule.lr);
             state.step += 1;
             state.batch += 1;
             let now = Instant::now();
