@@ -215,7 +215,17 @@ fn threads(arg: Option<usize>) -> usize {
     arg.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// float32 matrix products (the FC layers) may use TF32 tensor cores, as
+/// libtorch already lets cuDNN do for float32 convolutions and as the
+/// PyTorch reference benchmark sets `allow_tf32`. libtorch reads this
+/// variable once, when its global context is first made; set it to 0 to
+/// keep IEEE float32 products.
+const TF32_MATMUL_ENV: &str = "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE";
+
 fn main() -> Result<()> {
+    if std::env::var_os(TF32_MATMUL_ENV).is_none() {
+        std::env::set_var(TF32_MATMUL_ENV, "1");
+    }
     match Cli::parse().command {
         Command::Run(args) => run_cmd(args),
         Command::Eval(args) => eval_cmd(args),
