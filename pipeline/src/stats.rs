@@ -95,10 +95,7 @@ impl Sums {
         }
         self.images += 1;
         self.recent_images += 1;
-        // u8 into u16 lanes: the compiler vectorises this 16 lanes wide.
-        for (acc, &v) in self.recent.iter_mut().zip(px) {
-            *acc += v as u16;
-        }
+        add_widening(&mut self.recent, px);
         let (c, p) = crate::rgb_moments::moments(px);
         for (acc, v) in self.channel.iter_mut().zip(c) {
             *acc += v as u128;
@@ -131,6 +128,32 @@ impl Sums {
             self.product[i] += other.product[i];
         }
         self
+    }
+}
+
+/// `acc[i] += px[i]`, u8 into u16 lanes: the compiler vectorises the loop,
+/// 16 lanes wide for the baseline x86-64 (SSE2), 32 with AVX-512BW, whose
+/// copy of the loop is picked at run time.
+fn add_widening(acc: &mut [u16], px: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU supports AVX-512BW (checked just above).
+        unsafe { add_widening_avx512(acc, px) };
+        return;
+    }
+    add_widening_loop(acc, px);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn add_widening_avx512(acc: &mut [u16], px: &[u8]) {
+    add_widening_loop(acc, px);
+}
+
+#[inline(always)]
+fn add_widening_loop(acc: &mut [u16], px: &[u8]) {
+    for (a, &v) in acc.iter_mut().zip(px) {
+        *a += v as u16;
     }
 }
 
