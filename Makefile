@@ -28,7 +28,7 @@ export LIBTORCH_USE_PYTORCH := 1
 
 # dataset-fashion-mnist: a real labelled set (10 classes) for the trainer's
 # learning check and the demo, written as an ILSVRC-style tree.
-APT_PACKAGES := cmake nasm libopenblas-dev dataset-fashion-mnist
+APT_PACKAGES := cmake nasm libopenblas-dev libopenblas0-serial dataset-fashion-mnist
 FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
@@ -38,7 +38,8 @@ PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pyte
 setup: setup-apt setup-python setup-torch
 
 # cmake + nasm build the vendored libjpeg-turbo (SIMD) behind turbojpeg-sys;
-# libopenblas-dev is the LAPACK behind ndarray-linalg (stats).
+# libopenblas-dev is the LAPACK behind ndarray-linalg (stats); libopenblas0-serial
+# its single-threaded build, which pipeline/build.rs prefers (no spinning threads).
 setup-apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
