@@ -136,9 +136,12 @@ $(FASHION)/tree/LOC_val_solution.csv: | setup-apt setup-python
 device-stage: build $(FASHION)/tree/LOC_val_solution.csv
 	rm -rf device && mkdir -p device
 	strip -o device/trainer $(TRAINER) && strip -o device/pipeline $(PIPELINE)
-	# OpenBLAS (stats' eigensolver) and its Fortran runtime may be missing there.
+	# OpenBLAS (stats' eigensolver; the serial build where installed, as
+	# pipeline/build.rs prefers) and its Fortran runtime may be missing there.
 	mkdir -p device/lib && for l in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do \
-	  gzip -9c "$$(ldconfig -p | awk -v l=$$l '$$1 == l {print $$NF; exit}')" > device/lib/$$l.gz; done
+	  f=$$(ls /usr/lib/*/openblas-serial/$$l 2>/dev/null | head -1); \
+	  [ -n "$$f" ] || f=$$(ldconfig -p | awk -v l=$$l '$$1 == l {print $$NF; exit}'); \
+	  gzip -9c "$$f" > device/lib/$$l.gz; done
 	cp -r $(FASHION)/tree device/fashion-tree
 	du -sh device
 
