@@ -74,7 +74,7 @@ impl InputNorm {
 fn upload_bytes(bytes: &[u8], shape: &[i64], device: Device) -> Tensor {
     assert_eq!(shape.iter().product::<i64>(), bytes.len() as i64);
     // SAFETY: the tensor borrows `bytes`, which outlive it: both `upload`
-    // paths copy out of it (pin_memory and to_device make new storage) before
+    // paths copy out of it (_pin_memory and to_device make new storage) before
     // this function returns, and the borrowed tensor is dropped here.
     let borrowed =
         unsafe { Tensor::from_blob(bytes.as_ptr(), shape, &[], Kind::Uint8, Device::Cpu) };
