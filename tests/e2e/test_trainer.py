@@ -110,6 +110,17 @@ def test_resume_refuses_to_overwrite_and_continues(fashion, tmp_path):
     trainer(*args, "--max-steps", "3", "--resume")
     steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
     assert steps == [1, 2, 3]
+    # The checkpoint keeps the run's shards, epochs and SGD constants, so a
+    # bare `--resume --out` (what Ctrl-C tells the user) continues it; here
+    # ./shards is not a shard folder, so the default would fail.
+    state = json.load(open(out / "checkpoints" / (out / "checkpoints" / "LATEST").read_text().strip()
+                           / "state.json"))
+    assert state["settings"] == {"shards": str((fashion / "shards").resolve()), "epochs": 90,
+                                 "momentum": 0.9, "weight_decay": 0.0005}
+    trainer("run", "--out", out, "--width-mult", "0.0625", "--batch-size", "16", "--quiet",
+            "--max-steps", "4", "--resume")
+    steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
+    assert steps == [1, 2, 3, 4]
 
 
 def test_errors_are_one_clear_line(fashion, tmp_path):

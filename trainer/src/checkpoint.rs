@@ -59,6 +59,23 @@ pub struct TrainState {
     pub input_scale: Option<[f32; 3]>,
     /// The shard set trained on (`manifest.json` id).
     pub manifest_id: String,
+    /// The run's own flags that `--resume` reuses when not given again.
+    /// Absent in checkpoints written before they were recorded.
+    #[serde(default)]
+    pub settings: Option<RunSettings>,
+}
+
+/// Flags of `trainer run` that the rest of the state does not hold and that
+/// a resumed run should keep: without them `trainer run --out RUN --resume`
+/// would fall back to `--shards shards` and 90 epochs, and a changed
+/// momentum or weight decay would break the exact continuation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// Absolute where it could be made so.
+    pub shards: PathBuf,
+    pub epochs: u64,
+    pub momentum: f64,
+    pub weight_decay: f64,
 }
 
 /// What a checkpoint folder holds, loaded on the CPU.
@@ -164,12 +181,7 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
 /// Loads a checkpoint folder (or a run folder, meaning its latest).
 pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let path = resolve(path)?;
-    let state_path = path.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
-        path: state_path.clone(),
-        reason: e.to_string(),
-    })?;
+    let state = read_state(&path)?;
     let model_path = path.join(MODEL_FILE);
     let weights = Tensor::read_safetensors(&model_path).map_err(tensors(&model_path))?;
     let momentum_path = path.join(MOMENTUM_FILE);
@@ -179,6 +191,21 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         state,
         weights,
         momentum,
+    })
+}
+
+/// The state of a checkpoint folder, or of the latest one of a run folder,
+/// without its tensors.
+pub fn load_state(path: &Path) -> Result<TrainState, CheckpointError> {
+    read_state(&resolve(path)?)
+}
+
+fn read_state(checkpoint: &Path) -> Result<TrainState, CheckpointError> {
+    let state_path = checkpoint.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
+        path: state_path.clone(),
+        reason: e.to_string(),
     })
 }
 
@@ -234,6 +261,12 @@ mod tests {
             batch_size: 4,
             input_scale: None,
             manifest_id: "m".into(),
+            settings: Some(RunSettings {
+                shards: "/data/shards".into(),
+                epochs: 7,
+                momentum: 0.8,
+                weight_decay: 1e-3,
+            }),
         };
         for step in 1..=3 {
             state.step = step;
@@ -247,6 +280,7 @@ mod tests {
         assert_eq!(names, ["LATEST", "step-00000002", "step-00000003"]);
         let ck = load(dir.path()).unwrap();
         assert_eq!(ck.state, state);
+        assert_eq!(load_state(dir.path()).unwrap(), state);
         let mut other = AlexNet::new(
             config,
             Init::Paper,
@@ -259,6 +293,22 @@ mod tests {
             assert!(a.equal(b));
         }
         assert_eq!(ck.momentum.len(), ck.weights.len());
+    }
+
+    /// state.json written before run settings were kept still loads.
+    #[test]
+    fn state_without_settings_loads() {
+        let text = r#"{"step": 3, "epoch": 0, "batch": 3,
+            "schedule": {"lr": 0.01, "patience": 3, "max_drops": 3, "drops": 0,
+                         "best_error": null, "epochs_since_best": 0},
+            "seed": 0, "model": {"classes": 10, "width_mult": 0.25, "input_side": 224,
+                                 "dropout": 0.5},
+            "init": "kaiming", "precision": "f32", "batch_size": 32,
+            "input_scale": null, "manifest_id": "m"}"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), text).unwrap();
+        let state = load_state(dir.path()).unwrap();
+        assert_eq!((state.step, state.settings), (3, None));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use pipeline::loader::{BufferPool, Dataset, Loader, LoaderConfig, LoaderError, O
 use pipeline::sampler::{mix, Order, Sampler};
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::{self, CheckpointError, TrainState};
+use crate::checkpoint::{self, CheckpointError, RunSettings, TrainState};
 use crate::eval::{evaluate, EvalOptions, EvalResult};
 use crate::input::{batch_labels, batch_pixels, unit_variance_scale, InputNorm};
 use crate::metrics::{EpochLine, Line, MetricsLog, StepLine};
@@ -126,7 +126,10 @@ fn start_state(
                 manifest_id
             )));
         }
-        return Ok((ck.state.clone(), Some(ck)));
+        let mut state = ck.state.clone();
+        // Checkpoints from before settings were kept get them now.
+        state.settings.get_or_insert_with(|| settings_of(opts));
+        return Ok((state, Some(ck)));
     }
     if checkpoint::latest(&ckpt_dir)?.is_some() {
         return Err(TrainError::Config(format!(
@@ -154,8 +157,19 @@ fn start_state(
         batch_size: opts.batch_size,
         input_scale,
         manifest_id,
+        settings: Some(settings_of(opts)),
     };
     Ok((state, None))
+}
+
+/// What `--resume` reuses of this run's flags.
+fn settings_of(opts: &RunOptions) -> RunSettings {
+    RunSettings {
+        shards: std::fs::canonicalize(&opts.shards).unwrap_or_else(|_| opts.shards.clone()),
+        epochs: opts.epochs,
+        momentum: opts.momentum,
+        weight_decay: opts.weight_decay,
+    }
 }
 
 pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainError> {

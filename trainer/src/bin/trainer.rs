@@ -61,9 +61,10 @@ fn precision(amp: Option<Amp>) -> Precision {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Shard folder with train (and val) splits, mean.npy and stats.json.
-    #[arg(long, default_value = "shards")]
-    shards: PathBuf,
+    /// Shard folder with train (and val) splits, mean.npy and stats.json
+    /// [default: shards; with --resume, the run's own].
+    #[arg(long)]
+    shards: Option<PathBuf>,
     /// Run folder: metrics.jsonl, checkpoints/, curves.png.
     #[arg(long, default_value = "runs/alexnet")]
     out: PathBuf,
@@ -71,18 +72,21 @@ struct RunArgs {
     /// or `cuda:0,cuda:1` for the paper's two-GPU split.
     #[arg(long, default_value = "auto")]
     devices: String,
-    #[arg(long, default_value_t = 90)]
-    epochs: u64,
+    /// Epochs to train [default: 90; with --resume, the run's own].
+    #[arg(long)]
+    epochs: Option<u64>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Initial learning rate.
     #[arg(long, default_value_t = 0.01)]
     lr: f64,
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// Applied to weights, not biases (see trainer/src/sgd.rs).
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
+    /// [default: 0.9; with --resume, the run's own]
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Applied to weights, not biases (see trainer/src/sgd.rs)
+    /// [default: 5e-4; with --resume, the run's own].
+    #[arg(long)]
+    weight_decay: Option<f64>,
     /// Epochs without a new best val error before the lr is divided by 10.
     #[arg(long, default_value_t = 3)]
     patience: u32,
@@ -108,7 +112,10 @@ struct RunArgs {
     /// Loader worker threads (default: all cores).
     #[arg(long)]
     loader_threads: Option<usize>,
-    /// Continue the run in --out from its latest checkpoint.
+    /// Continue the run in --out from its latest checkpoint. The model,
+    /// batch size, init, precision, lr schedule and seed are the run's own;
+    /// --shards, --epochs, --momentum and --weight-decay default to the
+    /// run's own.
     #[arg(long)]
     resume: bool,
     /// Checkpoints kept (newest first).
@@ -254,15 +261,35 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         eprintln!("\nCtrl-C: checkpointing after this step (again to quit at once)");
     })
     .context("cannot install the Ctrl-C handler")?;
+    // A resumed run keeps its own shards, epochs and SGD constants unless
+    // they are given again.
+    let stored = if args.resume {
+        checkpoint::load_state(&args.out.join("checkpoints"))?.settings
+    } else {
+        None
+    };
+    let shards = args
+        .shards
+        .or_else(|| stored.as_ref().map(|s| s.shards.clone()))
+        .unwrap_or_else(|| PathBuf::from("shards"));
     let opts = RunOptions {
-        shards: args.shards,
+        shards,
         out: args.out,
         placement,
-        epochs: args.epochs,
+        epochs: args
+            .epochs
+            .or(stored.as_ref().map(|s| s.epochs))
+            .unwrap_or(90),
         batch_size: args.batch_size,
         lr: args.lr,
-        momentum: args.momentum,
-        weight_decay: args.weight_decay,
+        momentum: args
+            .momentum
+            .or(stored.as_ref().map(|s| s.momentum))
+            .unwrap_or(0.9),
+        weight_decay: args
+            .weight_decay
+            .or(stored.as_ref().map(|s| s.weight_decay))
+            .unwrap_or(5e-4),
         patience: args.patience,
         max_drops: args.max_drops,
         init: args.init,
