@@ -12,6 +12,8 @@
 #    few epochs on the GPU (float32), and a short bf16 run of the same.
 # 3. benches/alexnet_ops_profile.py: variants of LRN, grouped convolutions,
 #    SGD and memory layout (PROFILE_ARGS=--profile adds the kernel tables).
+# 4. (SECTIONS=paths) CUDA code paths the others miss: the two-column split
+#    placement, make demo's GPU settings, --resume, eval on CPU and GPU.
 # What it prints goes to $OUT (at most 8 files come back).
 set -uo pipefail
 OUT=${OUT:-/tmp/device-out}
@@ -28,7 +30,8 @@ log() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
   python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
   nproc; ldd $T | grep -E "not found|torch_cuda" ; $T --version; } 2>&1 | tee -a "$OUT/log.txt"
 
-# SECTIONS picks what runs (default: all three), e.g. SECTIONS="bench fashion".
+# SECTIONS picks what runs (default: bench fashion profile; also paths), e.g.
+# SECTIONS="bench fashion".
 SECTIONS=${SECTIONS:-bench fashion profile}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
@@ -42,11 +45,16 @@ if want bench; then
   timeout 240 python3 benches/torch_alexnet_ref.py --groups --batch 128 512 2>&1 | tee -a "$OUT/bench.txt"
 fi
 
-if want fashion; then
-  log "paper init, full width, Fashion-MNIST"
-  W=$(mktemp -d)
+W=$(mktemp -d)
+fashion_shards() {
+  [ -f "$W/shards/stats.json" ] && return
   $P shards --imagenet device/fashion-tree --out "$W/shards" 2>&1 | tail -2 | tee -a "$OUT/log.txt"
   $P stats --shards "$W/shards" 2>&1 | tail -2 | tee -a "$OUT/log.txt"
+}
+
+if want fashion; then
+  log "paper init, full width, Fashion-MNIST"
+  fashion_shards
   # An epoch here is 23 steps: the plateau rule (--patience 3) would cut the
   # lr while the paper init still sits at chance, so it is kept out of the
   # way; two seeds, since when the net leaves chance varies.
@@ -61,6 +69,24 @@ if want fashion; then
   timeout 120 $T run --devices cuda:0 --shards "$W/shards" --out "$W/bf16" --epochs 6 \
     --batch-size 128 --init paper --amp bf16 --quiet 2>&1 | tee -a "$OUT/log.txt"
   timeout 60 $T eval --checkpoint "$W/bf16" --shards "$W/shards" --ten-crop 2>&1 | tee -a "$OUT/log.txt"
+fi
+
+if want paths; then
+  log "CUDA paths: split placement (both columns on cuda:0), the demo's GPU run, resume, eval CPU vs GPU"
+  fashion_shards
+  timeout 120 $T bench --devices cuda:0,cuda:0 --batch-size 128 --steps 10 --warmup 3 2>&1 | tee -a "$OUT/log.txt"
+  timeout 120 $T run --devices cuda:0,cuda:0 --shards "$W/shards" --out "$W/split" --epochs 2 \
+    --batch-size 128 --init kaiming --quiet 2>&1 | grep "^val" | tee -a "$OUT/log.txt"
+  # The demo's GPU settings (scripts/demo.py), stopped at step 30 and resumed.
+  demo=(--devices cuda:0 --shards "$W/shards" --out "$W/demo" --batch-size 128 --epochs 4 --amp bf16 --init kaiming --quiet)
+  timeout 120 $T run "${demo[@]}" --max-steps 30 2>&1 | grep -E "^(val|steps)" | tee -a "$OUT/log.txt"
+  timeout 120 $T run --resume --out "$W/demo" --quiet 2>&1 | grep -E "^(val|steps)" | tee -a "$OUT/log.txt"
+  python3 -c "import json,sys; s=[json.loads(l)['step'] for l in open(sys.argv[1]) if '\"loss\"' in l]; \
+print('step lines', len(s), 'first', s[0], 'last', s[-1], 'in order', s == list(range(1, s[-1] + 1)))" \
+    "$W/demo/metrics.jsonl" 2>&1 | tee -a "$OUT/log.txt"
+  for d in cuda:0 cpu; do
+    timeout 120 $T eval --checkpoint "$W/demo" --shards "$W/shards" --devices $d 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+  done
 fi
 
 if want profile; then
