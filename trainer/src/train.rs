@@ -239,7 +239,9 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
     }
     let total = (opts.epochs * steps_per_epoch as u64).min(opts.max_steps.unwrap_or(u64::MAX));
     let mut rec = Recorder {
-        pending: None,
+        pending: Vec::new(),
+        window_images: 0,
+        window_start: Instant::now(),
         log,
         bar: progress_bar(opts.progress, total, state.step),
         last_flush: Instant::now(),
@@ -284,7 +286,6 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             state.batch,
         )?;
         rec.start_epoch();
-        let mut last = Instant::now();
         let mut waited = Instant::now();
         for batch in loader {
             let batch = batch?;
@@ -299,18 +300,15 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             sgd.minimize(&loss, &params, state.schedule.lr);
             state.step += 1;
             state.batch += 1;
-            let now = Instant::now();
-            let img_per_sec = loader_config.batch_size as f64 / (now - last).as_secs_f64();
-            last = now;
             let line = StepLine {
                 step: state.step,
                 epoch: state.epoch,
-                loss: f64::NAN, // read when the next step is under way
+                loss: f64::NAN, // read with the rest of its window
                 lr: state.schedule.lr,
-                img_per_sec,
+                img_per_sec: f64::NAN, // the window's rate
                 loader_wait,
             };
-            rec.push(loss.detach(), line)?;
+            rec.push(loss.detach(), line, loader_config.batch_size)?;
             let hit_max = opts.max_steps.is_some_and(|m| state.step >= m);
             if stop.load(Ordering::SeqCst) || hit_max {
                 rec.settle()?;
@@ -360,12 +358,20 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
     rec.finish(opts, summary, state.step)
 }
 
-/// Step lines, the progress bar and the epoch's mean loss. A step's loss
-/// stays on the device until the next step has been queued: reading it is
-/// the one point where the host waits for the device, and waiting one step
-/// late keeps the device busy meanwhile.
+/// Step lines, the progress bar and the epoch's mean loss.
+///
+/// Reading a loss back is the one point where the host waits for the
+/// device, and it waits for everything queued so far, the step just launched
+/// included (a copy is ordered behind all earlier work on the stream). Read
+/// every step, that wait left the GPU idle while the host prepared the next
+/// batch: 8.2k img/s in `trainer run` against 10.2k in `trainer bench` on an
+/// H100. So losses stay on the device for `LOSS_WINDOW` steps and come back
+/// in one copy; each line's img/s is its window's rate.
 struct Recorder {
-    pending: Option<(Tensor, StepLine)>,
+    pending: Vec<(Tensor, StepLine)>,
+    /// Images in the pending steps, and when the window began.
+    window_images: usize,
+    window_start: Instant,
     log: MetricsLog,
     bar: ProgressBar,
     last_flush: Instant,
@@ -373,28 +379,59 @@ struct Recorder {
     loss_n: u64,
 }
 
+/// Steps whose losses are read back together.
+const LOSS_WINDOW: usize = 16;
+
 impl Recorder {
     fn start_epoch(&mut self) {
         self.loss_sum = 0.0;
         self.loss_n = 0;
+        self.window_start = Instant::now();
     }
 
     fn epoch_loss(&self) -> f64 {
         self.loss_sum / self.loss_n.max(1) as f64
     }
 
-    fn push(&mut self, loss: Tensor, line: StepLine) -> Result<(), TrainError> {
-        self.settle()?;
-        self.pending = Some((loss, line));
+    fn push(&mut self, loss: Tensor, line: StepLine, images: usize) -> Result<(), TrainError> {
+        self.pending.push((loss, line));
+        self.window_images += images;
+        if self.pending.len() >= LOSS_WINDOW {
+            self.settle()?;
+        }
         Ok(())
     }
 
-    /// Reads the pending loss and writes its line.
+    /// Reads the pending losses and writes their lines.
     fn settle(&mut self) -> Result<(), TrainError> {
-        let Some((loss, mut line)) = self.pending.take() else {
+        if self.pending.is_empty() {
             return Ok(());
-        };
-        line.loss = loss.to_kind(Kind::Double).double_value(&[]);
+        }
+        let losses: Vec<&Tensor> = self.pending.iter().map(|(t, _)| t).collect();
+        let values = Vec::<f64>::try_from(
+            Tensor::stack(&losses, 0)
+                .to_kind(Kind::Double)
+                .to_device(tch::Device::Cpu),
+        )
+        .map_err(|e| TrainError::Config(format!("reading the losses back: {e}")))?;
+        let now = Instant::now();
+        let img_per_sec =
+            self.window_images as f64 / (now - self.window_start).as_secs_f64().max(1e-9);
+        self.window_start = now;
+        self.window_images = 0;
+        for ((_, mut line), loss) in std::mem::take(&mut self.pending).into_iter().zip(values) {
+            line.loss = loss;
+            line.img_per_sec = img_per_sec;
+            self.settle_line(line)?;
+        }
+        // Flushed about once a second, so that `tail -f` follows the run.
+        if self.last_flush.elapsed().as_secs_f64() >= 1.0 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn settle_line(&mut self, line: StepLine) -> Result<(), TrainError> {
         if !line.loss.is_finite() {
             self.bar.abandon();
             return Err(TrainError::Config(format!(
@@ -409,12 +446,7 @@ impl Recorder {
             "epoch {} loss {:.3} {:.0} img/s",
             line.epoch, line.loss, line.img_per_sec
         ));
-        self.write(&Line::Step(line))?;
-        // Flushed about once a second, so that `tail -f` follows the run.
-        if self.last_flush.elapsed().as_secs_f64() >= 1.0 {
-            self.flush()?;
-        }
-        Ok(())
+        self.write(&Line::Step(line))
     }
 
     fn write(&mut self, line: &Line) -> Result<(), TrainError> {
