@@ -145,16 +145,73 @@ fn source_x(view: &View, crop: usize, col: usize) -> usize {
 /// One crop row of RGB pixels, reversed pixel by pixel when mirrored.
 #[inline]
 fn copy_row(src_row: &[u8], dst_row: &mut [u8], flip: bool) {
-    if flip {
-        for (d, s) in dst_row
-            .chunks_exact_mut(3)
-            .zip(src_row.chunks_exact(3).rev())
-        {
-            d.copy_from_slice(s);
-        }
-    } else {
+    if !flip {
         dst_row.copy_from_slice(src_row);
+        return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_vbmi() {
+        // SAFETY: the CPU has the kernel's features (checked just above).
+        unsafe { copy_row_reversed_avx512(src_row, dst_row) };
+        return;
+    }
+    copy_pixels_reversed(src_row, dst_row, 0);
+}
+
+/// Pixels `from..` of `dst_row` from the mirrored `src_row`, one at a time:
+/// three-byte moves, about a cycle a pixel.
+fn copy_pixels_reversed(src_row: &[u8], dst_row: &mut [u8], from: usize) {
+    let n = src_row.len() / 3;
+    for j in from..n {
+        let s = (n - 1 - j) * 3;
+        dst_row[j * 3..j * 3 + 3].copy_from_slice(&src_row[s..s + 3]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512_vbmi() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vbmi")
+}
+
+/// `vpermb` indices that reverse the order of 21 RGB pixels (63 bytes):
+/// lane 3i + c takes byte 3(20 - i) + c; lane 63 is not stored.
+const fn reverse_21_pixels() -> [u8; 64] {
+    let mut idx = [0u8; 64];
+    let mut lane = 0;
+    while lane < 63 {
+        idx[lane] = (3 * (20 - lane / 3) + lane % 3) as u8;
+        lane += 1;
+    }
+    idx
+}
+
+/// The mirrored copy 21 pixels at a time: a masked 63-byte load from the
+/// far end of the source, one `vpermb`, one 64-byte store (its last byte is
+/// overwritten by the next block; the loop stops while at least one pixel
+/// is left, so the store stays inside the row); the last pixels one by one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn copy_row_reversed_avx512(src_row: &[u8], dst_row: &mut [u8]) {
+    use std::arch::x86_64::*;
+    const PIXELS: usize = 21;
+    const REVERSE: [u8; 64] = reverse_21_pixels();
+    assert_eq!(src_row.len(), dst_row.len());
+    let n = src_row.len() / 3;
+    let idx = _mm512_loadu_si512(REVERSE.as_ptr() as *const _);
+    let blocks = n.saturating_sub(1) / PIXELS;
+    for k in 0..blocks {
+        let first = k * PIXELS; // first destination pixel of the block
+        let from = (n - first - PIXELS) * 3;
+        let v = _mm512_maskz_loadu_epi8((1u64 << 63) - 1, src_row.as_ptr().add(from) as *const i8);
+        // first * 3 + 64 <= n * 3, since first <= n - 22 (blocks <= (n - 1) / 21).
+        _mm512_storeu_si512(
+            dst_row.as_mut_ptr().add(first * 3) as *mut _,
+            _mm512_permutexvar_epi8(idx, v),
+        );
+    }
+    copy_pixels_reversed(src_row, dst_row, blocks * PIXELS);
 }
 
 /// Copies the window of `view` (mirrored if asked) from the stored image
@@ -243,6 +300,23 @@ fn normalise_chw(
 
 #[cfg(test)]
 mod tests {
+
+    /// The mirrored row copy, each path against the plain reversal, for row
+    /// lengths around the 21-pixel blocks and the crop widths used.
+    #[test]
+    fn mirrored_rows_are_reversed_pixel_by_pixel() {
+        let mut rng = SplitMix64::new(21);
+        for n in [1usize, 2, 20, 21, 22, 23, 42, 43, 44, 63, 64, 224, 227, 256] {
+            let src: Vec<u8> = (0..n * 3).map(|_| rng.next_u64() as u8).collect();
+            let want: Vec<u8> = src.chunks_exact(3).rev().flatten().copied().collect();
+            let mut got = vec![0u8; n * 3];
+            copy_row(&src, &mut got, true);
+            assert_eq!(got, want, "{n} pixels");
+            let mut plain = vec![0u8; n * 3];
+            copy_pixels_reversed(&src, &mut plain, 0);
+            assert_eq!(plain, want, "{n} pixels, plain");
+        }
+    }
     use super::*;
 
     /// Unfiltering only the window's rows while cropping gives the bytes of
