@@ -150,7 +150,7 @@ fn copy_row(src_row: &[u8], dst_row: &mut [u8], flip: bool) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if has_avx512_vbmi() {
+    if crate::cpu::has_avx512_vbmi() {
         // SAFETY: the CPU has the kernel's features (checked just above).
         unsafe { copy_row_reversed_avx512(src_row, dst_row) };
         return;
@@ -166,13 +166,6 @@ fn copy_pixels_reversed(src_row: &[u8], dst_row: &mut [u8], from: usize) {
         let s = (n - 1 - j) * 3;
         dst_row[j * 3..j * 3 + 3].copy_from_slice(&src_row[s..s + 3]);
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx512_vbmi() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vbmi")
 }
 
 /// `vpermb` indices that reverse the order of 21 RGB pixels (63 bytes):
@@ -300,6 +293,7 @@ fn normalise_chw(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// The mirrored row copy, each path against the plain reversal, for row
     /// lengths around the 21-pixel blocks and the crop widths used.
@@ -317,7 +311,6 @@ mod tests {
             assert_eq!(plain, want, "{n} pixels, plain");
         }
     }
-    use super::*;
 
     /// Unfiltering only the window's rows while cropping gives the bytes of
     /// cropping the fully unfiltered image.

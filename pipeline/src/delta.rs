@@ -10,7 +10,7 @@
 /// `row[i] += row[i - channels]` for every row, in place.
 pub fn undo(data: &mut [u8], row_len: usize, channels: usize) {
     #[cfg(target_arch = "x86_64")]
-    if channels == 3 && has_avx512_kernel() {
+    if channels == 3 && crate::cpu::has_avx512_vbmi() {
         for row in data.chunks_exact_mut(row_len) {
             // SAFETY: the CPU has the kernel's features (checked just above).
             unsafe { undo_row_rgb_avx512(row) };
@@ -63,14 +63,6 @@ unsafe fn undo_row_rgb_ssse3(row: &mut [u8]) {
         carry_from = v;
     }
     undo_row_scalar(row, 3, blocks * 16);
-}
-
-/// Whether this CPU runs `undo_row_rgb_avx512`.
-#[cfg(target_arch = "x86_64")]
-fn has_avx512_kernel() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vbmi")
 }
 
 /// `vpermb` indices and lane mask that shift a 64-byte block up by `s`
@@ -181,7 +173,7 @@ mod tests {
             let row: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             let mut plain = row.clone();
             undo_row_scalar(&mut plain, 3, 3);
-            if has_avx512_kernel() {
+            if crate::cpu::has_avx512_vbmi() {
                 let mut got = row.clone();
                 // SAFETY: checked just above.
                 unsafe { undo_row_rgb_avx512(&mut got) };
@@ -194,7 +186,7 @@ mod tests {
                 assert_eq!(got, plain, "ssse3, {len} bytes");
             }
         }
-        eprintln!("AVX-512 kernel tested: {}", has_avx512_kernel());
+        eprintln!("AVX-512 kernel tested: {}", crate::cpu::has_avx512_vbmi());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`atomic`]: files appear under their final name only when complete.
 //! - [`ingest`]: find the images of an ILSVRC tree and their labels.
 //! - [`codec`]: one source file -> one 256x256 RGB image (decode, resample).
+//! - `cpu`: which SIMD kernels this CPU runs.
 //! - [`delta`]: undoing the delta filter fast (SSSE3), for every read.
 //! - [`shard`]: the shard file format (read and write).
 //! - [`manifest`]: what a shard folder holds.
@@ -22,6 +23,7 @@ pub mod aligned;
 pub mod atomic;
 pub mod augment;
 pub mod codec;
+mod cpu;
 pub mod delta;
 pub mod ingest;
 pub mod inspect;

@@ -35,10 +35,7 @@ fn add(c: [u64; 3], p: [u64; 6], (tc, tp): ([u64; 3], [u64; 6])) -> ([u64; 3], [
 /// Whether this CPU runs `moments_avx512`.
 #[cfg(target_arch = "x86_64")]
 fn has_avx512_kernel() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vbmi")
-        && std::arch::is_x86_feature_detected!("avx512vnni")
+    crate::cpu::has_avx512_vbmi() && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
 /// Bytes of RGB the AVX-512 kernel takes at a time: 64 pixels.
