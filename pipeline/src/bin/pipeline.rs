@@ -333,8 +333,6 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
             .map(|s| format!("{:.0}", stats.images as f64 / s.max(1e-9)))
             .collect();
         println!("passes (images/s, sorted by time): {}", rates.join(", "));
-    }
-    if bench {
         let ceiling = pipeline::inspect::zstd_decompress_rate(dir, &manifest, 2000)?;
         println!(
             "single-thread zstd decompress: {ceiling:.0} images/s; pass = {:.0}% of {threads} x that",
