@@ -98,34 +98,18 @@ const fn carry_lanes() -> [u8; 64] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn undo_row_rgb_avx512(row: &mut [u8]) {
     use std::arch::x86_64::*;
-    // Tables made at compile time: building them per row cost more than
-    // the row itself.
-    const SHIFTS: [([u8; 64], u64); 5] = [
-        shift_up(3),
-        shift_up(6),
-        shift_up(12),
-        shift_up(24),
-        shift_up(48),
-    ];
-    const CARRY: [u8; 64] = carry_lanes();
-    let shift_idx: [__m512i; 5] =
-        std::array::from_fn(|k| _mm512_loadu_si512(SHIFTS[k].0.as_ptr() as *const _));
-    let carry_idx = _mm512_loadu_si512(CARRY.as_ptr() as *const _);
+    let undo = UndoRgbAvx512::new();
     let mut previous = _mm512_setzero_si512();
     for start in (0..row.len()).step_by(64) {
         let n = (row.len() - start).min(64);
         let mask: u64 = if n == 64 { !0 } else { (1u64 << n) - 1 };
         let ptr = row.as_mut_ptr().add(start) as *mut i8;
-        let mut v = if n == 64 {
+        let v = if n == 64 {
             _mm512_loadu_si512(ptr as *const _)
         } else {
             _mm512_maskz_loadu_epi8(mask, ptr)
         };
-        for k in 0..SHIFTS.len() {
-            let shifted = _mm512_maskz_permutexvar_epi8(SHIFTS[k].1, shift_idx[k], v);
-            v = _mm512_add_epi8(v, shifted);
-        }
-        v = _mm512_add_epi8(v, _mm512_permutexvar_epi8(carry_idx, previous));
+        let v = undo.block(v, previous);
         // Masked stores are slow on some cores (AMD Zen 4): only the tail.
         if n == 64 {
             _mm512_storeu_si512(ptr as *mut _, v);
@@ -133,6 +117,57 @@ unsafe fn undo_row_rgb_avx512(row: &mut [u8]) {
             _mm512_mask_storeu_epi8(ptr, mask, v);
         }
         previous = v;
+    }
+}
+
+/// The AVX-512 undo of one 64-byte block of an RGB row, in registers: for
+/// `undo_row_rgb_avx512` and for kernels that never store the undone pixels
+/// (the stats pass, `stats_kernel`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct UndoRgbAvx512 {
+    shift_idx: [std::arch::x86_64::__m512i; 5],
+    carry_idx: std::arch::x86_64::__m512i,
+}
+
+/// `vpermb` indices and lane masks of `UndoRgbAvx512`'s shifts, made at
+/// compile time: building them per row cost more than the row itself.
+const SHIFTS: [([u8; 64], u64); 5] = [
+    shift_up(3),
+    shift_up(6),
+    shift_up(12),
+    shift_up(24),
+    shift_up(48),
+];
+const CARRY: [u8; 64] = carry_lanes();
+
+#[cfg(target_arch = "x86_64")]
+impl UndoRgbAvx512 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub(crate) unsafe fn new() -> Self {
+        use std::arch::x86_64::*;
+        Self {
+            shift_idx: std::array::from_fn(
+                |k| _mm512_loadu_si512(SHIFTS[k].0.as_ptr() as *const _),
+            ),
+            carry_idx: _mm512_loadu_si512(CARRY.as_ptr() as *const _),
+        }
+    }
+
+    /// Block `v` (filtered) undone, given `previous`, the undone block
+    /// before it in the row (zero for a row's first block).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub(crate) unsafe fn block(
+        &self,
+        mut v: std::arch::x86_64::__m512i,
+        previous: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        for (&idx, &(_, lanes)) in self.shift_idx.iter().zip(SHIFTS.iter()) {
+            v = _mm512_add_epi8(v, _mm512_maskz_permutexvar_epi8(lanes, idx, v));
+        }
+        _mm512_add_epi8(v, _mm512_permutexvar_epi8(self.carry_idx, previous))
     }
 }
 

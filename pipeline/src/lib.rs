@@ -15,6 +15,7 @@
 //! - [`loader`]: the multithreaded prefetching loader.
 //! - [`inspect`]: `pipeline verify` and `pipeline export`.
 //! - [`stats`]: mean image and RGB PCA (`pipeline stats`).
+//! - [`stats_kernel`]: the stats' undo, sums and products in one sweep.
 //! - [`sheet`]: a contact sheet of one augmented batch (PNG).
 //! - [`sampler`]: which records make which batch, per epoch and rank.
 //! - [`rgb_moments`]: RGB sums and products, fast (for stats).
@@ -36,3 +37,4 @@ pub mod sampler;
 pub mod shard;
 pub mod sheet;
 pub mod stats;
+pub mod stats_kernel;

@@ -34,7 +34,7 @@ fn add(c: [u64; 3], p: [u64; 6], (tc, tp): ([u64; 3], [u64; 6])) -> ([u64; 3], [
 
 /// Whether this CPU runs `moments_avx512`.
 #[cfg(target_arch = "x86_64")]
-fn has_avx512_kernel() -> bool {
+pub(crate) fn has_avx512_kernel() -> bool {
     crate::cpu::has_avx512_vbmi() && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
@@ -151,49 +151,138 @@ const fn avx512_gather(ch: usize) -> ([u8; 64], [u8; 64], u64) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 unsafe fn moments_avx512(px: &[u8]) -> ([u64; 3], [u64; 6]) {
     use std::arch::x86_64::*;
-    let gathers = [0, 1, 2].map(avx512_gather);
-    let first = gathers.map(|g| _mm512_loadu_si512(g.0.as_ptr() as *const _));
-    let third = gathers.map(|g| _mm512_loadu_si512(g.1.as_ptr() as *const _));
+    let split = SplitRgbAvx512::new();
+    let mut products = ProductsAvx512::new();
     let zero = _mm512_setzero_si512();
-    let (mut c, mut p) = ([0u64; 3], [0u64; 6]);
-    // An i32 lane gains at most 2 * 2 * 255^2 = 260,100 a block of 64
-    // pixels: flush to u64 every 4,096 blocks, far below 2^31.
-    for slice in px.chunks(AVX512_BLOCK * 4096) {
-        let mut sum = [zero; 3]; // u64 lanes, from vpsadbw
-        let mut prod = [zero; 6]; // i32 lanes
-        for block in slice.chunks_exact(AVX512_BLOCK) {
-            let ptr = block.as_ptr();
-            let a = _mm512_loadu_si512(ptr as *const _);
-            let b = _mm512_loadu_si512(ptr.add(64) as *const _);
-            let d = _mm512_loadu_si512(ptr.add(128) as *const _);
-            let chan: [__m512i; 3] = std::array::from_fn(|ch| {
-                let low = _mm512_permutex2var_epi8(a, first[ch], b);
-                _mm512_mask_permutexvar_epi8(low, gathers[ch].2, third[ch], d)
-            });
-            for ch in 0..3 {
-                sum[ch] = _mm512_add_epi64(sum[ch], _mm512_sad_epu8(chan[ch], zero));
-            }
-            let lo = chan.map(|v| _mm512_cvtepu8_epi16(_mm512_castsi512_si256(v)));
-            let hi = chan.map(|v| _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(v)));
-            for (k, (x, y)) in [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
-                .into_iter()
-                .enumerate()
-            {
-                prod[k] = _mm512_dpwssd_epi32(prod[k], lo[x], lo[y]);
-                prod[k] = _mm512_dpwssd_epi32(prod[k], hi[x], hi[y]);
-            }
-        }
+    let mut sum = [zero; 3]; // u64 lanes, from vpsadbw: no overflow
+    for block in px.chunks_exact(AVX512_BLOCK) {
+        let ptr = block.as_ptr();
+        let chan = split.channels(
+            _mm512_loadu_si512(ptr as *const _),
+            _mm512_loadu_si512(ptr.add(64) as *const _),
+            _mm512_loadu_si512(ptr.add(128) as *const _),
+        );
         for ch in 0..3 {
-            c[ch] += _mm512_reduce_add_epi64(sum[ch]) as u64;
+            sum[ch] = _mm512_add_epi64(sum[ch], _mm512_sad_epu8(chan[ch], zero));
         }
-        for k in 0..6 {
-            // Lanes are non-negative and below 2^31: widen before adding.
-            let lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(prod[k]));
-            let hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(prod[k]));
-            p[k] += _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi)) as u64;
+        products.add(chan);
+    }
+    let c = sum.map(|s| _mm512_reduce_add_epi64(s) as u64);
+    (c, products.finish())
+}
+
+/// Splits 64 interleaved RGB pixels (three 64-byte registers) into one
+/// register per channel: `vpermt2b` from the first two, `vpermb` from the
+/// third under a lane mask.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct SplitRgbAvx512 {
+    first: [std::arch::x86_64::__m512i; 3],
+    third: [std::arch::x86_64::__m512i; 3],
+}
+
+/// The gather tables of `SplitRgbAvx512`, made at compile time.
+const GATHERS: [([u8; 64], [u8; 64], u64); 3] =
+    [avx512_gather(0), avx512_gather(1), avx512_gather(2)];
+
+#[cfg(target_arch = "x86_64")]
+impl SplitRgbAvx512 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub(crate) unsafe fn new() -> Self {
+        use std::arch::x86_64::*;
+        Self {
+            first: GATHERS.map(|g| _mm512_loadu_si512(g.0.as_ptr() as *const _)),
+            third: GATHERS.map(|g| _mm512_loadu_si512(g.1.as_ptr() as *const _)),
         }
     }
-    (c, p)
+
+    /// [r, g, b] of the 64 pixels in `a`, `b`, `c` (bytes 0..192).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub(crate) unsafe fn channels(
+        &self,
+        a: std::arch::x86_64::__m512i,
+        b: std::arch::x86_64::__m512i,
+        c: std::arch::x86_64::__m512i,
+    ) -> [std::arch::x86_64::__m512i; 3] {
+        use std::arch::x86_64::*;
+        std::array::from_fn(|ch| {
+            let low = _mm512_permutex2var_epi8(a, self.first[ch], b);
+            _mm512_mask_permutexvar_epi8(low, GATHERS[ch].2, self.third[ch], c)
+        })
+    }
+}
+
+/// The six products (rr, rg, rb, gg, gb, bb) of channel-split pixels,
+/// accumulated with `vpdpwssd` in i32 lanes and moved to u64 before they
+/// can overflow.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct ProductsAvx512 {
+    lanes: [std::arch::x86_64::__m512i; 6],
+    blocks: usize,
+    total: [u64; 6],
+}
+
+/// An i32 lane gains at most 2 * 2 * 255^2 = 260,100 a block of 64 pixels:
+/// 4,096 blocks stay far below 2^31.
+#[cfg(target_arch = "x86_64")]
+const BLOCKS_PER_FLUSH: usize = 4096;
+
+#[cfg(target_arch = "x86_64")]
+impl ProductsAvx512 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn new() -> Self {
+        use std::arch::x86_64::*;
+        Self {
+            lanes: [_mm512_setzero_si512(); 6],
+            blocks: 0,
+            total: [0; 6],
+        }
+    }
+
+    /// Adds the products of 64 pixels, `chan` as from `SplitRgbAvx512`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn add(&mut self, chan: [std::arch::x86_64::__m512i; 3]) {
+        use std::arch::x86_64::*;
+        if self.blocks == BLOCKS_PER_FLUSH {
+            self.flush();
+        }
+        self.blocks += 1;
+        let lo = chan.map(|v| _mm512_cvtepu8_epi16(_mm512_castsi512_si256(v)));
+        let hi = chan.map(|v| _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(v)));
+        for (k, (x, y)) in [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            self.lanes[k] = _mm512_dpwssd_epi32(self.lanes[k], lo[x], lo[y]);
+            self.lanes[k] = _mm512_dpwssd_epi32(self.lanes[k], hi[x], hi[y]);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn flush(&mut self) {
+        use std::arch::x86_64::*;
+        for k in 0..6 {
+            // Lanes are non-negative and below 2^31: widen before adding.
+            let v = self.lanes[k];
+            let lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(v));
+            let hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(v));
+            self.total[k] += _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi)) as u64;
+            self.lanes[k] = _mm512_setzero_si512();
+        }
+        self.blocks = 0;
+    }
+
+    /// rr, rg, rb, gg, gb, bb of every pixel added.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn finish(mut self) -> [u64; 6] {
+        self.flush();
+        self.total
+    }
 }
 
 /// The portable path: channel sums (r, g, b) and products (rr, rg, rb, gg,

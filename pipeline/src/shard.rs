@@ -108,7 +108,7 @@ impl ShardHeader {
         self.height as usize * self.width as usize * self.channels as usize
     }
 
-    fn row_len(&self) -> usize {
+    pub fn row_len(&self) -> usize {
         self.width as usize * self.channels as usize
     }
 

@@ -2,8 +2,9 @@
 //! eigendecomposition (paper sections 2 and 4.1: mean subtraction, PCA
 //! lighting), over the train split.
 //!
-//! Every sum is kept in integers: per-pixel sums of u8 values in u64, and per
-//! image the channel sums and the six channel products in u64, merged in u128.
+//! Every sum is kept in integers: per-pixel sums of u8 values in u64 (the
+//! channel sums are their totals), and per image the six channel products in
+//! u64, merged in u128.
 //! Integer sums are exact, so the result is the same bit for bit for any
 //! thread count and merge order, and nothing drifts over 10^11 pixels. Floating
 //! point enters only at the end. Memory: one mean accumulator (side x side x 3
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::ingest::Split;
 use crate::manifest::{Manifest, ManifestError};
-use crate::shard::{RecordDecoder, ShardError, ShardReader};
+use crate::shard::{PixelFilter, RecordDecoder, ShardError, ShardReader};
 
 pub const MEAN_FILE: &str = "mean.npy";
 pub const STATS_FILE: &str = "stats.json";
@@ -71,8 +72,6 @@ struct Sums {
     /// 257 images of 255 still fit in a u16.
     recent: Vec<u16>,
     recent_images: u32,
-    /// r, g, b.
-    channel: [u128; 3],
     /// rr, rg, rb, gg, gb, bb.
     product: [u128; 6],
 }
@@ -84,25 +83,56 @@ impl Sums {
             pixel: vec![0; len],
             recent: vec![0; len],
             recent_images: 0,
-            channel: [0; 3],
             product: [0; 6],
         }
     }
 
+    #[cfg(test)]
     fn add_image(&mut self, px: &[u8]) {
+        self.start_image();
+        add_widening(&mut self.recent, px);
+        self.add_products(crate::rgb_moments::moments(px).1);
+    }
+
+    /// Adds a decompressed image whose `filter` is still in place (rows of
+    /// `row_len` bytes), undoing it on the way: in one sweep where
+    /// `stats_kernel` can, else in place and then as `add_image`.
+    fn add_filtered_image(&mut self, data: &mut [u8], filter: PixelFilter, row_len: usize) {
+        self.start_image();
+        if filter == PixelFilter::Delta {
+            if let Some(p) = crate::stats_kernel::add_filtered(data, row_len, &mut self.recent) {
+                self.add_products(p);
+                return;
+            }
+        }
+        filter.undo(data, row_len, 3);
+        add_widening(&mut self.recent, data);
+        self.add_products(crate::rgb_moments::moments(data).1);
+    }
+
+    fn start_image(&mut self) {
         if self.recent_images == RECENT_MAX {
             self.flush();
         }
         self.images += 1;
         self.recent_images += 1;
-        add_widening(&mut self.recent, px);
-        let (c, p) = crate::rgb_moments::moments(px);
-        for (acc, v) in self.channel.iter_mut().zip(c) {
-            *acc += v as u128;
-        }
+    }
+
+    fn add_products(&mut self, p: [u64; 6]) {
         for (acc, v) in self.product.iter_mut().zip(p) {
             *acc += v as u128;
         }
+    }
+
+    /// r, g, b summed over every pixel (after `flush`).
+    fn channel_sums(&self) -> [u128; 3] {
+        let mut c = [0u128; 3];
+        for rgb in self.pixel.chunks_exact(3) {
+            for (acc, &v) in c.iter_mut().zip(rgb) {
+                *acc += v as u128;
+            }
+        }
+        c
     }
 
     /// Moves the recent per-pixel sums into `pixel`.
@@ -120,9 +150,6 @@ impl Sums {
         self.images += other.images;
         for (a, b) in self.pixel.iter_mut().zip(&other.pixel) {
             *a += b;
-        }
-        for i in 0..3 {
-            self.channel[i] += other.channel[i];
         }
         for i in 0..6 {
             self.product[i] += other.product[i];
@@ -214,14 +241,17 @@ fn sum_records(
             for global in first..(first + RECORDS_PER_TASK).min(total) {
                 let shard = starts.partition_point(|&s| s <= global) - 1;
                 let index = global - starts[shard];
-                if let Err(e) = p
-                    .decoder
-                    .decode(&shards[shard], index, &mut p.pixels, false)
-                {
-                    failed.store(true, Ordering::Relaxed);
-                    return Err(e.into());
+                let s = &shards[shard];
+                match p.decoder.decode_filtered(s, index, &mut p.pixels) {
+                    Ok(filter) => {
+                        p.sums
+                            .add_filtered_image(&mut p.pixels, filter, s.header().row_len())
+                    }
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e.into());
+                    }
                 }
-                p.sums.add_image(&p.pixels);
                 progress.inc(1);
             }
         }
@@ -309,12 +339,13 @@ fn finish(sums: &Sums, manifest: &Manifest) -> Result<Stats, StatsError> {
         (1, 2) => 4,
         _ => 5,
     };
+    let channel = sums.channel_sums();
     let mut cov = [[0f64; 3]; 3];
     for (a, row) in cov.iter_mut().enumerate() {
         for (b, v) in row.iter_mut().enumerate() {
             // n * sum(xy) - sum(x) sum(y), exactly, then one rounding.
             let centred = n as i128 * sums.product[idx(a, b)] as i128
-                - sums.channel[a] as i128 * sums.channel[b] as i128;
+                - channel[a] as i128 * channel[b] as i128;
             *v = centred as f64 / (n as f64 * n as f64);
         }
     }
@@ -322,7 +353,7 @@ fn finish(sums: &Sums, manifest: &Manifest) -> Result<Stats, StatsError> {
     Ok(Stats {
         images: sums.images,
         pixels: n as u64,
-        channel_mean: std::array::from_fn(|c| sums.channel[c] as f64 / n as f64),
+        channel_mean: std::array::from_fn(|c| channel[c] as f64 / n as f64),
         covariance: cov,
         eigenvalues,
         eigenvectors,
@@ -510,6 +541,34 @@ mod tests {
             whole.pixel[0],
             images.iter().map(|im| im[0] as u64).sum::<u64>()
         );
+    }
+
+    #[test]
+    fn filtered_images_add_up_as_their_pixels_do() {
+        use crate::rng::SplitMix64;
+        let mut rng = SplitMix64::new(3);
+        // 64 pixels wide: the fused kernel where the CPU has it; 20 wide:
+        // always the undo-then-add path.
+        for (width, height) in [(64usize, 4usize), (20, 3)] {
+            let row_len = width * 3;
+            let mut plain = Sums::new(row_len * height);
+            let mut filtered = Sums::new(row_len * height);
+            for _ in 0..3 {
+                let px: Vec<u8> = (0..row_len * height)
+                    .map(|_| rng.next_u64() as u8)
+                    .collect();
+                plain.add_image(&px);
+                let mut data = Vec::new();
+                PixelFilter::Delta.apply(&px, row_len, 3, &mut data);
+                filtered.add_filtered_image(&mut data, PixelFilter::Delta, row_len);
+                let mut raw = px.clone();
+                filtered.add_filtered_image(&mut raw, PixelFilter::None, row_len);
+                plain.add_image(&px);
+            }
+            plain.flush();
+            filtered.flush();
+            assert_eq!(filtered, plain, "{width}x{height}");
+        }
     }
 
     #[test]
