@@ -72,13 +72,28 @@ impl PixelFilter {
 
     /// Filters `pixels` (rows of `row_len` bytes, `channels` per pixel) into `out`.
     pub fn apply(self, pixels: &[u8], row_len: usize, channels: usize, out: &mut Vec<u8>) {
-        out.clear();
-        out.extend_from_slice(pixels);
-        if self == Self::Delta {
-            for row in out.chunks_exact_mut(row_len) {
-                for i in (channels..row_len).rev() {
-                    row[i] = row[i].wrapping_sub(row[i - channels]);
-                }
+        if self == Self::None {
+            out.clear();
+            out.extend_from_slice(pixels);
+            return;
+        }
+        // Same length as last time (one image after another): no zeroing.
+        out.resize(pixels.len(), 0);
+        // A partial last row (never in an image) stays as it is, as `undo`
+        // leaves it.
+        let whole = pixels.len() / row_len * row_len;
+        out[whole..].copy_from_slice(&pixels[whole..]);
+        for (src, dst) in pixels
+            .chunks_exact(row_len)
+            .zip(out.chunks_exact_mut(row_len))
+        {
+            let head = channels.min(src.len());
+            dst[..head].copy_from_slice(&src[..head]);
+            // From one buffer into another, so the loop vectorises: 64
+            // subtractions an instruction, where the in-place version ran
+            // one byte at a time (4% of `pipeline shards`).
+            for ((d, &x), &left) in dst[head..].iter_mut().zip(&src[head..]).zip(src) {
+                *d = x.wrapping_sub(left);
             }
         }
     }
@@ -202,6 +217,12 @@ pub struct RecordEncoder {
     header: ShardHeader,
     compressor: zstd::bulk::Compressor<'static>,
     filtered: Vec<u8>,
+    /// zstd's worst case for one image, reused; each frame is copied out at
+    /// its true size. A fresh worst-case buffer per frame (zstd's `compress`)
+    /// kept ~80 KB of unused capacity per frame while a shard's frames wait
+    /// to be written; peak resident memory of a 1,000-image one-thread run
+    /// went from 142 to 132 MB.
+    frame: Vec<u8>,
 }
 
 impl RecordEncoder {
@@ -210,6 +231,7 @@ impl RecordEncoder {
             header,
             compressor: zstd::bulk::Compressor::new(header.zstd_level)?,
             filtered: Vec::new(),
+            frame: Vec::with_capacity(zstd::zstd_safe::compress_bound(header.image_len())),
         })
     }
 
@@ -220,7 +242,10 @@ impl RecordEncoder {
         let h = self.header;
         h.filter
             .apply(pixels, h.row_len(), h.channels as usize, &mut self.filtered);
-        Ok((self.compressor.compress(&self.filtered)?, checksum))
+        self.frame.clear();
+        self.compressor
+            .compress_to_buffer(&self.filtered, &mut self.frame)?;
+        Ok((self.frame.clone(), checksum))
     }
 }
 
@@ -631,6 +656,27 @@ mod tests {
         assert_eq!(out[3], px[3].wrapping_sub(px[0]));
         PixelFilter::Delta.undo(&mut out, 15, 3);
         assert_eq!(out, px);
+    }
+
+    /// The vectorised filter against its definition, byte by byte, with one
+    /// output buffer reused across sizes (shrinking and growing).
+    #[test]
+    fn delta_filter_equals_its_definition() {
+        let mut rng = crate::rng::SplitMix64::new(17);
+        let mut out = Vec::new();
+        for (row_len, rows, channels) in [(768, 4, 3), (15, 3, 3), (8, 2, 1), (768, 256, 3)] {
+            let px: Vec<u8> = (0..row_len * rows).map(|_| rng.next_u64() as u8).collect();
+            PixelFilter::Delta.apply(&px, row_len, channels, &mut out);
+            let want: Vec<u8> = (0..px.len())
+                .map(|i| match i % row_len {
+                    x if x < channels => px[i],
+                    _ => px[i].wrapping_sub(px[i - channels]),
+                })
+                .collect();
+            assert_eq!(out, want, "rows of {row_len}");
+            PixelFilter::Delta.undo(&mut out, row_len, channels);
+            assert_eq!(out, px, "round trip, rows of {row_len}");
+        }
     }
 
     #[test]
