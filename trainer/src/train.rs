@@ -216,6 +216,9 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         seed: state.seed,
         order: Order::Random,
         drop_last: true,
+        // The workers start the next epoch while this one's last batches
+        // train and the eval runs.
+        prefetch_next_epoch: true,
         ..LoaderConfig::default()
     };
     let pool = BufferPool::for_config(&loader_config);
@@ -277,17 +280,20 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         curves: None,
     };
     let ckpt_dir = opts.out.join("checkpoints");
+    let mut loader = Loader::with_pool(
+        data.train.clone(),
+        loader_config,
+        pool,
+        state.epoch,
+        state.batch,
+    )?;
     while state.epoch < opts.epochs {
-        let loader = Loader::with_pool(
-            data.train.clone(),
-            loader_config.clone(),
-            pool.clone(),
-            state.epoch,
-            state.batch,
-        )?;
+        if loader.epoch() < state.epoch {
+            loader.advance_epoch();
+        }
         rec.start_epoch();
         let mut waited = Instant::now();
-        for batch in loader {
+        for batch in loader.by_ref() {
             let batch = batch?;
             let loader_wait = waited.elapsed().as_secs_f64();
             let x = norm.apply(batch_pixels(&batch)?, &batch.views);
@@ -308,7 +314,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
                 img_per_sec: f64::NAN, // the window's rate
                 loader_wait,
             };
-            rec.push(loss.detach(), line, loader_config.batch_size)?;
+            rec.push(loss.detach(), line, state.batch_size)?;
             let hit_max = opts.max_steps.is_some_and(|m| state.step >= m);
             if stop.load(Ordering::SeqCst) || hit_max {
                 rec.settle()?;

@@ -383,6 +383,8 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         batch_size: args.batch_size,
         mode: args.mode,
         output: args.output,
+        // Epochs run back to back, as in training.
+        prefetch_next_epoch: true,
         ..LoaderConfig::default()
     };
     if let Some(threads) = args.threads {
@@ -396,8 +398,12 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut images = 0u64;
     let mut rss_mb = Vec::new();
+    let mut loader = Loader::with_pool(dataset.clone(), config.clone(), pool, 0, 0)?;
     for epoch in 0..args.epochs {
-        for batch in Loader::with_pool(dataset.clone(), config.clone(), pool.clone(), epoch, 0)? {
+        if epoch > 0 {
+            loader.advance_epoch();
+        }
+        for batch in loader.by_ref() {
             images += batch?.records.len() as u64;
         }
         rss_mb.push(peak_resident_mb());
