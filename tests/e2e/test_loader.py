@@ -17,6 +17,8 @@ def test_bench_reports_rate_ceiling_ratio_and_flat_memory(tmp_path, tree):
         assert r["images"] == 3 * images
         assert r["images_per_sec"] > 0 and r["ceiling_images_per_sec"] > 0
         assert abs(r["ratio"] - r["images_per_sec"] / r["ceiling_images_per_sec"]) < 1e-9
+        read_total = r["threads"] * r["single_thread_read_and_zstd_images_per_sec"]
+        assert abs(r["ratio_to_read_and_zstd"] - r["images_per_sec"] / read_total) < 1e-9
         peaks = r["peak_resident_mb_after_each_epoch"]
         assert len(peaks) == 3 and max(peaks) <= r["memory_bound_mb"], r
 

@@ -333,10 +333,17 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
             .map(|s| format!("{:.0}", stats.images as f64 / s.max(1e-9)))
             .collect();
         println!("passes (images/s, sorted by time): {}", rates.join(", "));
-        let ceiling = pipeline::inspect::zstd_decompress_rate(dir, &manifest, 2000)?;
+        let ceilings = pipeline::inspect::ceilings(dir, &manifest, 2000)?;
+        let percent = |ceiling: f64| 100.0 * rate / (threads as f64 * ceiling);
         println!(
-            "single-thread zstd decompress: {ceiling:.0} images/s; pass = {:.0}% of {threads} x that",
-            100.0 * rate / (threads as f64 * ceiling)
+            "single-thread zstd decompress: {:.0} images/s; pass = {:.0}% of {threads} x that",
+            ceilings.zstd,
+            percent(ceilings.zstd)
+        );
+        println!(
+            "single-thread pread + zstd: {:.0} images/s; pass = {:.0}% of {threads} x that",
+            ceilings.read_and_zstd,
+            percent(ceilings.read_and_zstd)
         );
     }
     println!(
@@ -412,8 +419,10 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     // After the loader, so that the peak memory above is the loader's: the
     // ceiling holds 2,000 frames (~240 MB of ImageNet) in memory, and the
     // allocator keeps much of that resident after they are freed.
-    let ceiling = pipeline::inspect::zstd_decompress_rate(&args.shards, &dataset.manifest, 2000)?;
+    let ceilings = pipeline::inspect::ceilings(&args.shards, &dataset.manifest, 2000)?;
+    let ceiling = ceilings.zstd;
     let ceiling_total = ceiling * config.threads as f64;
+    let read_total = ceilings.read_and_zstd * config.threads as f64;
     let value_bytes = if config.output == Output::F32 { 4 } else { 1 };
     let batch_mb = (config.batch_size
         * config.mode.views_per_image()
@@ -431,6 +440,8 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
                 "ceiling_images_per_sec": ceiling_total,
                 "ratio": rate / ceiling_total,
                 "single_thread_zstd_images_per_sec": ceiling,
+                "single_thread_read_and_zstd_images_per_sec": ceilings.read_and_zstd,
+                "ratio_to_read_and_zstd": rate / read_total,
                 "threads": config.threads,
                 "prefetch": config.prefetch,
                 "batch_size": config.batch_size,
@@ -450,6 +461,12 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             "ceiling: {ceiling_total:.0} images/s ({} threads x {ceiling:.0} single-thread zstd); ratio {:.1}%",
             config.threads,
             100.0 * rate / ceiling_total
+        );
+        println!(
+            "with the read: {read_total:.0} images/s ({} threads x {:.0} single-thread pread + zstd); ratio {:.1}%",
+            config.threads,
+            ceilings.read_and_zstd,
+            100.0 * rate / read_total
         );
         let rss: Vec<String> = rss_mb.iter().map(|m| format!("{m:.0}")).collect();
         println!(
