@@ -38,6 +38,12 @@ pub(crate) fn has_avx512_kernel() -> bool {
     crate::cpu::has_avx512_vbmi() && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
+/// Exact products `p` (rr, rg, rb, gg, gb, bb) and channel sums `c` in the
+/// offset form of `OffsetProductsAvx512`: p - 128 * c[first of the pair].
+pub fn offset_form(p: [u64; 6], c: [u64; 3]) -> [i64; 6] {
+    std::array::from_fn(|k| p[k] as i64 - 128 * c[PAIRS[k].0] as i64)
+}
+
 /// Bytes of RGB the AVX-512 kernel takes at a time: 64 pixels.
 const AVX512_BLOCK: usize = 192;
 
@@ -210,6 +216,78 @@ impl SplitRgbAvx512 {
             let low = _mm512_permutex2var_epi8(a, self.first[ch], b);
             _mm512_mask_permutexvar_epi8(low, GATHERS[ch].2, self.third[ch], c)
         })
+    }
+}
+
+/// The six products in offset form, sum of x * (y - 128) for (x, y) in rr,
+/// rg, rb, gg, gb, bb, from channel-split pixels: `vpdpbusd` multiplies
+/// unsigned bytes by signed ones and adds four products into each i32 lane,
+/// so y - 128 (y with its top bit flipped, read as signed) makes one
+/// instruction a pair per 64 pixels, where the exact form widens to 16 bits
+/// and needs two. The caller adds 128 * sum(x) back (`stats` does it once,
+/// from the exact per-pixel sums).
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct OffsetProductsAvx512 {
+    lanes: [std::arch::x86_64::__m512i; 6],
+    blocks: usize,
+    total: [i64; 6],
+}
+
+/// Pairs of channels, in the order rr, rg, rb, gg, gb, bb.
+const PAIRS: [(usize, usize); 6] = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)];
+
+#[cfg(target_arch = "x86_64")]
+impl OffsetProductsAvx512 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn new() -> Self {
+        use std::arch::x86_64::*;
+        Self {
+            lanes: [_mm512_setzero_si512(); 6],
+            blocks: 0,
+            total: [0; 6],
+        }
+    }
+
+    /// Adds 64 pixels, `chan` as from `SplitRgbAvx512`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn add(&mut self, chan: [std::arch::x86_64::__m512i; 3]) {
+        use std::arch::x86_64::*;
+        // An i32 lane moves by at most 4 * 255 * 128 = 130,560 a block:
+        // 4,096 blocks stay far inside i32.
+        if self.blocks == BLOCKS_PER_FLUSH {
+            self.flush();
+        }
+        self.blocks += 1;
+        let top = _mm512_set1_epi8(-128);
+        let signed = chan.map(|v| _mm512_xor_si512(v, top));
+        for (k, (x, y)) in PAIRS.into_iter().enumerate() {
+            self.lanes[k] = _mm512_dpbusd_epi32(self.lanes[k], chan[x], signed[y]);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn flush(&mut self) {
+        use std::arch::x86_64::*;
+        for k in 0..6 {
+            // Sixteen lanes of up to 5.3e8 each can pass i32: widen first.
+            let v = self.lanes[k];
+            let lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
+            let hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(v));
+            self.total[k] += _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
+            self.lanes[k] = _mm512_setzero_si512();
+        }
+        self.blocks = 0;
+    }
+
+    /// Sum of x * (y - 128) for each pair, over every pixel added.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn finish(mut self) -> [i64; 6] {
+        self.flush();
+        self.total
     }
 }
 
@@ -432,5 +510,42 @@ mod tests {
             assert_eq!(unsafe { moments_avx512(&white) }.1, [65025 * 4097 * 64; 6]);
         }
         eprintln!("AVX-512 kernel tested: {}", has_avx512_kernel());
+    }
+
+    /// The offset-form kernel against the portable products, past its flush
+    /// (4,096 blocks) and at both extremes of x * (y - 128).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn offset_products_equal_the_portable_path() {
+        if !has_avx512_kernel() {
+            eprintln!("no AVX-512 VNNI here: offset kernel not tested");
+            return;
+        }
+        let mut rng = SplitMix64::new(13);
+        let random: Vec<u8> = (0..4097 * 192).map(|_| rng.next_u64() as u8).collect();
+        let white = vec![255u8; 4097 * 192];
+        let red: Vec<u8> = (0..4097 * 64).flat_map(|_| [255, 0, 0]).collect();
+        for (name, px) in [("random", &random), ("white", &white), ("red", &red)] {
+            let (c, p) = moments_portable(px);
+            // SAFETY: the CPU has the kernel's features (checked above).
+            let got = unsafe {
+                let split = SplitRgbAvx512::new();
+                let mut products = OffsetProductsAvx512::new();
+                for block in px.chunks_exact(AVX512_BLOCK) {
+                    use std::arch::x86_64::*;
+                    let ptr = block.as_ptr();
+                    products.add(split.channels(
+                        _mm512_loadu_si512(ptr as *const _),
+                        _mm512_loadu_si512(ptr.add(64) as *const _),
+                        _mm512_loadu_si512(ptr.add(128) as *const _),
+                    ));
+                }
+                products.finish()
+            };
+            assert_eq!(got, offset_form(p, c), "{name}");
+        }
+        // rg of pure red: 255 * (0 - 128) per pixel.
+        let (c, p) = moments_portable(&red);
+        assert_eq!(offset_form(p, c)[1], -255 * 128 * 4097 * 64);
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Every sum is kept in integers: per-pixel sums of u8 values in u64 (the
 //! channel sums are their totals), and per image the six channel products in
-//! u64, merged in u128.
+//! i64, merged in i128, in the offset form sum(x * (y - 128)) that the
+//! AVX-512 kernel makes in one instruction a pair (128 * sum(x) is added back
+//! at the end, from the exact channel sums).
 //! Integer sums are exact, so the result is the same bit for bit for any
 //! thread count and merge order, and nothing drifts over 10^11 pixels. Floating
 //! point enters only at the end. Memory: one mean accumulator (side x side x 3
@@ -72,8 +74,8 @@ struct Sums {
     /// 257 images of 255 still fit in a u16.
     recent: Vec<u16>,
     recent_images: u32,
-    /// rr, rg, rb, gg, gb, bb.
-    product: [u128; 6],
+    /// rr, rg, rb, gg, gb, bb, each as sum(x * (y - 128)).
+    product: [i128; 6],
 }
 
 impl Sums {
@@ -91,7 +93,8 @@ impl Sums {
     fn add_image(&mut self, px: &[u8]) {
         self.start_image();
         add_widening(&mut self.recent, px);
-        self.add_products(crate::rgb_moments::moments(px).1);
+        let (c, p) = crate::rgb_moments::moments(px);
+        self.add_products(crate::rgb_moments::offset_form(p, c));
     }
 
     /// Adds a decompressed image whose `filter` is still in place (rows of
@@ -107,7 +110,8 @@ impl Sums {
         }
         filter.undo(data, row_len, 3);
         add_widening(&mut self.recent, data);
-        self.add_products(crate::rgb_moments::moments(data).1);
+        let (c, p) = crate::rgb_moments::moments(data);
+        self.add_products(crate::rgb_moments::offset_form(p, c));
     }
 
     fn start_image(&mut self) {
@@ -118,9 +122,9 @@ impl Sums {
         self.recent_images += 1;
     }
 
-    fn add_products(&mut self, p: [u64; 6]) {
+    fn add_products(&mut self, p: [i64; 6]) {
         for (acc, v) in self.product.iter_mut().zip(p) {
-            *acc += v as u128;
+            *acc += v as i128;
         }
     }
 
@@ -344,8 +348,10 @@ fn finish(sums: &Sums, manifest: &Manifest) -> Result<Stats, StatsError> {
     for (a, row) in cov.iter_mut().enumerate() {
         for (b, v) in row.iter_mut().enumerate() {
             // n * sum(xy) - sum(x) sum(y), exactly, then one rounding.
-            let centred = n as i128 * sums.product[idx(a, b)] as i128
-                - channel[a] as i128 * channel[b] as i128;
+            // sum(xy) = sum(x (y - 128)) + 128 sum(x), x the pair's first.
+            let (first, _) = (a.min(b), a.max(b));
+            let product = sums.product[idx(a, b)] + 128 * channel[first] as i128;
+            let centred = n as i128 * product - channel[a] as i128 * channel[b] as i128;
             *v = centred as f64 / (n as f64 * n as f64);
         }
     }

@@ -11,10 +11,11 @@
 
 /// Undoes the delta filter of `filtered` (rows of `row_len` RGB bytes),
 /// adds every undone byte into `acc` (`acc[i] += px[i]`, wrapping u16), and
-/// returns the six products rr, rg, rb, gg, gb, bb summed over all pixels.
-/// `None` when this CPU or this geometry has no fused kernel; then nothing
-/// was added.
-pub fn add_filtered(filtered: &[u8], row_len: usize, acc: &mut [u16]) -> Option<[u64; 6]> {
+/// returns the six products in offset form: sum of x * (y - 128) over all
+/// pixels for (x, y) in rr, rg, rb, gg, gb, bb (add 128 * sum(x) for the
+/// products; see `rgb_moments::OffsetProductsAvx512`). `None` when this CPU
+/// or this geometry has no fused kernel; then nothing was added.
+pub fn add_filtered(filtered: &[u8], row_len: usize, acc: &mut [u16]) -> Option<[i64; 6]> {
     #[cfg(target_arch = "x86_64")]
     if has_kernel()
         && row_len > 0
@@ -43,13 +44,13 @@ const AVX512_BLOCK: usize = 192;
 /// `acc.len() == filtered.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-unsafe fn add_filtered_avx512(filtered: &[u8], row_len: usize, acc: &mut [u16]) -> [u64; 6] {
+unsafe fn add_filtered_avx512(filtered: &[u8], row_len: usize, acc: &mut [u16]) -> [i64; 6] {
     use crate::delta::UndoRgbAvx512;
-    use crate::rgb_moments::{ProductsAvx512, SplitRgbAvx512};
+    use crate::rgb_moments::{OffsetProductsAvx512, SplitRgbAvx512};
     use std::arch::x86_64::*;
     let undo = UndoRgbAvx512::new();
     let split = SplitRgbAvx512::new();
-    let mut products = ProductsAvx512::new();
+    let mut products = OffsetProductsAvx512::new();
     for (row, acc_row) in filtered
         .chunks_exact(row_len)
         .zip(acc.chunks_exact_mut(row_len))
@@ -84,8 +85,9 @@ mod tests {
     use crate::rng::SplitMix64;
     use crate::shard::PixelFilter;
 
-    /// The three plain passes: undo, per-pixel sums, portable products.
-    fn plain(filtered: &[u8], row_len: usize, acc: &mut [u16]) -> [u64; 6] {
+    /// The three plain passes: undo, per-pixel sums, portable products (in
+    /// offset form).
+    fn plain(filtered: &[u8], row_len: usize, acc: &mut [u16]) -> [i64; 6] {
         let mut px = filtered.to_vec();
         for row in px.chunks_exact_mut(row_len) {
             for i in 3..row_len {
@@ -95,7 +97,8 @@ mod tests {
         for (a, &v) in acc.iter_mut().zip(&px) {
             *a = a.wrapping_add(v as u16);
         }
-        crate::rgb_moments::moments_portable(&px).1
+        let (c, p) = crate::rgb_moments::moments_portable(&px);
+        crate::rgb_moments::offset_form(p, c)
     }
 
     #[test]
@@ -147,7 +150,8 @@ mod tests {
         PixelFilter::Delta.apply(&white, row_len, 3, &mut filtered);
         let mut acc = vec![0u16; white.len()];
         if let Some(p) = add_filtered(&filtered, row_len, &mut acc) {
-            assert_eq!(p, [65025 * (width * height) as u64; 6]);
+            // 255 * (255 - 128) per pixel and pair.
+            assert_eq!(p, [255 * 127 * (width * height) as i64; 6]);
             assert!(acc.iter().all(|&a| a == 255));
         }
     }
