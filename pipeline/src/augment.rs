@@ -388,36 +388,52 @@ mod tests {
 
     /// Unfiltering only the window's rows while cropping gives the bytes of
     /// cropping the fully unfiltered image.
+    /// A random side x side image with its delta-filtered copy.
+    fn image_and_filtered(side: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+        let mut rng = SplitMix64::new(seed);
+        let image: Vec<u8> = (0..side * side * 3).map(|_| rng.next_u64() as u8).collect();
+        let mut filtered = Vec::new();
+        PixelFilter::Delta.apply(&image, side * 3, 3, &mut filtered);
+        (image, filtered)
+    }
+
+    /// Cropping the filtered image (a copy: the filtered path may undo rows
+    /// in place) gives the bytes of cropping the image itself.
+    fn assert_filtered_crop(image: &[u8], filtered: &[u8], side: usize, crop: usize, view: View) {
+        let mut want = vec![0u8; crop * crop * 3];
+        crop_u8(image, side, &view, crop, &mut want);
+        let mut got = vec![0u8; crop * crop * 3];
+        let mut scratch = filtered.to_vec();
+        crop_u8_filtered(
+            &mut scratch,
+            PixelFilter::Delta,
+            side,
+            &view,
+            crop,
+            &mut got,
+        );
+        assert_eq!(
+            got, want,
+            "crop {crop} at {}, {}, mirrored {}",
+            view.x, view.y, view.flip
+        );
+    }
+
     /// The paper's geometry, every crop offset, both mirror states: the
     /// AVX-512 window undo (unmirrored rows) and the in-place path.
     #[test]
     fn cropping_a_filtered_256_image_equals_cropping_the_unfiltered_one() {
-        let (side, crop) = (256usize, 224usize);
-        let mut rng = SplitMix64::new(19);
-        let image: Vec<u8> = (0..side * side * 3).map(|_| rng.next_u64() as u8).collect();
-        let mut filtered = Vec::new();
-        PixelFilter::Delta.apply(&image, side * 3, 3, &mut filtered);
-        for x in 0..=(side - crop) as u16 {
+        let (image, filtered) = image_and_filtered(256, 19);
+        for x in 0..=32u16 {
             for flip in [false, true] {
+                let light = [0.0; 3];
                 let view = View {
                     x,
                     y: 32 - x % 33,
                     flip,
-                    light: [0.0; 3],
+                    light,
                 };
-                let mut want = vec![0u8; crop * crop * 3];
-                crop_u8(&image, side, &view, crop, &mut want);
-                let mut got = vec![0u8; crop * crop * 3];
-                let mut scratch = filtered.clone();
-                crop_u8_filtered(
-                    &mut scratch,
-                    PixelFilter::Delta,
-                    side,
-                    &view,
-                    crop,
-                    &mut got,
-                );
-                assert_eq!(got, want, "x {x} flip {flip}");
+                assert_filtered_crop(&image, &filtered, 256, 224, view);
             }
         }
     }
@@ -427,33 +443,22 @@ mod tests {
     /// mirror states.
     #[test]
     fn cropping_filtered_windows_of_any_width() {
-        let side = 80usize;
-        let mut rng = SplitMix64::new(23);
-        let image: Vec<u8> = (0..side * side * 3).map(|_| rng.next_u64() as u8).collect();
-        let mut filtered = Vec::new();
-        PixelFilter::Delta.apply(&image, side * 3, 3, &mut filtered);
+        let side = 80;
+        let (image, filtered) = image_and_filtered(side, 23);
         for crop in 1..=70usize {
-            for x in [0, 1, 5, 10].into_iter().filter(|&x| x + crop <= side) {
+            for x in [0u16, 1, 5, 10]
+                .into_iter()
+                .filter(|&x| x as usize + crop <= side)
+            {
                 for flip in [false, true] {
+                    let light = [0.0; 3];
                     let view = View {
-                        x: x as u16,
+                        x,
                         y: 3,
                         flip,
-                        light: [0.0; 3],
+                        light,
                     };
-                    let mut want = vec![0u8; crop * crop * 3];
-                    crop_u8(&image, side, &view, crop, &mut want);
-                    let mut got = vec![0u8; crop * crop * 3];
-                    let mut scratch = filtered.clone();
-                    crop_u8_filtered(
-                        &mut scratch,
-                        PixelFilter::Delta,
-                        side,
-                        &view,
-                        crop,
-                        &mut got,
-                    );
-                    assert_eq!(got, want, "crop {crop} x {x} flip {flip}");
+                    assert_filtered_crop(&image, &filtered, side, crop, view);
                 }
             }
         }

@@ -4,9 +4,10 @@
 //!
 //! Three exact paths, picked at run time:
 //! - AVX-512 (VBMI + VNNI): `vpermt2b` gathers each channel of 64 pixels
-//!   from three 64-byte loads, `vpsadbw` sums them, and `vpdpwssd` forms and
-//!   accumulates the six products 32 pixel pairs at a time: about 40
-//!   instructions per 64 pixels.
+//!   from three 64-byte loads, `vpsadbw` sums them, and `vpdpbusd` forms and
+//!   accumulates the six products in offset form, x (y - 128), four pixels
+//!   a lane (`OffsetProductsAvx512`; the channel sums turn them back into
+//!   x y): about 25 instructions per 64 pixels.
 //! - SSSE3: the same with byte shuffles and `pmaddwd` on 16 pixels, about 50
 //!   instructions per 16 pixels.
 //! - portable (also the test oracle for both): one accumulator per byte
@@ -158,7 +159,7 @@ const fn avx512_gather(ch: usize) -> ([u8; 64], [u8; 64], u64) {
 unsafe fn moments_avx512(px: &[u8]) -> ([u64; 3], [u64; 6]) {
     use std::arch::x86_64::*;
     let split = SplitRgbAvx512::new();
-    let mut products = ProductsAvx512::new();
+    let mut products = OffsetProductsAvx512::new();
     let zero = _mm512_setzero_si512();
     let mut sum = [zero; 3]; // u64 lanes, from vpsadbw: no overflow
     for block in px.chunks_exact(AVX512_BLOCK) {
@@ -174,7 +175,10 @@ unsafe fn moments_avx512(px: &[u8]) -> ([u64; 3], [u64; 6]) {
         products.add(chan);
     }
     let c = sum.map(|s| _mm512_reduce_add_epi64(s) as u64);
-    (c, products.finish())
+    let offset = products.finish();
+    // Back from x (y - 128) to x y with these pixels' own channel sums.
+    let p = std::array::from_fn(|k| (offset[k] + 128 * c[PAIRS[k].0] as i64) as u64);
+    (c, p)
 }
 
 /// Splits 64 interleaved RGB pixels (three 64-byte registers) into one
@@ -254,8 +258,6 @@ impl OffsetProductsAvx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(crate) unsafe fn add(&mut self, chan: [std::arch::x86_64::__m512i; 3]) {
         use std::arch::x86_64::*;
-        // An i32 lane moves by at most 4 * 255 * 128 = 130,560 a block:
-        // 4,096 blocks stay far inside i32.
         if self.blocks == BLOCKS_PER_FLUSH {
             self.flush();
         }
@@ -291,77 +293,10 @@ impl OffsetProductsAvx512 {
     }
 }
 
-/// The six products (rr, rg, rb, gg, gb, bb) of channel-split pixels,
-/// accumulated with `vpdpwssd` in i32 lanes and moved to u64 before they
-/// can overflow.
-#[cfg(target_arch = "x86_64")]
-pub(crate) struct ProductsAvx512 {
-    lanes: [std::arch::x86_64::__m512i; 6],
-    blocks: usize,
-    total: [u64; 6],
-}
-
-/// An i32 lane gains at most 2 * 2 * 255^2 = 260,100 a block of 64 pixels:
-/// 4,096 blocks stay far below 2^31.
+/// An i32 lane of `OffsetProductsAvx512` moves by at most 4 * 255 * 128 =
+/// 130,560 a block of 64 pixels: 4,096 blocks stay far inside i32.
 #[cfg(target_arch = "x86_64")]
 const BLOCKS_PER_FLUSH: usize = 4096;
-
-#[cfg(target_arch = "x86_64")]
-impl ProductsAvx512 {
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(crate) unsafe fn new() -> Self {
-        use std::arch::x86_64::*;
-        Self {
-            lanes: [_mm512_setzero_si512(); 6],
-            blocks: 0,
-            total: [0; 6],
-        }
-    }
-
-    /// Adds the products of 64 pixels, `chan` as from `SplitRgbAvx512`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(crate) unsafe fn add(&mut self, chan: [std::arch::x86_64::__m512i; 3]) {
-        use std::arch::x86_64::*;
-        if self.blocks == BLOCKS_PER_FLUSH {
-            self.flush();
-        }
-        self.blocks += 1;
-        let lo = chan.map(|v| _mm512_cvtepu8_epi16(_mm512_castsi512_si256(v)));
-        let hi = chan.map(|v| _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(v)));
-        for (k, (x, y)) in [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
-            .into_iter()
-            .enumerate()
-        {
-            self.lanes[k] = _mm512_dpwssd_epi32(self.lanes[k], lo[x], lo[y]);
-            self.lanes[k] = _mm512_dpwssd_epi32(self.lanes[k], hi[x], hi[y]);
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn flush(&mut self) {
-        use std::arch::x86_64::*;
-        for k in 0..6 {
-            // Lanes are non-negative and below 2^31: widen before adding.
-            let v = self.lanes[k];
-            let lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(v));
-            let hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(v));
-            self.total[k] += _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi)) as u64;
-            self.lanes[k] = _mm512_setzero_si512();
-        }
-        self.blocks = 0;
-    }
-
-    /// rr, rg, rb, gg, gb, bb of every pixel added.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(crate) unsafe fn finish(mut self) -> [u64; 6] {
-        self.flush();
-        self.total
-    }
-}
 
 /// The portable path: channel sums (r, g, b) and products (rr, rg, rb, gg,
 /// gb, bb) of interleaved RGB bytes.
