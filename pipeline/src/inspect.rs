@@ -176,14 +176,13 @@ pub fn ceilings(dir: &Path, manifest: &Manifest, limit: usize) -> Result<Ceiling
         .ok_or_else(|| InspectError::NotFound("no train split".into()))?;
     let mut shards = Vec::new();
     let mut records = Vec::new();
-    'shards: for shard_info in &info.shards {
-        let shard = ShardReader::open(&dir.join(&shard_info.file))?;
-        for i in 0..shard.len() {
-            if records.len() == limit {
-                break 'shards;
-            }
-            records.push((shards.len(), i));
+    for shard_info in &info.shards {
+        if records.len() == limit {
+            break;
         }
+        let shard = ShardReader::open(&dir.join(&shard_info.file))?;
+        let take = shard.len().min(limit - records.len());
+        records.extend((0..take).map(|i| (shards.len(), i)));
         shards.push(shard);
     }
     let mut zstd = zstd::bulk::Decompressor::new()?;
@@ -226,4 +225,27 @@ fn median_rate(
     }
     rates.sort_by(f64::total_cmp);
     Ok(rates[rates.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Limits that end inside a shard, at a shard's end, and past the
+    /// split: every record counted is read from the shard it names.
+    #[test]
+    fn ceilings_take_records_up_to_the_limit_across_shards() {
+        let (dir, data) = crate::loader::tests::dataset();
+        let out = dir.path().join("shards");
+        let manifest = Manifest::load(&out).expect("manifest");
+        let lens: Vec<usize> = data.shard_lens().iter().map(|&n| n as usize).collect();
+        assert!(lens.len() > 2 && lens[0] > 1, "several shards: {lens:?}");
+        for limit in [1, lens[0] - 1, lens[0], lens[0] + 1, data.len() + 5] {
+            let c = ceilings(&out, &manifest, limit).expect("ceilings");
+            assert!(
+                c.zstd > 0.0 && c.read_and_zstd > 0.0,
+                "limit {limit}: {c:?}"
+            );
+        }
+    }
 }
