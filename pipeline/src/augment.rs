@@ -386,35 +386,32 @@ mod tests {
         }
     }
 
-    /// Unfiltering only the window's rows while cropping gives the bytes of
-    /// cropping the fully unfiltered image.
-    /// A random side x side image with its delta-filtered copy.
-    fn image_and_filtered(side: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    /// A random side x side image with its `filter`ed copy.
+    fn image_and_filtered(side: usize, seed: u64, filter: PixelFilter) -> (Vec<u8>, Vec<u8>) {
         let mut rng = SplitMix64::new(seed);
         let image: Vec<u8> = (0..side * side * 3).map(|_| rng.next_u64() as u8).collect();
         let mut filtered = Vec::new();
-        PixelFilter::Delta.apply(&image, side * 3, 3, &mut filtered);
+        filter.apply(&image, side * 3, 3, &mut filtered);
         (image, filtered)
     }
 
     /// Cropping the filtered image (a copy: the filtered path may undo rows
     /// in place) gives the bytes of cropping the image itself.
-    fn assert_filtered_crop(image: &[u8], filtered: &[u8], side: usize, crop: usize, view: View) {
+    fn assert_filtered_crop(
+        (image, filtered): (&[u8], &[u8]),
+        filter: PixelFilter,
+        side: usize,
+        crop: usize,
+        view: View,
+    ) {
         let mut want = vec![0u8; crop * crop * 3];
         crop_u8(image, side, &view, crop, &mut want);
         let mut got = vec![0u8; crop * crop * 3];
         let mut scratch = filtered.to_vec();
-        crop_u8_filtered(
-            &mut scratch,
-            PixelFilter::Delta,
-            side,
-            &view,
-            crop,
-            &mut got,
-        );
+        crop_u8_filtered(&mut scratch, filter, side, &view, crop, &mut got);
         assert_eq!(
             got, want,
-            "crop {crop} at {}, {}, mirrored {}",
+            "{filter:?}, crop {crop} at {}, {}, mirrored {}",
             view.x, view.y, view.flip
         );
     }
@@ -423,7 +420,7 @@ mod tests {
     /// AVX-512 window undo (unmirrored rows) and the in-place path.
     #[test]
     fn cropping_a_filtered_256_image_equals_cropping_the_unfiltered_one() {
-        let (image, filtered) = image_and_filtered(256, 19);
+        let (image, filtered) = image_and_filtered(256, 19, PixelFilter::Delta);
         for x in 0..=32u16 {
             for flip in [false, true] {
                 let light = [0.0; 3];
@@ -433,7 +430,7 @@ mod tests {
                     flip,
                     light,
                 };
-                assert_filtered_crop(&image, &filtered, 256, 224, view);
+                assert_filtered_crop((&image, &filtered), PixelFilter::Delta, 256, 224, view);
             }
         }
     }
@@ -444,7 +441,7 @@ mod tests {
     #[test]
     fn cropping_filtered_windows_of_any_width() {
         let side = 80;
-        let (image, filtered) = image_and_filtered(side, 23);
+        let (image, filtered) = image_and_filtered(side, 23, PixelFilter::Delta);
         for crop in 1..=70usize {
             for x in [0u16, 1, 5, 10]
                 .into_iter()
@@ -458,33 +455,23 @@ mod tests {
                         flip,
                         light,
                     };
-                    assert_filtered_crop(&image, &filtered, side, crop, view);
+                    let pair = (image.as_slice(), filtered.as_slice());
+                    assert_filtered_crop(pair, PixelFilter::Delta, side, crop, view);
                 }
             }
         }
     }
 
+    /// Unfiltering only the window's rows while cropping gives the bytes of
+    /// cropping the fully unfiltered image, for either filter.
     #[test]
     fn cropping_a_filtered_image_equals_cropping_the_unfiltered_one() {
-        let (side, crop) = (40usize, 29usize);
-        let mut rng = SplitMix64::new(9);
-        let image: Vec<u8> = (0..side * side * 3).map(|_| rng.next_u64() as u8).collect();
         for filter in [PixelFilter::Delta, PixelFilter::None] {
-            let mut filtered = Vec::new();
-            filter.apply(&image, side * 3, 3, &mut filtered);
+            let (image, filtered) = image_and_filtered(40, 9, filter);
             for (x, y, flip) in [(0, 0, false), (11, 3, true), (11, 11, false), (5, 9, true)] {
-                let view = View {
-                    x,
-                    y,
-                    flip,
-                    light: [0.0; 3],
-                };
-                let mut want = vec![0u8; crop * crop * 3];
-                crop_u8(&image, side, &view, crop, &mut want);
-                let mut got = vec![0u8; crop * crop * 3];
-                let mut scratch = filtered.clone();
-                crop_u8_filtered(&mut scratch, filter, side, &view, crop, &mut got);
-                assert_eq!(got, want, "{filter:?} {x} {y} {flip}");
+                let light = [0.0; 3];
+                let view = View { x, y, flip, light };
+                assert_filtered_crop((&image, &filtered), filter, 40, 29, view);
             }
         }
     }
