@@ -92,9 +92,7 @@ impl Sums {
     #[cfg(test)]
     fn add_image(&mut self, px: &[u8]) {
         self.start_image();
-        add_widening(&mut self.recent, px);
-        let (c, p) = crate::rgb_moments::moments(px);
-        self.add_products(crate::rgb_moments::offset_form(p, c));
+        self.add_pixels(px);
     }
 
     /// Adds a decompressed image whose `filter` is still in place (rows of
@@ -109,8 +107,13 @@ impl Sums {
             }
         }
         filter.undo(data, row_len, 3);
-        add_widening(&mut self.recent, data);
-        let (c, p) = crate::rgb_moments::moments(data);
+        self.add_pixels(data);
+    }
+
+    /// The per-pixel sums and products of one image's (undone) pixels.
+    fn add_pixels(&mut self, px: &[u8]) {
+        add_widening(&mut self.recent, px);
+        let (c, p) = crate::rgb_moments::moments(px);
         self.add_products(crate::rgb_moments::offset_form(p, c));
     }
 

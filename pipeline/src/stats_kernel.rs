@@ -17,7 +17,7 @@
 /// or this geometry has no fused kernel; then nothing was added.
 pub fn add_filtered(filtered: &[u8], row_len: usize, acc: &mut [u16]) -> Option<[i64; 6]> {
     #[cfg(target_arch = "x86_64")]
-    if has_kernel()
+    if crate::rgb_moments::has_avx512_kernel()
         && row_len > 0
         && row_len.is_multiple_of(AVX512_BLOCK)
         && filtered.len().is_multiple_of(row_len)
@@ -29,11 +29,6 @@ pub fn add_filtered(filtered: &[u8], row_len: usize, acc: &mut [u16]) -> Option<
     }
     let _ = (filtered, row_len, acc);
     None
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_kernel() -> bool {
-    crate::rgb_moments::has_avx512_kernel()
 }
 
 /// 64 RGB pixels: the unit of the channel split and the products.
@@ -128,7 +123,10 @@ mod tests {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        eprintln!("fused AVX-512 kernel tested: {}", has_kernel());
+        eprintln!(
+            "fused AVX-512 kernel tested: {}",
+            crate::rgb_moments::has_avx512_kernel()
+        );
     }
 
     #[test]
