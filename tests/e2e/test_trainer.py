@@ -121,6 +121,13 @@ def test_resume_refuses_to_overwrite_and_continues(fashion, tmp_path):
             "--max-steps", "4", "--resume")
     steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
     assert steps == [1, 2, 3, 4]
+    # A setting given again on resume becomes the run's own for later resumes.
+    trainer("run", "--out", out, "--width-mult", "0.0625", "--batch-size", "16", "--quiet",
+            "--max-steps", "5", "--epochs", "7", "--resume")
+    state = json.load(open(out / "checkpoints" / (out / "checkpoints" / "LATEST").read_text().strip()
+                           / "state.json"))
+    assert state["settings"]["epochs"] == 7
+    assert state["settings"]["shards"] == str((fashion / "shards").resolve())
 
 
 def test_errors_are_one_clear_line(fashion, tmp_path):

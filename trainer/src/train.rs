@@ -127,8 +127,10 @@ fn start_state(
             )));
         }
         let mut state = ck.state.clone();
-        // Checkpoints from before settings were kept get them now.
-        state.settings.get_or_insert_with(|| settings_of(opts));
+        // `opts` holds the run's own settings unless some were given again
+        // (trainer.rs fills the rest from this checkpoint): those are now the
+        // run's. Checkpoints from before settings were kept get them too.
+        state.settings = Some(settings_of(opts));
         return Ok((state, Some(ck)));
     }
     if checkpoint::latest(&ckpt_dir)?.is_some() {
