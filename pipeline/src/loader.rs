@@ -35,7 +35,7 @@ use crate::ingest::Split;
 use crate::manifest::{Manifest, ManifestError};
 use crate::rng::SplitMix64;
 use crate::sampler::{mix, Order, RecordId, Sampler, SamplerError};
-use crate::shard::{RecordDecoder, ShardError, ShardReader};
+use crate::shard::{ReadMode, RecordDecoder, ShardError, ShardReader};
 use crate::stats::{self, Stats, StatsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +74,15 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Opens `split` of the shard folder `dir`; reads mean.npy and
-    /// stats.json when they are there (`pipeline stats` writes them).
+    /// Opens `split` of the shard folder `dir`, mapping the shards if they
+    /// fit in memory (`ReadMode::Auto`); reads mean.npy and stats.json when
+    /// they are there (`pipeline stats` writes them).
     pub fn open(dir: &Path, split: Split) -> Result<Self, LoaderError> {
+        Self::open_with(dir, split, ReadMode::Auto)
+    }
+
+    /// As `open`, reading frames as `read` says.
+    pub fn open_with(dir: &Path, split: Split, read: ReadMode) -> Result<Self, LoaderError> {
         let manifest = Manifest::load(dir)?;
         let info = manifest.split(split).ok_or_else(|| {
             LoaderError::Config(format!("{}: no {} split", dir.display(), split.name()))
@@ -91,11 +97,18 @@ impl Dataset {
                 g.channels
             )));
         }
-        let shards = info
+        let mut shards = info
             .shards
             .iter()
             .map(|s| ShardReader::open(&dir.join(&s.file)))
             .collect::<Result<Vec<_>, _>>()?;
+        let bytes = shards.iter().map(ShardReader::file_len).sum();
+        if read.resolve(bytes) == ReadMode::Map {
+            shards = shards
+                .into_iter()
+                .map(ShardReader::map_frames)
+                .collect::<Result<_, _>>()?;
+        }
         let side = g.width as usize;
         let stats_path = dir.join(stats::STATS_FILE);
         let stats = if stats_path.is_file() {
@@ -127,6 +140,14 @@ impl Dataset {
 
     pub fn side(&self) -> usize {
         self.side
+    }
+
+    /// How frames are read: `Map` or `Pread`.
+    pub fn read_mode(&self) -> ReadMode {
+        match self.shards.first() {
+            Some(s) if s.is_mapped() => ReadMode::Map,
+            _ => ReadMode::Pread,
+        }
     }
 
     pub fn shard_lens(&self) -> Vec<u32> {
@@ -699,19 +720,29 @@ pub(crate) mod tests {
         }
     }
 
+    /// Also with frames read by pread instead of from the memory map.
     #[test]
     fn batches_are_the_same_for_any_thread_count_and_follow_the_sampler() {
-        let (_dir, data) = dataset();
+        let (dir, data) = dataset();
+        let pread = Dataset::open_with(&dir.path().join("shards"), Split::Train, ReadMode::Pread);
+        let pread = Arc::new(pread.expect("open"));
+        assert_eq!(
+            (data.read_mode(), pread.read_mode()),
+            (ReadMode::Map, ReadMode::Pread)
+        );
         let one = collect(Loader::new(data.clone(), config(1, Output::U8), 2, 0).expect("loader"));
         let three =
             collect(Loader::new(data.clone(), config(3, Output::U8), 2, 0).expect("loader"));
+        let three_pread = collect(Loader::new(pread, config(3, Output::U8), 2, 0).expect("loader"));
         assert_eq!(one.len(), 6); // 27 records in batches of 5
-        for (a, b) in one.iter().zip(&three) {
-            assert_eq!(
-                (a.index, &a.records, &a.labels, &a.views),
-                (b.index, &b.records, &b.labels, &b.views)
-            );
-            assert_eq!(u8_data(a), u8_data(b));
+        for b in [&three, &three_pread] {
+            for (a, b) in one.iter().zip(b) {
+                assert_eq!(
+                    (a.index, &a.records, &a.labels, &a.views),
+                    (b.index, &b.records, &b.labels, &b.views)
+                );
+                assert_eq!(u8_data(a), u8_data(b));
+            }
         }
         let sampler =
             Sampler::new(data.shard_lens(), 7, Order::Random, (0, 1), 5, false).expect("s");
@@ -932,25 +963,27 @@ pub(crate) mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[rec.offset as usize + rec.len as usize / 2] ^= 0x55;
         std::fs::write(&path, bytes).expect("write");
-        let data = Arc::new(Dataset::open(&shards, Split::Train).expect("open"));
-        let c = LoaderConfig {
-            verify: true,
-            order: Order::Sequential,
-            ..config(2, Output::U8)
-        };
-        let results: Vec<_> = Loader::new(data, c, 0, 0).expect("loader").collect();
-        assert_eq!(results.len(), 6, "every batch is delivered, good or bad");
-        let errors: Vec<String> = results
-            .iter()
-            .filter_map(|r| r.as_ref().err())
-            .map(|e| e.to_string())
-            .collect();
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(
-            errors[0].contains("train-00001.shard: record 2"),
-            "{}",
-            errors[0]
-        );
+        for read in [ReadMode::Map, ReadMode::Pread] {
+            let data = Arc::new(Dataset::open_with(&shards, Split::Train, read).expect("open"));
+            let c = LoaderConfig {
+                verify: true,
+                order: Order::Sequential,
+                ..config(2, Output::U8)
+            };
+            let results: Vec<_> = Loader::new(data, c, 0, 0).expect("loader").collect();
+            assert_eq!(results.len(), 6, "every batch is delivered, good or bad");
+            let errors: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .map(|e| e.to_string())
+                .collect();
+            assert_eq!(errors.len(), 1, "{read:?}: {errors:?}");
+            assert!(
+                errors[0].contains("train-00001.shard: record 2"),
+                "{read:?}: {}",
+                errors[0]
+            );
+        }
     }
 
     #[test]

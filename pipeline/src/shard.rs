@@ -398,6 +398,55 @@ fn decode_index(bytes: &[u8]) -> Option<(Vec<RecordEntry>, Vec<Skipped>)> {
     r.bytes.is_empty().then_some((records, skipped))
 }
 
+/// How a reader gets a record's compressed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadMode {
+    /// `map` while the shards fit in half of this machine's memory (so the
+    /// page cache can hold them), `pread` beyond.
+    Auto,
+    /// Map each shard file; frames are decompressed straight from the page
+    /// cache, with no copy and no system call. The mapped pages count in
+    /// the process's resident memory; they are the page cache that `pread`
+    /// copies from, and the kernel can drop them like any cached file page.
+    Map,
+    /// Copy each frame out of the file with one `pread`.
+    Pread,
+}
+
+impl ReadMode {
+    /// `Map` or `Pread` for shards of `shard_bytes` in all.
+    pub fn resolve(self, shard_bytes: u64) -> ReadMode {
+        match self {
+            ReadMode::Auto => match usable_memory() {
+                Some(memory) if shard_bytes <= memory / 2 => ReadMode::Map,
+                // Shards the cache cannot keep are read from disk every
+                // epoch; then the copy is not what costs, and pread keeps
+                // the process's resident memory bounded.
+                Some(_) => ReadMode::Pread,
+                None => ReadMode::Pread,
+            },
+            mode => mode,
+        }
+    }
+}
+
+/// Bytes of memory this process may use: the machine's, or its cgroup's
+/// limit where that is lower (a container).
+fn usable_memory() -> Option<u64> {
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let physical = u64::try_from(pages).ok()? * u64::try_from(page).ok()?;
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    Some(limit.map_or(physical, |l| l.min(physical)))
+}
+
 /// An open shard: header and index in memory, records read on demand.
 pub struct ShardReader {
     path: PathBuf,
@@ -406,6 +455,8 @@ pub struct ShardReader {
     records: Vec<RecordEntry>,
     skipped: Vec<Skipped>,
     file_len: u64,
+    /// The whole file, once `map_frames` has been called.
+    map: Option<memmap2::Mmap>,
 }
 
 impl ShardReader {
@@ -456,7 +507,30 @@ impl ShardReader {
             records,
             skipped,
             file_len,
+            map: None,
         })
+    }
+
+    /// From now on, reads frames from a memory map of the file instead of
+    /// with pread (see `ReadMode::Map`). Shards are only ever replaced by a
+    /// rename, which leaves a mapped file whole; a program that truncated
+    /// one in place while it is mapped would make a read fault (SIGBUS).
+    pub fn map_frames(mut self) -> Result<Self, ShardError> {
+        // SAFETY: the map is read-only, and see above for a file changed
+        // underneath it.
+        let map = unsafe { memmap2::Mmap::map(&self.file) }.map_err(io_err(&self.path))?;
+        if map.len() as u64 != self.file_len {
+            return Err(ShardError::Damaged {
+                path: self.path.clone(),
+                detail: format!(
+                    "changed while it was opened ({} bytes, now {})",
+                    self.file_len,
+                    map.len()
+                ),
+            });
+        }
+        self.map = Some(map);
+        Ok(self)
     }
 
     pub fn path(&self) -> &Path {
@@ -477,20 +551,28 @@ impl ShardReader {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+    pub fn is_mapped(&self) -> bool {
+        self.map.is_some()
+    }
     pub fn file_len(&self) -> u64 {
         self.file_len
     }
 
-    /// Reads record `index`'s compressed frame into the start of `buffer`
-    /// and returns it. The buffer only ever grows: zero-filling it to each
-    /// frame's length cost as much as copying the frame in.
-    pub fn read_frame<'b>(
-        &self,
+    /// Record `index`'s compressed frame: from the memory map if there is
+    /// one, else read into the start of `buffer`. The buffer only ever
+    /// grows: zero-filling it to each frame's length cost as much as
+    /// copying the frame in.
+    pub fn read_frame<'a>(
+        &'a self,
         index: usize,
-        buffer: &'b mut Vec<u8>,
-    ) -> Result<&'b [u8], ShardError> {
+        buffer: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], ShardError> {
         let r = &self.records[index];
         let len = r.len as usize;
+        if let Some(map) = &self.map {
+            // `open` checked that every record lies inside the file.
+            return Ok(&map[r.offset as usize..][..len]);
+        }
         if buffer.len() < len {
             buffer.resize(len, 0);
         }
@@ -684,17 +766,22 @@ mod tests {
         for filter in [PixelFilter::None, PixelFilter::Delta] {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = write(dir.path(), filter);
-            let shard = ShardReader::open(&path).expect("open");
-            assert_eq!(shard.header(), &header(filter));
-            assert_eq!(shard.len(), 3);
-            assert_eq!(shard.skipped()[0].reason, "empty file");
-            let mut dec = RecordDecoder::new().expect("decoder");
-            let mut out = vec![0; 60];
-            for i in 0..3 {
-                dec.decode(&shard, i, &mut out, true).expect("decode");
-                assert_eq!(out, image(i as u8));
-                assert_eq!(shard.records()[i].label, i as u32 * 7);
-                assert_eq!(shard.records()[i].name, format!("c/{i}.JPEG"));
+            let pread = ShardReader::open(&path).expect("open");
+            let mapped = ShardReader::open(&path).and_then(ShardReader::map_frames);
+            let mapped = mapped.expect("map");
+            assert!(mapped.is_mapped() && !pread.is_mapped());
+            for shard in [pread, mapped] {
+                assert_eq!(shard.header(), &header(filter));
+                assert_eq!(shard.len(), 3);
+                assert_eq!(shard.skipped()[0].reason, "empty file");
+                let mut dec = RecordDecoder::new().expect("decoder");
+                let mut out = vec![0; 60];
+                for i in 0..3 {
+                    dec.decode(&shard, i, &mut out, true).expect("decode");
+                    assert_eq!(out, image(i as u8));
+                    assert_eq!(shard.records()[i].label, i as u32 * 7);
+                    assert_eq!(shard.records()[i].name, format!("c/{i}.JPEG"));
+                }
             }
             let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
             assert_eq!(leftovers.len(), 1, "no temporary file is left");
@@ -729,14 +816,26 @@ mod tests {
         let last_data_byte = 48 + frame.len() - 5;
         bytes[last_data_byte] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
-        let shard = ShardReader::open(&path).expect("index is intact");
-        let mut out = vec![0; 60];
-        let err = RecordDecoder::new()
-            .expect("decoder")
-            .decode(&shard, 0, &mut out, true)
-            .expect_err("damaged record");
-        let text = err.to_string();
-        assert!(text.contains("record 0 (x.JPEG)"), "{text}");
+        let pread = ShardReader::open(&path).expect("index is intact");
+        let mapped = ShardReader::open(&path).and_then(ShardReader::map_frames);
+        for shard in [pread, mapped.expect("map")] {
+            let mut out = vec![0; 60];
+            let err = RecordDecoder::new()
+                .expect("decoder")
+                .decode(&shard, 0, &mut out, true)
+                .expect_err("damaged record");
+            let text = err.to_string();
+            assert!(text.contains("record 0 (x.JPEG)"), "{text}");
+        }
+    }
+
+    #[test]
+    fn auto_maps_shards_that_fit_in_half_the_memory() {
+        let memory = usable_memory().expect("Linux says how much memory it has");
+        assert_eq!(ReadMode::Auto.resolve(memory / 2), ReadMode::Map);
+        assert_eq!(ReadMode::Auto.resolve(memory / 2 + 1), ReadMode::Pread);
+        assert_eq!(ReadMode::Map.resolve(u64::MAX), ReadMode::Map);
+        assert_eq!(ReadMode::Pread.resolve(0), ReadMode::Pread);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use pipeline::inspect::{self, Selector};
 use pipeline::loader::{BufferPool, Dataset, Loader, LoaderConfig, Output};
 use pipeline::make_shards::{make_shards, ShardsConfig};
 use pipeline::manifest::Manifest;
-use pipeline::shard::{PixelFilter, RecordDecoder};
+use pipeline::shard::{PixelFilter, ReadMode, RecordDecoder};
 use pipeline::stats;
 
 /// ImageNet (ILSVRC-2012) from its JPEG tree to zstd shards for AlexNet.
@@ -133,6 +133,10 @@ struct BenchArgs {
     /// Epochs to run (resident memory is reported after each).
     #[arg(long, default_value_t = 3)]
     epochs: u64,
+    /// How workers read frames: map the shards (auto does while they fit in
+    /// half the memory) or pread each frame.
+    #[arg(long, value_enum, default_value_t = ReadMode::Auto)]
+    read: ReadMode,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -385,7 +389,7 @@ fn run_sheet(args: SheetArgs) -> Result<ExitCode> {
 }
 
 fn run_bench(args: BenchArgs) -> Result<ExitCode> {
-    let dataset = std::sync::Arc::new(Dataset::open(&args.shards, args.split)?);
+    let dataset = std::sync::Arc::new(Dataset::open_with(&args.shards, args.split, args.read)?);
     let mut config = LoaderConfig {
         batch_size: args.batch_size,
         mode: args.mode,
@@ -404,7 +408,8 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     let pool = BufferPool::for_config(&config);
     let started = std::time::Instant::now();
     let mut images = 0u64;
-    let mut rss_mb = Vec::new();
+    let (mut rss_mb, mut private_mb, mut mapped_mb) = (Vec::new(), Vec::new(), Vec::new());
+    let mut private_peak = 0f64;
     let mut loader = Loader::with_pool(dataset.clone(), config.clone(), pool, 0, 0)?;
     for epoch in 0..args.epochs {
         if epoch > 0 {
@@ -412,9 +417,15 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         }
         for batch in loader.by_ref() {
             images += batch?.records.len() as u64;
+            // /proc keeps no peak of private memory alone: sample it at
+            // every batch (~20 us; a batch takes ~25 ms here).
+            private_peak = private_peak.max(memory_mb("RssAnon:"));
         }
-        rss_mb.push(peak_resident_mb());
+        rss_mb.push(memory_mb("VmHWM:"));
+        private_mb.push(private_peak);
+        mapped_mb.push(memory_mb("RssFile:"));
     }
+    let read = format!("{:?}", dataset.read_mode()).to_lowercase();
     let rate = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
     // After the loader, so that the peak memory above is the loader's: the
     // ceiling holds 2,000 frames (~240 MB of ImageNet) in memory, and the
@@ -448,13 +459,16 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
                 "mode": format!("{:?}", config.mode).to_lowercase(),
                 "output": format!("{:?}", config.output).to_lowercase(),
                 "images": images,
+                "read": read,
                 "peak_resident_mb_after_each_epoch": rss_mb,
+                "peak_private_mb_after_each_epoch": private_mb,
+                "mapped_file_mb_after_each_epoch": mapped_mb,
                 "memory_bound_mb": bound_mb,
             })
         );
     } else {
         println!(
-            "loader: {rate:.0} images/s ({images} images, {} threads, batch {})",
+            "loader: {rate:.0} images/s ({images} images, {} threads, batch {}, read: {read})",
             config.threads, config.batch_size
         );
         println!(
@@ -468,24 +482,36 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             ceilings.read_and_zstd,
             100.0 * rate / read_total
         );
-        let rss: Vec<String> = rss_mb.iter().map(|m| format!("{m:.0}")).collect();
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|m| format!("{m:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!(
-            "peak resident MB after each epoch: {} (bound: (prefetch + threads) x batch + 64 = {bound_mb:.0})",
-            rss.join(", ")
+            "peak private MB after each epoch: {} (bound: (prefetch + threads) x batch + 64 = {bound_mb:.0})",
+            list(&private_mb)
+        );
+        println!(
+            "peak resident MB after each epoch: {}, of which mapped files (shards, this program) at the end: {}",
+            list(&rss_mb),
+            list(&mapped_mb)
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Peak resident memory of this process so far (VmHWM), from /proc; 0
-/// where there is none. Sampled after each epoch, it shows whether memory
-/// grows from epoch to epoch.
-fn peak_resident_mb() -> f64 {
+/// One memory figure of this process from /proc/self/status, in MB; 0
+/// where there is none. `VmHWM:` is the peak resident memory so far;
+/// `RssAnon:` the resident private memory (heap, stacks: what the loader's
+/// configuration bounds); `RssFile:` resident pages of mapped files (the
+/// shards in map mode, and this program's code).
+fn memory_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
