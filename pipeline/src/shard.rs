@@ -422,8 +422,7 @@ impl ReadMode {
                 // Shards the cache cannot keep are read from disk every
                 // epoch; then the copy is not what costs, and pread keeps
                 // the process's resident memory bounded.
-                Some(_) => ReadMode::Pread,
-                None => ReadMode::Pread,
+                _ => ReadMode::Pread,
             },
             mode => mode,
         }

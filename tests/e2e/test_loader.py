@@ -19,6 +19,10 @@ def test_bench_reports_rate_ceiling_ratio_and_flat_memory(tmp_path, tree):
         assert r["images"] == 3 * images
         assert r["images_per_sec"] > 0 and r["ceiling_images_per_sec"] > 0
         assert abs(r["ratio"] - r["images_per_sec"] / r["ceiling_images_per_sec"]) < 1e-9
+        each = r["images_per_sec_each_epoch"]
+        # The whole run also counts the loader's start, so it is no faster
+        # than its fastest epoch.
+        assert len(each) == 3 and min(each) > 0 and r["images_per_sec"] <= max(each), r
         read_total = r["threads"] * r["single_thread_read_and_zstd_images_per_sec"]
         assert abs(r["ratio_to_read_and_zstd"] - r["images_per_sec"] / read_total) < 1e-9
         private = r["peak_private_mb_after_each_epoch"]
