@@ -405,34 +405,12 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     if let Some(prefetch) = args.prefetch {
         config.prefetch = prefetch;
     }
-    let pool = BufferPool::for_config(&config);
-    let started = std::time::Instant::now();
-    let mut images = 0u64;
-    let (mut rss_mb, mut private_mb, mut mapped_mb) = (Vec::new(), Vec::new(), Vec::new());
-    let mut private_peak = 0f64;
-    // Each epoch's own rate too: the first one also maps the shards'
-    // pages (page faults) and fills the pipeline.
-    let mut epoch_rates = Vec::new();
-    let mut loader = Loader::with_pool(dataset.clone(), config.clone(), pool, 0, 0)?;
-    for epoch in 0..args.epochs {
-        if epoch > 0 {
-            loader.advance_epoch();
-        }
-        let (epoch_started, epoch_images) = (std::time::Instant::now(), images);
-        for batch in loader.by_ref() {
-            images += batch?.records.len() as u64;
-            // /proc keeps no peak of private memory alone: sample it at
-            // every batch (~20 us; a batch takes ~25 ms here).
-            private_peak = private_peak.max(memory_mb("RssAnon:"));
-        }
-        let seconds = epoch_started.elapsed().as_secs_f64().max(1e-9);
-        epoch_rates.push((images - epoch_images) as f64 / seconds);
-        rss_mb.push(memory_mb("VmHWM:"));
-        private_mb.push(private_peak);
-        mapped_mb.push(memory_mb("RssFile:"));
-    }
+    let epochs = run_epochs(&dataset, &config, args.epochs)?;
+    let images = epochs.images;
+    let (rss_mb, private_mb, mapped_mb) = (epochs.resident_mb, epochs.private_mb, epochs.mapped_mb);
+    let epoch_rates = epochs.rates;
     let read = format!("{:?}", dataset.read_mode()).to_lowercase();
-    let rate = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let rate = images as f64 / epochs.seconds;
     // After the loader, so that the peak memory above is the loader's: the
     // ceiling holds 2,000 frames (~240 MB of ImageNet) in memory, and the
     // allocator keeps much of that resident after they are freed.
@@ -511,6 +489,62 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `run_epochs` measured, one entry per epoch.
+struct EpochFigures {
+    images: u64,
+    /// From starting the loader to its last batch.
+    seconds: f64,
+    /// Images/s of the epoch alone: the first one also fills the pipeline
+    /// and maps the shards' pages.
+    rates: Vec<f64>,
+    /// Peak resident set so far.
+    resident_mb: Vec<f64>,
+    /// Peak private memory so far (sampled at every batch).
+    private_mb: Vec<f64>,
+    /// Mapped file pages at the epoch's end.
+    mapped_mb: Vec<f64>,
+}
+
+/// Runs a loader for `epochs` epochs back to back and measures each.
+fn run_epochs(
+    dataset: &std::sync::Arc<Dataset>,
+    config: &LoaderConfig,
+    epochs: u64,
+) -> Result<EpochFigures> {
+    let run_started = std::time::Instant::now();
+    let pool = BufferPool::for_config(config);
+    let mut loader = Loader::with_pool(dataset.clone(), config.clone(), pool, 0, 0)?;
+    let mut f = EpochFigures {
+        images: 0,
+        seconds: 0.0,
+        rates: Vec::new(),
+        resident_mb: Vec::new(),
+        private_mb: Vec::new(),
+        mapped_mb: Vec::new(),
+    };
+    let mut private_peak = 0f64;
+    for epoch in 0..epochs {
+        if epoch > 0 {
+            loader.advance_epoch();
+        }
+        let (started, images_before) = (std::time::Instant::now(), f.images);
+        for batch in loader.by_ref() {
+            f.images += batch?.records.len() as u64;
+            // /proc keeps no peak of private memory alone: sample it at
+            // every batch (~20 us; a batch takes ~25 ms here).
+            private_peak = private_peak.max(memory_mb("RssAnon:"));
+        }
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        f.rates.push((f.images - images_before) as f64 / seconds);
+        f.resident_mb.push(memory_mb("VmHWM:"));
+        f.private_mb.push(private_peak);
+        f.mapped_mb.push(memory_mb("RssFile:"));
+    }
+    // Before the drop, which waits for the batches made ahead.
+    f.seconds = run_started.elapsed().as_secs_f64().max(1e-9);
+    Ok(f)
 }
 
 /// One memory figure of this process from /proc/self/status, in MB; 0
