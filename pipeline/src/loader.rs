@@ -449,6 +449,15 @@ impl Loader {
         self.issue();
     }
 
+    /// Turns `LoaderConfig::prefetch_next_epoch` on or off from now on.
+    /// Turn it off when this epoch is the last, so that no work goes into
+    /// batches nobody will take (at the end of training, that work would
+    /// compete with the final evaluation).
+    pub fn set_prefetch_next_epoch(&mut self, on: bool) {
+        self.prefetch_next_epoch = on;
+        self.issue();
+    }
+
     /// Hands out jobs up to `prefetch` ahead of the batch awaited: this
     /// epoch's, then (with `prefetch_next_epoch`) the next one's.
     fn issue(&mut self) {
@@ -885,8 +894,9 @@ pub(crate) mod tests {
     }
 
     /// One loader run through epochs with `advance_epoch`, the next epoch's
-    /// jobs starting before this one ends, gives the batches (records,
-    /// views, pixels) of a fresh loader per epoch, for 1 and 3 threads.
+    /// jobs starting before this one ends (or not, when turned off for an
+    /// epoch), gives the batches (records, views, pixels) of a fresh loader
+    /// per epoch, for 1 and 3 threads.
     #[test]
     fn advancing_epochs_equals_a_fresh_loader_per_epoch() {
         let (_dir, data) = dataset();
@@ -898,7 +908,11 @@ pub(crate) mod tests {
             let mut loader = Loader::new(data.clone(), c.clone(), 1, 0).expect("loader");
             for epoch in 1..4u64 {
                 assert_eq!(loader.epoch(), epoch);
+                // Epoch 2 runs as if it were the last: nothing is made ahead.
+                loader.set_prefetch_next_epoch(epoch != 2);
                 let got: Vec<Batch> = loader.by_ref().map(|b| b.expect("batch")).collect();
+                let ahead = if epoch == 2 { 0 } else { c.prefetch };
+                assert_eq!(loader.issued_ahead, ahead, "epoch {epoch}");
                 let want = collect(
                     Loader::new(data.clone(), config(2, Output::U8), epoch, 0).expect("loader"),
                 );

@@ -293,6 +293,8 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         if loader.epoch() < state.epoch {
             loader.advance_epoch();
         }
+        // Nothing to make ahead after the last epoch.
+        loader.set_prefetch_next_epoch(state.epoch + 1 < opts.epochs);
         rec.start_epoch();
         let mut waited = Instant::now();
         for batch in loader.by_ref() {

@@ -529,6 +529,8 @@ fn run_epochs(
         if epoch > 0 {
             loader.advance_epoch();
         }
+        // As the trainer does: no batches made for an epoch after the last.
+        loader.set_prefetch_next_epoch(epoch + 1 < epochs);
         let (started, images_before) = (std::time::Instant::now(), f.images);
         for batch in loader.by_ref() {
             f.images += batch?.records.len() as u64;
