@@ -143,6 +143,10 @@ device-stage: build $(FASHION)/tree/LOC_val_solution.csv
 	  [ -n "$$f" ] || f=$$(ldconfig -p | awk -v l=$$l '$$1 == l {print $$NF; exit}'); \
 	  gzip -9c "$$f" > device/lib/$$l.gz; done
 	cp -r $(FASHION)/tree device/fashion-tree
+	# 200 of the ImageNet sample's photos (~21 MB), for the loader section;
+	# the script links them 40 times over into an 8,000-image tree.
+	if [ -d "$(SAMPLE)" ]; then mkdir -p device/sample && \
+	  ls "$(SAMPLE)" | grep 'JPEG$$' | head -200 | while read f; do cp "$(SAMPLE)/$$f" device/sample/; done; fi
 	du -sh device
 
 # `pipeline shards` against a Pillow + python-zstandard script doing the same

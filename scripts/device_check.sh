@@ -14,6 +14,9 @@
 #    SGD and memory layout (PROFILE_ARGS=--profile adds the kernel tables).
 # 4. (SECTIONS=paths) CUDA code paths the others miss: the two-column split
 #    placement, make demo's GPU settings, --resume, eval on CPU and GPU.
+# 5. (SECTIONS=loader) the loader on this host's cores (ImageNet photos:
+#    the 200 staged sample photos linked 40 times), then the paper net
+#    trained end to end from those shards, with the time it waits for data.
 # What it prints goes to $OUT (at most 8 files come back).
 set -uo pipefail
 OUT=${OUT:-/tmp/device-out}
@@ -87,6 +90,30 @@ print('step lines', len(s), 'first', s[0], 'last', s[-1], 'in order', s == list(
   for d in cuda:0 cpu; do
     timeout 120 $T eval --checkpoint "$W/demo" --shards "$W/shards" --devices $d 2>&1 | tail -1 | tee -a "$OUT/log.txt"
   done
+fi
+
+if want loader; then
+  log "loader: threads 1..16 on 8,000 ImageNet images (200 photos x 40)"
+  if [ ! -d device/sample ]; then
+    echo "no device/sample: make device-stage with the ImageNet sample present" | tee -a "$OUT/log.txt"
+  else
+    for f in device/sample/*.JPEG; do
+      b=$(basename "$f"); d="$W/sample-tree/train/${b%%_*}"; mkdir -p "$d"
+      for k in $(seq 40); do ln -s "$PWD/$f" "$d/$k-$b"; done
+    done
+    $P shards --imagenet "$W/sample-tree" --out "$W/sample" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+    $P stats --shards "$W/sample" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+    for t in 1 4 8 16; do
+      timeout 60 $P bench --shards "$W/sample" --threads $t --epochs 6 --json 2>&1 | tee -a "$OUT/loader.txt"
+    done
+    log "end to end: paper net, bf16, batch 256, 14 loader threads"
+    timeout 180 $T run --devices cuda:0 --shards "$W/sample" --out "$W/e2e" --epochs 4 \
+      --batch-size 256 --amp bf16 --init kaiming --loader-threads 14 --quiet 2>&1 | tail -2 | tee -a "$OUT/log.txt"
+    # Rate and time each step waited for the loader, past the first five.
+    python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; r=[x for x in r if 'loader_wait' in x][5:]; \
+w=sorted(x['loader_wait'] for x in r); print('steps', len(r), 'img/s median', sorted(x['img_per_sec'] for x in r)[len(r)//2], \
+'loader wait s: median', w[len(w)//2], 'max', w[-1], 'total', sum(w))" "$W/e2e/metrics.jsonl" 2>&1 | tee -a "$OUT/log.txt"
+  fi
 fi
 
 if want profile; then
