@@ -23,6 +23,9 @@ def test_bench_reports_rate_ceiling_ratio_and_flat_memory(tmp_path, tree):
         # The whole run also counts the loader's start, so it is no faster
         # than its fastest epoch.
         assert len(each) == 3 and min(each) > 0 and r["images_per_sec"] <= max(each), r
+        # Epochs 2 and 3 together: between their own rates.
+        assert min(each[1:]) <= r["steady_images_per_sec"] <= max(each[1:]), r
+        assert abs(r["steady_ratio"] - r["steady_images_per_sec"] / r["ceiling_images_per_sec"]) < 1e-9
         read_total = r["threads"] * r["single_thread_read_and_zstd_images_per_sec"]
         assert abs(r["ratio_to_read_and_zstd"] - r["images_per_sec"] / read_total) < 1e-9
         private = r["peak_private_mb_after_each_epoch"]

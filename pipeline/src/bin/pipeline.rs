@@ -411,6 +411,8 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     let epoch_rates = epochs.rates;
     let read = format!("{:?}", dataset.read_mode()).to_lowercase();
     let rate = images as f64 / epochs.seconds;
+    // None with a single epoch.
+    let steady_rate = (epochs.steady.1 > 0.0).then(|| epochs.steady.0 as f64 / epochs.steady.1);
     // After the loader, so that the peak memory above is the loader's: the
     // ceiling holds 2,000 frames (~240 MB of ImageNet) in memory, and the
     // allocator keeps much of that resident after they are freed.
@@ -435,6 +437,8 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
                 "images_per_sec_each_epoch": epoch_rates,
                 "ceiling_images_per_sec": ceiling_total,
                 "ratio": rate / ceiling_total,
+                "steady_images_per_sec": steady_rate,
+                "steady_ratio": steady_rate.map(|r| r / ceiling_total),
                 "single_thread_zstd_images_per_sec": ceiling,
                 "single_thread_read_and_zstd_images_per_sec": ceilings.read_and_zstd,
                 "ratio_to_read_and_zstd": rate / read_total,
@@ -461,6 +465,12 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             .map(|r| format!("{r:.0} ({:.1}%)", 100.0 * r / ceiling_total))
             .collect();
         println!("each epoch: {}", each.join(", "));
+        if let Some(r) = steady_rate {
+            println!(
+                "after the first epoch: {r:.0} images/s ({:.1}% of the ceiling)",
+                100.0 * r / ceiling_total
+            );
+        }
         println!(
             "ceiling: {ceiling_total:.0} images/s ({} threads x {ceiling:.0} single-thread zstd); ratio {:.1}%",
             config.threads,
@@ -496,9 +506,11 @@ struct EpochFigures {
     images: u64,
     /// From starting the loader to its last batch.
     seconds: f64,
-    /// Images/s of the epoch alone: the first one also fills the pipeline
-    /// and maps the shards' pages.
+    /// Images/s of the epoch alone: the first one also fills the pipeline,
+    /// first touches the batch buffers and maps the shards' pages.
     rates: Vec<f64>,
+    /// Images and seconds of the epochs after the first: the steady state.
+    steady: (u64, f64),
     /// Peak resident set so far.
     resident_mb: Vec<f64>,
     /// Peak private memory so far (sampled at every batch).
@@ -520,6 +532,7 @@ fn run_epochs(
         images: 0,
         seconds: 0.0,
         rates: Vec::new(),
+        steady: (0, 0.0),
         resident_mb: Vec::new(),
         private_mb: Vec::new(),
         mapped_mb: Vec::new(),
@@ -540,6 +553,10 @@ fn run_epochs(
         }
         let seconds = started.elapsed().as_secs_f64().max(1e-9);
         f.rates.push((f.images - images_before) as f64 / seconds);
+        if epoch > 0 {
+            f.steady.0 += f.images - images_before;
+            f.steady.1 += seconds;
+        }
         f.resident_mb.push(memory_mb("VmHWM:"));
         f.private_mb.push(private_peak);
         f.mapped_mb.push(memory_mb("RssFile:"));
