@@ -406,13 +406,12 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         config.prefetch = prefetch;
     }
     let epochs = run_epochs(&dataset, &config, args.epochs)?;
-    let images = epochs.images;
+    let images = epochs.images();
+    let epoch_rates = epochs.rates();
+    let steady_rate = epochs.steady_rate();
     let (rss_mb, private_mb, mapped_mb) = (epochs.resident_mb, epochs.private_mb, epochs.mapped_mb);
-    let epoch_rates = epochs.rates;
     let read = format!("{:?}", dataset.read_mode()).to_lowercase();
     let rate = images as f64 / epochs.seconds;
-    // None with a single epoch.
-    let steady_rate = (epochs.steady.1 > 0.0).then(|| epochs.steady.0 as f64 / epochs.steady.1);
     // After the loader, so that the peak memory above is the loader's: the
     // ceiling holds 2,000 frames (~240 MB of ImageNet) in memory, and the
     // allocator keeps much of that resident after they are freed.
@@ -503,14 +502,11 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
 
 /// What `run_epochs` measured, one entry per epoch.
 struct EpochFigures {
-    images: u64,
     /// From starting the loader to its last batch.
     seconds: f64,
-    /// Images/s of the epoch alone: the first one also fills the pipeline,
-    /// first touches the batch buffers and maps the shards' pages.
-    rates: Vec<f64>,
-    /// Images and seconds of the epochs after the first: the steady state.
-    steady: (u64, f64),
+    /// Images and seconds of each epoch alone: the first one also fills the
+    /// pipeline, first touches the batch buffers and maps the shards' pages.
+    epochs: Vec<(u64, f64)>,
     /// Peak resident set so far.
     resident_mb: Vec<f64>,
     /// Peak private memory so far (sampled at every batch).
@@ -529,10 +525,8 @@ fn run_epochs(
     let pool = BufferPool::for_config(config);
     let mut loader = Loader::with_pool(dataset.clone(), config.clone(), pool, 0, 0)?;
     let mut f = EpochFigures {
-        images: 0,
         seconds: 0.0,
-        rates: Vec::new(),
-        steady: (0, 0.0),
+        epochs: Vec::new(),
         resident_mb: Vec::new(),
         private_mb: Vec::new(),
         mapped_mb: Vec::new(),
@@ -544,19 +538,15 @@ fn run_epochs(
         }
         // As the trainer does: no batches made for an epoch after the last.
         loader.set_prefetch_next_epoch(epoch + 1 < epochs);
-        let (started, images_before) = (std::time::Instant::now(), f.images);
+        let (started, mut images) = (std::time::Instant::now(), 0u64);
         for batch in loader.by_ref() {
-            f.images += batch?.records.len() as u64;
+            images += batch?.records.len() as u64;
             // /proc keeps no peak of private memory alone: sample it at
             // every batch (~20 us; a batch takes ~25 ms here).
             private_peak = private_peak.max(memory_mb("RssAnon:"));
         }
-        let seconds = started.elapsed().as_secs_f64().max(1e-9);
-        f.rates.push((f.images - images_before) as f64 / seconds);
-        if epoch > 0 {
-            f.steady.0 += f.images - images_before;
-            f.steady.1 += seconds;
-        }
+        f.epochs
+            .push((images, started.elapsed().as_secs_f64().max(1e-9)));
         f.resident_mb.push(memory_mb("VmHWM:"));
         f.private_mb.push(private_peak);
         f.mapped_mb.push(memory_mb("RssFile:"));
@@ -564,6 +554,26 @@ fn run_epochs(
     // Before the drop, which waits for the batches made ahead.
     f.seconds = run_started.elapsed().as_secs_f64().max(1e-9);
     Ok(f)
+}
+
+impl EpochFigures {
+    fn images(&self) -> u64 {
+        self.epochs.iter().map(|&(images, _)| images).sum()
+    }
+
+    /// Images/s of each epoch alone.
+    fn rates(&self) -> Vec<f64> {
+        self.epochs.iter().map(|&(n, s)| n as f64 / s).collect()
+    }
+
+    /// Images/s of the epochs after the first, together: the steady state
+    /// (None with a single epoch).
+    fn steady_rate(&self) -> Option<f64> {
+        let later = self.epochs.get(1..).filter(|l| !l.is_empty())?;
+        let images: u64 = later.iter().map(|&(n, _)| n).sum();
+        let seconds: f64 = later.iter().map(|&(_, s)| s).sum();
+        Some(images as f64 / seconds)
+    }
 }
 
 /// One memory figure of this process from /proc/self/status, in MB; 0
