@@ -352,7 +352,7 @@ fn finish(sums: &Sums, manifest: &Manifest) -> Result<Stats, StatsError> {
         for (b, v) in row.iter_mut().enumerate() {
             // n * sum(xy) - sum(x) sum(y), exactly, then one rounding.
             // sum(xy) = sum(x (y - 128)) + 128 sum(x), x the pair's first.
-            let (first, _) = (a.min(b), a.max(b));
+            let first = a.min(b);
             let product = sums.product[idx(a, b)] + 128 * channel[first] as i128;
             let centred = n as i128 * product - channel[a] as i128 * channel[b] as i128;
             *v = centred as f64 / (n as f64 * n as f64);
