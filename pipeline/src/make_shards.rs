@@ -6,20 +6,25 @@
 //!   of everything its bytes depend on;
 //! - a shard file that already exists with the same plan id is finished work
 //!   and is kept (resume); anything else is (re)written;
-//! - the images of one shard are decoded in parallel and written in plan
-//!   order, so the bytes do not depend on the number of threads;
+//! - the images of one shard are decoded in parallel, claimed in plan order
+//!   from a shared counter, and written in plan order as they complete, so
+//!   the bytes do not depend on the number of threads;
 //! - each shard appears under its final name only when complete, and the
 //!   manifest is written last.
 //!
-//! Memory: one shard's compressed records (shard size x ~120 KB) plus one
-//! decode buffer per thread, whatever the data set's size.
+//! Memory: per thread, one decode and one file buffer; and a fixed window of
+//! `2 x jobs + 2` frame buffers (~200 KB each) that circulate between the
+//! workers and the writer, whatever the shard or data set size.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
+
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::codec::{PreprocessOptions, Preprocessor};
@@ -156,6 +161,10 @@ pub fn make_shards(config: &ShardsConfig) -> Result<(Manifest, Summary), MakeSha
         .num_threads(config.jobs)
         .build()
         .map_err(|e| MakeShardsError::Config(format!("thread pool: {e}")))?;
+    let mut workers = (0..config.jobs)
+        .map(|_| Worker::new(config.preprocess, header))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| MakeShardsError::Config(format!("zstd compressor: {e}")))?;
 
     let mut shard_infos: BTreeMap<Split, Vec<(ShardInfo, Vec<Skipped>)>> = BTreeMap::new();
     for plan in &plans {
@@ -167,7 +176,7 @@ pub fn make_shards(config: &ShardsConfig) -> Result<(Manifest, Summary), MakeSha
         let (reader, kept) = match finished_shard(&path, plan.plan_id) {
             Some(reader) => (reader, true),
             None => {
-                pool.install(|| write_shard(config, plan, header, &path, &progress))?;
+                write_shard(&pool, &mut workers, plan, header, &path, &progress)?;
                 (ShardReader::open(&path)?, false)
             }
         };
@@ -300,75 +309,162 @@ fn finished_shard(path: &Path, plan_id: u64) -> Option<ShardReader> {
     (reader.header().plan_id == plan_id).then_some(reader)
 }
 
-/// Outcome of one source file: a compressed record or the reason it was skipped.
-type Encoded = Result<(Vec<u8>, u64), String>;
-
-/// Per-thread state: decoder, compressor and the output image buffer.
+/// Per-thread state: decoder, compressor, and the buffers of one image.
 struct Worker {
     preprocessor: Preprocessor,
     encoder: RecordEncoder,
+    /// The source file's bytes.
+    file: Vec<u8>,
     pixels: Vec<u8>,
 }
 
+impl Worker {
+    fn new(preprocess: PreprocessOptions, header: ShardHeader) -> std::io::Result<Self> {
+        let preprocessor = Preprocessor::new(preprocess);
+        let pixels = vec![0; preprocessor.output_len()];
+        Ok(Self {
+            preprocessor,
+            encoder: RecordEncoder::new(header)?,
+            file: Vec::new(),
+            pixels,
+        })
+    }
+
+    /// Reads, decodes and compresses one source file into `frame`; returns
+    /// the pixels' checksum, or why the file is skipped.
+    fn encode(&mut self, file: &SourceFile, frame: &mut Vec<u8>) -> Result<u64, String> {
+        read_into(&file.path, &mut self.file).map_err(|e| format!("cannot read: {e}"))?;
+        self.preprocessor
+            .process(&self.file, &mut self.pixels)
+            .map_err(|e| e.to_string())?;
+        self.encoder
+            .encode(&self.pixels, frame)
+            .map_err(|e| format!("zstd: {e}"))
+    }
+}
+
+/// `std::fs::read` into a buffer kept from file to file: a fresh buffer per
+/// file took page faults on every image.
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    std::fs::File::open(path)?.read_to_end(buf)?;
+    Ok(())
+}
+
+/// One encoded file on its way to the writer: its place in the plan, the
+/// frame buffer (returned to the workers once written) and the checksum or
+/// the reason to skip it.
+struct Encoded {
+    index: usize,
+    frame: Vec<u8>,
+    result: Result<u64, String>,
+}
+
+/// Workers claim the plan's files in order from a shared counter and send
+/// each frame to this thread, which writes them in plan order. Frame buffers
+/// circulate: a fixed set of them bounds memory and how far ahead of the
+/// writer the workers can get.
 fn write_shard(
-    config: &ShardsConfig,
+    pool: &rayon::ThreadPool,
+    workers: &mut [Worker],
     plan: &ShardPlan,
     header: ShardHeader,
     path: &Path,
     progress: &ProgressBar,
 ) -> Result<(), MakeShardsError> {
-    let encoded: Vec<Encoded> = plan
-        .files
-        .par_iter()
-        .map_init(
-            || new_worker(config, header),
-            |worker, file| {
-                let result = match worker {
-                    Ok(worker) => encode_file(worker, file),
-                    Err(e) => Err(format!("cannot start a worker: {e}")),
-                };
-                progress.inc(1);
-                result
-            },
-        )
-        .collect();
     let mut writer = ShardWriter::create(path, header)?;
-    for (file, result) in plan.files.iter().zip(encoded) {
-        match result {
-            Ok((frame, checksum)) => writer.add(file.label, &file.name, &frame, checksum)?,
-            Err(reason) => {
-                progress.suspend(|| eprintln!("skipped {}: {reason}", file.path.display()));
-                writer.skip(Skipped {
-                    path: file.path.display().to_string(),
-                    reason,
-                });
-            }
-        }
+    let next_file = AtomicUsize::new(0);
+    let (free_tx, free_rx) = crossbeam_channel::unbounded();
+    for _ in 0..2 * workers.len() + 2 {
+        let _ = free_tx.send(Vec::new()); // cannot fail: we hold the receiver
     }
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    // The body runs on this thread, not in the pool, so that it can wait for
+    // frames while every pool thread encodes.
+    pool.in_place_scope(|scope| {
+        for worker in workers.iter_mut() {
+            let (free, done, next_file) = (free_rx.clone(), done_tx.clone(), &next_file);
+            scope
+                .spawn(move |_| encode_files(worker, &plan.files, next_file, free, done, progress));
+        }
+        drop(done_tx);
+        let written = write_in_order(&mut writer, &plan.files, done_rx, free_tx, progress);
+        if written.is_err() {
+            // Stop claiming files; the closed channels release waiting workers.
+            next_file.store(plan.files.len(), Ordering::Relaxed);
+        }
+        written
+    })?;
     writer.finish()?;
     Ok(())
 }
 
-fn new_worker(config: &ShardsConfig, header: ShardHeader) -> std::io::Result<Worker> {
-    let preprocessor = Preprocessor::new(config.preprocess);
-    let pixels = vec![0; preprocessor.output_len()];
-    Ok(Worker {
-        preprocessor,
-        encoder: RecordEncoder::new(header)?,
-        pixels,
-    })
+fn encode_files(
+    worker: &mut Worker,
+    files: &[SourceFile],
+    next_file: &AtomicUsize,
+    free: Receiver<Vec<u8>>,
+    done: Sender<Encoded>,
+    progress: &ProgressBar,
+) {
+    // A buffer is taken before a file is claimed: the file the writer waits
+    // for is then always in the hands of a worker that can finish it.
+    while let Ok(mut frame) = free.recv() {
+        let index = next_file.fetch_add(1, Ordering::Relaxed);
+        let Some(file) = files.get(index) else {
+            return;
+        };
+        let result = worker.encode(file, &mut frame);
+        progress.inc(1);
+        if done
+            .send(Encoded {
+                index,
+                frame,
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
-fn encode_file(worker: &mut Worker, file: &SourceFile) -> Encoded {
-    let bytes = std::fs::read(&file.path).map_err(|e| format!("cannot read: {e}"))?;
-    worker
-        .preprocessor
-        .process(&bytes, &mut worker.pixels)
-        .map_err(|e| e.to_string())?;
-    worker
-        .encoder
-        .encode(&worker.pixels)
-        .map_err(|e| format!("zstd: {e}"))
+/// Writes the frames in plan order as they arrive, hands each buffer back,
+/// and returns when every worker has finished.
+fn write_in_order(
+    writer: &mut ShardWriter,
+    files: &[SourceFile],
+    done: Receiver<Encoded>,
+    free: Sender<Vec<u8>>,
+    progress: &ProgressBar,
+) -> Result<(), MakeShardsError> {
+    let mut early = BTreeMap::new();
+    let mut next = 0;
+    for encoded in done {
+        early.insert(encoded.index, encoded);
+        while let Some(Encoded { frame, result, .. }) = early.remove(&next) {
+            let file = &files[next];
+            match result {
+                Ok(checksum) => writer.add(file.label, &file.name, &frame, checksum)?,
+                Err(reason) => {
+                    progress.suspend(|| eprintln!("skipped {}: {reason}", file.path.display()));
+                    writer.skip(Skipped {
+                        path: file.path.display().to_string(),
+                        reason,
+                    });
+                }
+            }
+            let _ = free.send(frame); // fails only once every worker is gone
+            next += 1;
+        }
+    }
+    if next != files.len() {
+        return Err(MakeShardsError::Config(format!(
+            "a worker stopped early: {next} of {} files written",
+            files.len()
+        )));
+    }
+    Ok(())
 }
 
 fn progress_bar(visible: bool, total: u64) -> ProgressBar {
@@ -434,5 +530,92 @@ fn build_manifest(
         seed: config.seed,
         classes,
         splits,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(n: usize) -> Vec<SourceFile> {
+        (0..n)
+            .map(|i| SourceFile {
+                path: PathBuf::from(format!("/tree/train/c/{i}.JPEG")),
+                name: format!("c/{i}.JPEG"),
+                label: i as u32,
+                bytes: 1,
+            })
+            .collect()
+    }
+
+    fn header() -> ShardHeader {
+        ShardHeader {
+            height: 1,
+            width: 2,
+            channels: 3,
+            filter: PixelFilter::None,
+            zstd_level: 1,
+            plan_id: 7,
+        }
+    }
+
+    /// Sends the frames of `order` (file index, frame byte; `None` = skipped)
+    /// to the writer as workers finishing in that order would.
+    fn write(
+        path: &Path,
+        files: &[SourceFile],
+        order: &[(usize, Option<u8>)],
+    ) -> Result<(), MakeShardsError> {
+        let mut writer = ShardWriter::create(path, header())?;
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let (free_tx, free_rx) = crossbeam_channel::unbounded();
+        for &(index, byte) in order {
+            let result = byte.map(u64::from).ok_or_else(|| "corrupt".to_string());
+            let frame = vec![byte.unwrap_or(0); 3];
+            let _ = done_tx.send(Encoded {
+                index,
+                frame,
+                result,
+            });
+        }
+        drop(done_tx);
+        write_in_order(&mut writer, files, done_rx, free_tx, &ProgressBar::hidden())?;
+        assert_eq!(free_rx.len(), order.len(), "every buffer handed back");
+        writer.finish()?;
+        Ok(())
+    }
+
+    #[test]
+    fn frames_arriving_out_of_order_are_written_in_plan_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.shard");
+        let files = files(5);
+        let order = [
+            (3, Some(30)),
+            (1, None),
+            (0, Some(0)),
+            (4, Some(40)),
+            (2, Some(20)),
+        ];
+        write(&path, &files, &order).expect("write");
+        let reader = ShardReader::open(&path).expect("open");
+        let names: Vec<&str> = reader.records().iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["c/0.JPEG", "c/2.JPEG", "c/3.JPEG", "c/4.JPEG"]);
+        let checksums: Vec<u64> = reader.records().iter().map(|r| r.checksum).collect();
+        assert_eq!(checksums, [0, 20, 30, 40]);
+        let labels: Vec<u32> = reader.records().iter().map(|r| r.label).collect();
+        assert_eq!(labels, [0, 2, 3, 4]);
+        assert_eq!(reader.skipped().len(), 1);
+        assert_eq!(reader.skipped()[0].path, "/tree/train/c/1.JPEG");
+        assert_eq!(reader.skipped()[0].reason, "corrupt");
+    }
+
+    #[test]
+    fn a_missing_frame_fails_the_shard_instead_of_shortening_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.shard");
+        let err = write(&path, &files(3), &[(0, Some(1)), (2, Some(3))]).expect_err("a gap");
+        assert!(err.to_string().contains("1 of 3 files written"), "{err}");
+        assert!(!path.exists(), "no shard under the final name");
     }
 }

@@ -217,12 +217,6 @@ pub struct RecordEncoder {
     header: ShardHeader,
     compressor: zstd::bulk::Compressor<'static>,
     filtered: Vec<u8>,
-    /// zstd's worst case for one image, reused; each frame is copied out at
-    /// its true size. A fresh worst-case buffer per frame (zstd's `compress`)
-    /// kept ~80 KB of unused capacity per frame while a shard's frames wait
-    /// to be written; peak resident memory of a 1,000-image one-thread run
-    /// went from 142 to 132 MB.
-    frame: Vec<u8>,
 }
 
 impl RecordEncoder {
@@ -231,21 +225,24 @@ impl RecordEncoder {
             header,
             compressor: zstd::bulk::Compressor::new(header.zstd_level)?,
             filtered: Vec::new(),
-            frame: Vec::with_capacity(zstd::zstd_safe::compress_bound(header.image_len())),
         })
     }
 
-    /// Returns the zstd frame and the checksum of the raw pixels.
-    pub fn encode(&mut self, pixels: &[u8]) -> io::Result<(Vec<u8>, u64)> {
+    /// Replaces `frame`'s contents with the zstd frame of `pixels` and
+    /// returns the checksum of the raw pixels. The caller owns and reuses the
+    /// frame buffers: a fresh one per image cost page faults on every frame
+    /// (README, performance).
+    pub fn encode(&mut self, pixels: &[u8], frame: &mut Vec<u8>) -> io::Result<u64> {
         assert_eq!(pixels.len(), self.header.image_len(), "image size");
         let checksum = xxh3_64(pixels);
         let h = self.header;
         h.filter
             .apply(pixels, h.row_len(), h.channels as usize, &mut self.filtered);
-        self.frame.clear();
-        self.compressor
-            .compress_to_buffer(&self.filtered, &mut self.frame)?;
-        Ok((self.frame.clone(), checksum))
+        frame.clear();
+        // zstd's worst case, so that the frame is always written in one go.
+        frame.reserve(zstd::zstd_safe::compress_bound(pixels.len()));
+        self.compressor.compress_to_buffer(&self.filtered, frame)?;
+        Ok(checksum)
     }
 }
 
@@ -716,7 +713,8 @@ mod tests {
         let mut enc = RecordEncoder::new(h).expect("encoder");
         let mut w = ShardWriter::create(&dir.join("t.shard"), h).expect("create");
         for i in 0..3u8 {
-            let (frame, sum) = enc.encode(&image(i)).expect("encode");
+            let mut frame = Vec::new();
+            let sum = enc.encode(&image(i), &mut frame).expect("encode");
             w.add(i as u32 * 7, &format!("c/{i}.JPEG"), &frame, sum)
                 .expect("add");
         }
@@ -808,7 +806,8 @@ mod tests {
         // Level-1 zstd of 60 bytes of this pattern is stored raw enough that a
         // flipped byte inside the frame changes a pixel, not the frame format.
         let mut enc = RecordEncoder::new(h).expect("encoder");
-        let (frame, sum) = enc.encode(&image(1)).expect("encode");
+        let mut frame = Vec::new();
+        let sum = enc.encode(&image(1), &mut frame).expect("encode");
         w.add(0, "x.JPEG", &frame, sum).expect("add");
         w.finish().expect("finish");
         let mut bytes = std::fs::read(&path).expect("read");
