@@ -414,7 +414,7 @@ fn encode_files(
         let Some(file) = files.get(index) else {
             return;
         };
-        let result = worker.encode(file, &mut frame);
+        let result = guarded(|| worker.encode(file, &mut frame));
         progress.inc(1);
         if done
             .send(Encoded {
@@ -427,6 +427,23 @@ fn encode_files(
             return;
         }
     }
+}
+
+/// Runs `encode`, turning a panic (a bug, in a decoder for instance) into
+/// the file's skip reason. The run goes on; and without this, the writer
+/// would wait for that file for ever while the other workers wait for
+/// buffers.
+fn guarded(encode: impl FnOnce() -> Result<u64, String>) -> Result<u64, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode)).unwrap_or_else(|panic| {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!(
+            "internal error while encoding (please report it): {text}"
+        ))
+    })
 }
 
 /// Writes the frames in plan order as they arrive, hands each buffer back,
@@ -608,6 +625,17 @@ mod tests {
         assert_eq!(reader.skipped().len(), 1);
         assert_eq!(reader.skipped()[0].path, "/tree/train/c/1.JPEG");
         assert_eq!(reader.skipped()[0].reason, "corrupt");
+    }
+
+    #[test]
+    fn a_panic_while_encoding_becomes_the_files_skip_reason() {
+        assert_eq!(guarded(|| Ok(7)), Ok(7));
+        assert_eq!(guarded(|| Err("corrupt".into())), Err("corrupt".into()));
+        let reason = guarded(|| panic!("index {} out of range", 3)).expect_err("panicked");
+        assert!(
+            reason.contains("internal error") && reason.contains("index 3 out of range"),
+            "{reason}"
+        );
     }
 
     #[test]
