@@ -33,7 +33,7 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch env build test lint unit e2e check-imagenet shards stats verify bench-shards learn-fashion device-stage demo clean
+.PHONY: setup setup-apt setup-python setup-torch env build test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader learn-fashion device-stage demo clean
 
 setup: setup-apt setup-python setup-torch
 
@@ -153,6 +153,16 @@ device-stage: build $(FASHION)/tree/LOC_val_solution.csv
 # job, both on one core, on the shared 1000-image sample.
 bench-shards: build setup-python
 	$(PY) benches/shards_vs_pillow.py --pipeline $(PIPELINE) --sample "$(SAMPLE)"
+
+# Our loader against the PyTorch DataLoader doing the same job (random crop,
+# flip, lighting draws, uint8 batches), same threads, one run. It builds
+# 8,000 images' shards from the sample once (under $(CACHE)/bench-loader);
+# LOADER_SHARDS=DIR uses yours instead.
+LOADER_SHARDS ?=
+bench-loader: build setup-python setup-torch
+	PYTHONPATH=$$($(TORCH_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])') \
+	  $(PY) benches/loader_vs_torch.py --pipeline $(PIPELINE) --sample "$(SAMPLE)" \
+	  --work $(CACHE)/bench-loader $(if $(LOADER_SHARDS),--shards "$(LOADER_SHARDS)")
 
 clean:
 	$(CARGO) clean
