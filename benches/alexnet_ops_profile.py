@@ -8,7 +8,14 @@ kernels it launches are the trainer's, and PyTorch's profiler can name them.
 It also times variants of single pieces, to decide what to change in Rust
 before changing it:
 
-  --lrn band|torch|none     our banded-GEMM LRN, PyTorch's avg_pool3d one, none
+  --lrn band|manual|script|compile|pool|torch|none
+                            our banded-GEMM LRN; the same with a hand-written
+                            backward (fewer passes), through TorchScript's
+                            fuser, or through torch.compile (the fused bound);
+                            a 1-D pool over channels; PyTorch's avg_pool3d
+                            one; none
+  --check-lrn               compare every LRN variant's output and input
+                            gradient with the band LRN's, then exit
   --conv grouped|split      conv2/4/5 as groups=2, or two convs and a cat
   --sgd ours|accum|foreach|none
                             gradients from autograd.grad then per-parameter
@@ -59,7 +66,8 @@ def lrn_band(channels, device, size=5, alpha=1e-4):
     i = torch.arange(channels)
     same_col = (i[:, None] // per) == (i[None, :] // per)
     near = (i[:, None] - i[None, :]).abs() <= size // 2
-    return (alpha * (same_col & near).float()).view(channels, channels, 1, 1).to(device)
+    # float64, so that the float64 check sees alpha exactly; callers cast.
+    return (alpha * (same_col & near).double()).view(channels, channels, 1, 1).to(device)
 
 
 def lrn(x, band, mode):
@@ -77,9 +85,50 @@ def lrn(x, band, mode):
         s = F.avg_pool1d(sq, 5, 1, 2, count_include_pad=True)
         s = s.reshape(n, h, w, c).permute(0, 3, 1, 2)
         return x * (s * (5 * 1e-4) + 2.0).pow(-0.75)
+    if mode == "manual":
+        return BandLrn.apply(x, band.to(x.dtype))
+    if mode == "script":
+        return lrn_scripted(x, band.to(x.dtype))
+    if mode == "compile":
+        return lrn_compiled(x, band.to(x.dtype))
+    return lrn_band_ops(x, band.to(x.dtype))
+
+
+def lrn_band_ops(x, band):
+    """The trainer's LRN: k + alpha * (sum of 5 squares) as one 1x1 conv."""
     k = torch.full((band.shape[0],), 2.0, dtype=x.dtype, device=x.device)
-    denom = F.conv2d(x.square(), band.to(x.dtype), k)
+    denom = F.conv2d(x.square(), band, k)
     return x * denom.pow(-0.75)
+
+
+# The same through TorchScript, whose fuser may merge the pointwise kernels
+# (forward and backward) around the band conv on CUDA.
+lrn_scripted = torch.jit.script(lrn_band_ops)
+# The same through torch.compile (Triton): how much fusing the pointwise
+# work could give at best, before writing a kernel by hand.
+lrn_compiled = torch.compile(lrn_band_ops, dynamic=False)
+
+
+class BandLrn(torch.autograd.Function):
+    """The band LRN with its backward written out, fewer passes than
+    autograd's: with D = (k + S)^-beta, S = band * a^2 and b = a * D,
+    dL/da = g * D - 2 beta * a * band(g * b / (k + S)) (band is symmetric).
+    What the trainer could do with run_backward segments."""
+
+    @staticmethod
+    def forward(ctx, x, band):
+        k = torch.full((band.shape[0],), 2.0, dtype=x.dtype, device=x.device)
+        ks = F.conv2d(x.square(), band, k)
+        d = ks.pow(-0.75)
+        b = x * d
+        ctx.save_for_backward(x, band, ks, d, b)
+        return b
+
+    @staticmethod
+    def backward(ctx, g):
+        x, band, ks, d, b = ctx.saved_tensors
+        v = F.conv2d((g * b).div_(ks), band)
+        return torch.addcmul(g * d, x, v, value=-1.5), None
 
 
 def forward(params, bands, x, dt, args, train=True):
@@ -220,16 +269,49 @@ def run(args, batch, prec, device, steps, warmup):
               flush=True)
 
 
+LRN_MODES = ["band", "manual", "script", "compile", "pool", "torch", "none"]
+
+
+def check_lrn(device):
+    """Each LRN variant's output and input gradient against the band LRN's,
+    float64 on the CPU (exact arithmetic up to rounding) and the working
+    precisions on `device`."""
+    torch.manual_seed(0)
+    cases = [(torch.device("cpu"), torch.float64)] + [(device, dt) for dt in (torch.float32, torch.bfloat16)]
+    worst = 0.0
+    for dev, dt in cases:
+        band = lrn_band(16, dev).to(dt)
+        x = (torch.randn(2, 16, 7, 7, device=dev, dtype=torch.float64) * 30).to(dt).requires_grad_()
+        g = torch.randn(2, 16, 7, 7, device=dev, dtype=dt)
+        ref_out = lrn_band_ops(x, band)
+        (ref_grad,) = torch.autograd.grad(ref_out, x, g)
+        tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2}[dt]
+        for mode in ("manual", "script", "compile", "pool", "torch"):
+            if mode == "torch" and dev.type == "cpu" and dt == torch.bfloat16:
+                continue  # avg_pool3d has no bfloat16 CPU kernel
+            out = lrn(x, lrn_band(16, dev), mode)
+            (grad,) = torch.autograd.grad(out, x, g)
+            err = max(((out - ref_out).abs().max() / ref_out.abs().max()).item(),
+                      ((grad - ref_grad).abs().max() / ref_grad.abs().max()).item())
+            ok = err <= tol
+            worst = max(worst, err / tol)
+            print(f"LRN {mode:8} {dev.type} {str(dt)[6:]:9} rel err {err:.2e} (tolerance {tol:.0e}) "
+                  f"{'ok' if ok else 'DIFFERS'}", flush=True)
+    if worst > 1:
+        raise SystemExit("an LRN variant differs from the band LRN")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, nargs="+", default=[128])
     ap.add_argument("--prec", nargs="+", default=["f32"], choices=["f32", "bf16"])
-    ap.add_argument("--lrn", default="band", choices=["band", "pool", "torch", "none"])
+    ap.add_argument("--lrn", default="band", choices=LRN_MODES)
     ap.add_argument("--conv", default="grouped", choices=["grouped", "split"])
     ap.add_argument("--sgd", default="ours", choices=["ours", "accum", "foreach", "none"])
     ap.add_argument("--layout", default="nhwc", choices=["nhwc", "nchw"])
     ap.add_argument("--pad8", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="each variant of one piece at a time")
+    ap.add_argument("--check-lrn", action="store_true", help="LRN variants against the band LRN")
     ap.add_argument("--profile", action="store_true", help="print the profiler's kernel table")
     ap.add_argument("--rows", type=int, default=30)
     ap.add_argument("--steps", type=int, default=30)
@@ -239,12 +321,15 @@ def main():
     ap.add_argument("--cpu", action="store_true")
     args = ap.parse_args()
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
+    if args.check_lrn:
+        return check_lrn(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     base = dict(lrn=args.lrn, conv=args.conv, sgd=args.sgd, layout=args.layout, pad8=args.pad8)
     variants = [base]
     if args.sweep:
-        variants += [dict(base, lrn=x) for x in ("band", "pool", "none") if x != args.lrn]
+        variants += [dict(base, lrn=x) for x in ("band", "manual", "script", "compile", "pool", "none")
+                     if x != args.lrn]
         variants += [dict(base, conv="split" if args.conv == "grouped" else "grouped")]
         variants += [dict(base, sgd=x) for x in ("ours", "accum", "none") if x != args.sgd]
         variants += [dict(base, layout="nchw" if args.layout == "nhwc" else "nhwc")]

@@ -10,8 +10,10 @@
 #    (benches/torch_alexnet_ref.py --groups), same machine, same call.
 # 2. The paper's N(0, 0.01) init at full width learning Fashion-MNIST over a
 #    few epochs on the GPU (float32), and a short bf16 run of the same.
-# 3. benches/alexnet_ops_profile.py: variants of LRN, grouped convolutions,
-#    SGD and memory layout (PROFILE_ARGS=--profile adds the kernel tables).
+# 3. benches/alexnet_ops_profile.py: variants of LRN (among them a
+#    hand-written backward and torch.compile's fused bound, checked against
+#    the band LRN first), grouped convolutions, SGD and memory layout
+#    (PROFILE_ARGS=--profile adds the kernel tables).
 # 4. (SECTIONS=paths) CUDA code paths the others miss: the two-column split
 #    placement, make demo's GPU settings, --resume, eval on CPU and GPU.
 # 5. (SECTIONS=loader) the loader on this host's cores (ImageNet photos:
@@ -118,8 +120,11 @@ fi
 
 if want profile; then
   log "kernel profile and variants (benches/alexnet_ops_profile.py)"
+  # The LRN variants (hand-written backward, TorchScript, torch.compile)
+  # must agree with the band LRN before their speeds mean anything.
+  timeout 120 python3 benches/alexnet_ops_profile.py --check-lrn 2>&1 | grep -v Warning | tee -a "$OUT/profile.txt"
   for cfg in "--batch 512 --prec bf16" "--batch 128 --prec f32"; do
-    timeout 150 python3 benches/alexnet_ops_profile.py $cfg --sweep ${PROFILE_ARGS:-} --steps 20 \
+    timeout 240 python3 benches/alexnet_ops_profile.py $cfg --sweep ${PROFILE_ARGS:-} --steps 20 \
       2>&1 | tee -a "$OUT/profile.txt"
   done
 fi
