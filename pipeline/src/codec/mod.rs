@@ -86,10 +86,9 @@ pub enum DecodeError {
     Corrupt(String),
 }
 
-/// Decodes and resamples; holds the decoder and scratch buffers of one thread.
+/// Decodes and resamples; holds the scratch buffers of one thread.
 pub struct Preprocessor {
     options: PreprocessOptions,
-    jpeg: Option<JpegDecoder>,
     resizer: fir::Resizer,
     decoded: Vec<u8>,
     rgb: Vec<u8>,
@@ -99,7 +98,6 @@ impl Preprocessor {
     pub fn new(options: PreprocessOptions) -> Self {
         Self {
             options,
-            jpeg: None,
             resizer: fir::Resizer::new(),
             decoded: Vec::new(),
             rgb: Vec::new(),
@@ -128,12 +126,12 @@ impl Preprocessor {
 
     /// Returns the file's size and the decoded (maybe DCT-scaled) size.
     fn decode_jpeg(&mut self, file: &[u8]) -> Result<(Size, Size), DecodeError> {
-        let jpeg = match &mut self.jpeg {
-            Some(jpeg) => jpeg,
-            None => self
-                .jpeg
-                .insert(JpegDecoder::new().map_err(DecodeError::Corrupt)?),
-        };
+        // A fresh TurboJPEG handle for every file (0.15 us). Its header call
+        // returns success without touching the stored size when the stream
+        // ends before a frame header (a file cut off after its first
+        // marker): a reused handle then reported the previous file's size,
+        // and the broken file was stored with the previous file's pixels.
+        let mut jpeg = JpegDecoder::new().map_err(DecodeError::Corrupt)?;
         let header = jpeg.read_header(file).map_err(DecodeError::Corrupt)?;
         check_size(header.width, header.height, self.options.max_pixels)?;
         let denom = dct_denominator(&self.options, header.width.min(header.height));
@@ -312,6 +310,22 @@ mod tests {
         });
         let mut out = vec![0; pre.output_len()];
         pre.process(file, &mut out).map(|_| out)
+    }
+
+    #[test]
+    fn a_broken_jpeg_after_a_good_one_is_still_refused() {
+        // One decoder for both, as a worker uses it: nothing of the good
+        // file's header may carry over to the broken one.
+        let mut pre = Preprocessor::new(PreprocessOptions {
+            side: 16,
+            ..Default::default()
+        });
+        let mut out = vec![0; pre.output_len()];
+        let good = encode_jpeg(40, 30, |_, _| [10, 200, 77]);
+        pre.process(&good, &mut out).expect("good file");
+        let broken = b"\xFF\xD8\xFF\xE0 nothing more";
+        let err = pre.process(broken, &mut out).expect_err("broken file");
+        assert!(matches!(err, DecodeError::Corrupt(_)), "{err:?}");
     }
 
     #[test]
