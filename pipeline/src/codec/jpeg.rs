@@ -28,6 +28,29 @@ pub struct JpegHeader {
     pub width: usize,
     pub height: usize,
     pub color: JpegColor,
+    /// TurboJPEG's chroma subsampling code (`TJSAMP_*`; -1 when unknown).
+    pub subsamp: i32,
+}
+
+impl JpegHeader {
+    /// Width of an iMCU (the columns of blocks decoded together) at
+    /// `1/denom` scale: a decoded region must start at a multiple of it.
+    /// None for subsamplings TurboJPEG does not name.
+    pub fn imcu_width(&self, denom: usize) -> Option<usize> {
+        // TurboJPEG's tjMCUWidth, by TJSAMP_* code: 444, 422, 420, gray,
+        // 440, 411, 441.
+        let full: usize = *[8, 16, 16, 8, 8, 32, 8].get(usize::try_from(self.subsamp).ok()?)?;
+        Some(full.div_ceil(denom))
+    }
+}
+
+/// Part of the (scaled) image to decode: columns `x..x + w`, rows `y..y + h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x: usize,
+    pub y: usize,
+    pub w: usize,
+    pub h: usize,
 }
 
 /// One libjpeg-turbo decompressor; reuse it across images on one thread.
@@ -72,17 +95,24 @@ impl JpegDecoder {
             width: width as usize,
             height: height as usize,
             color,
+            subsamp: self.param(tj::TJPARAM_TJPARAM_SUBSAMP),
         })
     }
 
     /// Decodes at `1/denom` scale (denom in 1, 2, 4, 8) into `out`, which is
-    /// resized to `scaled_w * scaled_h * channels` bytes: 3 (RGB) or 4 (CMYK).
-    /// Returns the scaled size. `read_header` must have been called on `data`.
+    /// resized to `w * h * channels` bytes: 3 (RGB) or 4 (CMYK), where w x h
+    /// is the scaled image or, given one, the `region` of it (whose `x` is a
+    /// multiple of `header.imcu_width(denom)`). Returns w x h. `read_header`
+    /// must have been called on `data`.
+    ///
+    /// Outside a region libjpeg-turbo skips the IDCT, upsampling and colour
+    /// conversion, and stops reading after its last row.
     pub fn decode(
         &mut self,
         data: &[u8],
         header: &JpegHeader,
         denom: usize,
+        region: Option<Region>,
         out: &mut Vec<u8>,
     ) -> Result<(usize, usize), String> {
         let factor = tj::tjscalingfactor {
@@ -94,7 +124,20 @@ impl JpegDecoder {
             return Err(self.error_text());
         }
         // libjpeg rounds scaled sizes up (jdiv_round_up).
-        let (w, h) = (header.width.div_ceil(denom), header.height.div_ceil(denom));
+        let (mut w, mut h) = (header.width.div_ceil(denom), header.height.div_ceil(denom));
+        if let Some(r) = region {
+            let crop = tj::tjregion {
+                x: r.x as libc::c_int,
+                y: r.y as libc::c_int,
+                w: r.w as libc::c_int,
+                h: r.h as libc::c_int,
+            };
+            // SAFETY: handle is valid and has read this file's header.
+            if unsafe { tj::tj3SetCroppingRegion(self.handle, crop) } != 0 {
+                return Err(self.error_text());
+            }
+            (w, h) = (r.w, r.h);
+        }
         let (format, channels) = match header.color {
             JpegColor::Cmyk => (tj::TJPF_TJPF_CMYK, 4),
             _ => (tj::TJPF_TJPF_RGB, 3),
