@@ -53,7 +53,9 @@ pub struct Region {
     pub h: usize,
 }
 
-/// One libjpeg-turbo decompressor; reuse it across images on one thread.
+/// One libjpeg-turbo decompressor. Make one per file: a handle keeps the
+/// last header it read when the next one has no frame header (see
+/// `Preprocessor::decode_jpeg`).
 pub struct JpegDecoder {
     handle: tj::tjhandle,
 }
