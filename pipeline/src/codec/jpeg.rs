@@ -33,6 +33,12 @@ pub struct JpegHeader {
 }
 
 impl JpegHeader {
+    /// The image's size decoded at `1/denom` scale: libjpeg rounds scaled
+    /// sizes up (jdiv_round_up).
+    pub fn scaled(&self, denom: usize) -> (usize, usize) {
+        (self.width.div_ceil(denom), self.height.div_ceil(denom))
+    }
+
     /// Width of an iMCU (the columns of blocks decoded together) at
     /// `1/denom` scale: a decoded region must start at a multiple of it.
     /// None for subsamplings TurboJPEG does not name.
@@ -125,8 +131,7 @@ impl JpegDecoder {
         if unsafe { tj::tj3SetScalingFactor(self.handle, factor) } != 0 {
             return Err(self.error_text());
         }
-        // libjpeg rounds scaled sizes up (jdiv_round_up).
-        let (mut w, mut h) = (header.width.div_ceil(denom), header.height.div_ceil(denom));
+        let (mut w, mut h) = header.scaled(denom);
         if let Some(r) = region {
             let crop = tj::tjregion {
                 x: r.x as libc::c_int,

@@ -150,13 +150,10 @@ impl Preprocessor {
         let header = jpeg.read_header(file).map_err(DecodeError::Corrupt)?;
         check_size(header.width, header.height, self.options.max_pixels)?;
         let denom = dct_denominator(&self.options, header.width.min(header.height));
-        let source = (header.width, header.height);
-        let scaled = (header.width.div_ceil(denom), header.height.div_ceil(denom));
+        let scaled = header.scaled(denom);
+        let needed = SourceBox::centre((header.width, header.height), scaled, self.options.side);
         let imcu = header.imcu_width(denom).filter(|_| self.regions);
-        let region = imcu.and_then(|imcu| {
-            let needed = SourceBox::centre(source, scaled, self.options.side);
-            needed.region(scaled, self.margin(&needed), imcu)
-        });
+        let region = imcu.and_then(|imcu| needed.region(scaled, self.margin(&needed), imcu));
         let target = if header.color == JpegColor::Cmyk {
             &mut self.decoded
         } else {
@@ -170,10 +167,8 @@ impl Preprocessor {
         }
         let origin = region.map_or((0, 0), |r| (r.x, r.y));
         Ok(Decoded {
-            source,
-            scaled,
-            origin,
             size,
+            needed: needed.moved_by(origin),
         })
     }
 
@@ -210,10 +205,8 @@ impl Preprocessor {
         check_size(w, h, self.options.max_pixels)?;
         self.rgb = decoded.into_rgb8().into_raw();
         Ok(Decoded {
-            source: (w, h),
-            scaled: (w, h),
-            origin: (0, 0),
             size: (w, h),
+            needed: SourceBox::centre((w, h), (w, h), self.options.side),
         })
     }
 
@@ -226,30 +219,23 @@ impl Preprocessor {
             .map_err(|e| DecodeError::Corrupt(format!("decoded buffer: {e}")))?;
         let mut dst = fir::images::Image::from_slice_u8(side, side, out, fir::PixelType::U8x3)
             .map_err(|e| DecodeError::Corrupt(format!("output buffer: {e}")))?;
-        let needed = SourceBox::centre(decoded.source, decoded.scaled, self.options.side);
+        let needed = decoded.needed;
         let options = fir::ResizeOptions::new()
             .resize_alg(fir::ResizeAlg::Convolution(self.options.filter.fir()))
-            .crop(
-                needed.x - decoded.origin.0 as f64,
-                needed.y - decoded.origin.1 as f64,
-                needed.w,
-                needed.h,
-            );
+            .crop(needed.x, needed.y, needed.w, needed.h);
         self.resizer
             .resize(&src, &mut dst, &options)
             .map_err(|e| DecodeError::Corrupt(format!("resize: {e}")))
     }
 }
 
-/// What `self.rgb` holds after decoding: `size` pixels of the image as
-/// decoded at `scaled` size (the file's `source` size, or less after DCT
-/// scaling), whose top-left pixel sits at `origin` of it.
+/// What `self.rgb` holds after decoding: `size` pixels (the whole image, or
+/// the region of it that was decoded), and the box of them that becomes the
+/// stored square.
 #[derive(Debug, Clone, Copy)]
 struct Decoded {
-    source: Size,
-    scaled: Size,
-    origin: (usize, usize),
     size: Size,
+    needed: SourceBox,
 }
 
 /// The box of the decoded image that becomes the stored square, in decoded
@@ -274,6 +260,15 @@ impl SourceBox {
             y: crop.offset.1 as f64 * sy,
             w: side as f64 * sx,
             h: side as f64 * sy,
+        }
+    }
+
+    /// The same box, seen from a region that starts at `origin`.
+    fn moved_by(self, (x, y): (usize, usize)) -> Self {
+        Self {
+            x: self.x - x as f64,
+            y: self.y - y as f64,
+            ..self
         }
     }
 
