@@ -12,6 +12,7 @@
 //! - [`shard`]: the shard file format (read and write).
 //! - [`manifest`]: what a shard folder holds.
 //! - [`make_shards`]: the `pipeline shards` run (plan, resume, parallel write).
+//! - `panics`: a worker's panic as the text of its error.
 //! - [`loader`]: the multithreaded prefetching loader.
 //! - [`inspect`]: `pipeline verify` and `pipeline export`.
 //! - [`stats`]: mean image and RGB PCA (`pipeline stats`).
@@ -31,6 +32,7 @@ pub mod inspect;
 pub mod loader;
 pub mod make_shards;
 pub mod manifest;
+mod panics;
 pub mod rgb_moments;
 pub mod rng;
 pub mod sampler;

@@ -555,11 +555,7 @@ fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
             build_batch(shared, &mut decoder, &mut image, epoch, index, records)
         }))
         .unwrap_or_else(|panic| {
-            let text = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into());
+            let text = crate::panics::message(&*panic).unwrap_or_else(|| "panic".into());
             Err(LoaderError::Worker(text))
         });
         if done.send(((epoch, index), result)).is_err() {

@@ -435,11 +435,7 @@ fn encode_files(
 /// buffers.
 fn guarded(encode: impl FnOnce() -> Result<u64, String>) -> Result<u64, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode)).unwrap_or_else(|panic| {
-        let text = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let text = crate::panics::message(&*panic).unwrap_or_default();
         Err(format!(
             "internal error while encoding (please report it): {text}"
         ))
