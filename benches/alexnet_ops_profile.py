@@ -85,13 +85,10 @@ def lrn(x, band, mode):
         s = F.avg_pool1d(sq, 5, 1, 2, count_include_pad=True)
         s = s.reshape(n, h, w, c).permute(0, 3, 1, 2)
         return x * (s * (5 * 1e-4) + 2.0).pow(-0.75)
-    if mode == "manual":
-        return BandLrn.apply(x, band.to(x.dtype))
-    if mode == "script":
-        return lrn_scripted(x, band.to(x.dtype))
-    if mode == "compile":
-        return lrn_compiled(x, band.to(x.dtype))
-    return lrn_band_ops(x, band.to(x.dtype))
+    # The band LRN, as it is or through the tool each variant tries.
+    band_lrn = {"band": lrn_band_ops, "manual": BandLrn.apply, "script": lrn_scripted,
+                "compile": lrn_compiled}[mode]
+    return band_lrn(x, band.to(x.dtype))
 
 
 def lrn_band_ops(x, band):

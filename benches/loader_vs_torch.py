@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -38,33 +37,20 @@ import torch
 import zstandard
 from torch.utils.data import DataLoader, Dataset
 
-HEADER = struct.Struct("<8sIIIIIiQ8x")
-FOOTER = struct.Struct("<QQQ8s")
 CROP = 224
+# The shard format's independent reader, shared with the tests.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
+from shardfmt import read_index  # noqa: E402
+from sample_tree import link_tree  # noqa: E402  (this folder)
 
 
 def shard_index(path):
-    """(offset, length, label) of every record, from the shard's index
-    (format: shards/README.md)."""
-    with open(path, "rb") as f:
-        head = f.read(HEADER.size)
-        f.seek(-FOOTER.size, os.SEEK_END)
-        index_offset, index_len, _, magic = FOOTER.unpack(f.read(FOOTER.size))
-        if magic != b"ALXSHEND":
-            sys.exit(f"error: {path}: no shard footer")
-        f.seek(index_offset)
-        index = f.read(index_len)
-    _, _, h, w, c, filt, _, _ = HEADER.unpack(head)
-    if (h, w, c, filt) != (256, 256, 3, 1):
+    """(offset, length, label) of every record of a 256x256x3 delta shard."""
+    shard = read_index(path)
+    layout = tuple(shard[k] for k in ("height", "width", "channels", "filter"))
+    if layout != (256, 256, 3, 1):
         sys.exit(f"error: {path}: expected 256x256x3 delta-filtered records")
-    (count,) = struct.unpack_from("<I", index, 0)
-    pos, records = 4, []
-    for _ in range(count):
-        offset, length, label, _ = struct.unpack_from("<QIIQ", index, pos)
-        (name_len,) = struct.unpack_from("<I", index, pos + 24)
-        pos += 28 + name_len
-        records.append((offset, length, label))
-    return records
+    return [(r["offset"], r["len"], r["label"]) for r in shard["records"]]
 
 
 class ShardCrops(Dataset):
@@ -152,16 +138,6 @@ def summary(rates):
     whole = len(rates) / sum(1 / r for r in rates)
     steady = (len(rates) - 1) / sum(1 / r for r in rates[1:]) if len(rates) > 1 else whole
     return whole, steady
-
-
-def link_tree(sample, root, copies):
-    for f in sorted(os.listdir(sample)):
-        if not f.endswith(".JPEG"):
-            continue
-        folder = os.path.join(root, "train", f.split("_")[0])
-        os.makedirs(folder, exist_ok=True)
-        for k in range(copies):
-            os.symlink(os.path.abspath(os.path.join(sample, f)), os.path.join(folder, f"{k}_{f}"))
 
 
 def prepare(pipeline, sample, work, copies):

@@ -25,15 +25,7 @@ import xxhash
 import zstandard
 from PIL import Image
 
-
-def make_tree(sample, root):
-    """train/<wnid>/<file> links to the sample's <wnid>_<name>.JPEG files."""
-    files = sorted(f for f in os.listdir(sample) if f.endswith(".JPEG"))
-    for f in files:
-        d = os.path.join(root, "train", f.split("_")[0])
-        os.makedirs(d, exist_ok=True)
-        os.symlink(os.path.abspath(os.path.join(sample, f)), os.path.join(d, f))
-    return [os.path.join(sample, f) for f in files]
+from sample_tree import link_tree
 
 
 def pillow_job(files, out_path, level):
@@ -73,7 +65,7 @@ def main():
     if not os.path.isdir(args.sample):
         sys.exit(f"error: no sample folder {args.sample}")
     tmp = tempfile.mkdtemp(prefix="bench-shards-")
-    files = make_tree(args.sample, os.path.join(tmp, "tree"))
+    files = link_tree(args.sample, os.path.join(tmp, "tree"))
     listing = os.path.join(tmp, "files.txt")
     open(listing, "w").write("\n".join(files))
     ours, peer = [], []

@@ -16,17 +16,23 @@ class ShardFormatError(Exception):
     pass
 
 
-def read_shard(path):
-    data = open(path, "rb").read()
-    if len(data) < HEADER.size + FOOTER.size:
-        raise ShardFormatError(f"{path}: too short")
-    magic, version, h, w, c, filt, level, plan_id = HEADER.unpack_from(data, 0)
-    if magic != b"ALXSHARD" or version != 1:
-        raise ShardFormatError(f"{path}: bad magic/version")
-    index_offset, index_len, index_sum, end_magic = FOOTER.unpack_from(data, len(data) - FOOTER.size)
-    if end_magic != b"ALXSHEND":
-        raise ShardFormatError(f"{path}: no footer")
-    index = data[index_offset:index_offset + index_len]
+def read_index(path):
+    """Header fields, records (offset, len, label, checksum, name) and
+    skipped files of a shard, read from its header, footer and index only."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size < HEADER.size + FOOTER.size:
+            raise ShardFormatError(f"{path}: too short")
+        f.seek(0)
+        magic, version, h, w, c, filt, level, plan_id = HEADER.unpack(f.read(HEADER.size))
+        if magic != b"ALXSHARD" or version != 1:
+            raise ShardFormatError(f"{path}: bad magic/version")
+        f.seek(size - FOOTER.size)
+        index_offset, index_len, index_sum, end_magic = FOOTER.unpack(f.read(FOOTER.size))
+        if end_magic != b"ALXSHEND":
+            raise ShardFormatError(f"{path}: no footer")
+        f.seek(index_offset)
+        index = f.read(index_len)
     if xxhash.xxh3_64_intdigest(index) != index_sum:
         raise ShardFormatError(f"{path}: index checksum")
     pos = 0
@@ -52,9 +58,18 @@ def read_shard(path):
     (nskipped,) = take("<I")
     skipped = [dict(path=string(), reason=string()) for _ in range(nskipped)]
     assert pos == len(index)
+    return dict(height=h, width=w, channels=c, filter=filt, level=level, plan_id=plan_id,
+                records=records, skipped=skipped)
+
+
+def read_shard(path):
+    """`read_index` plus every record's pixels, checked against its checksum."""
+    shard = read_index(path)
+    h, w, c, filt = shard["height"], shard["width"], shard["channels"], shard["filter"]
+    data = open(path, "rb").read()
     dctx = zstandard.ZstdDecompressor()
     images = []
-    for r in records:
+    for r in shard["records"]:
         raw = dctx.decompress(data[r["offset"]:r["offset"] + r["len"]], max_output_size=h * w * c)
         a = np.frombuffer(raw, np.uint8).reshape(h, w, c)
         if filt == 1:  # delta: each byte minus the same channel one pixel left
@@ -64,8 +79,7 @@ def read_shard(path):
         if xxhash.xxh3_64_intdigest(a.tobytes()) != r["checksum"]:
             raise ShardFormatError(f"{path}: record {r['name']} checksum")
         images.append(a)
-    return dict(height=h, width=w, channels=c, filter=filt, level=level, plan_id=plan_id,
-                records=records, skipped=skipped, images=images)
+    return dict(shard, images=images)
 
 
 def read_split(shard_dir, manifest, split):
