@@ -6,8 +6,10 @@
 #
 #   run(command="bash scripts/device_check.sh", carry=["device"], timeout_s=480)
 #
-# 1. `trainer bench` for the paper model next to the PyTorch eager reference
-#    (benches/torch_alexnet_ref.py --groups), same machine, same call.
+# 1. `trainer bench` for the paper model, with the fused LRN and with the
+#    band LRN, next to the PyTorch eager reference
+#    (benches/torch_alexnet_ref.py --groups), same machine, same call; first
+#    one step of each checked against the float32 band step.
 # 2. The paper's N(0, 0.01) init at full width learning Fashion-MNIST over a
 #    few epochs on the GPU (float32), and a short bf16 run of the same.
 # 3. benches/alexnet_ops_profile.py: variants of LRN (among them a
@@ -16,7 +18,9 @@
 #    (PROFILE_ARGS=--profile adds the kernel tables).
 # 4. (SECTIONS=paths) CUDA code paths the others miss: the two-column split
 #    placement, make demo's GPU settings, --resume, eval on CPU and GPU.
-# 5. (SECTIONS=loader) the loader on this host's cores (ImageNet photos:
+# 5. (SECTIONS=lrn) make demo's GPU run with the fused and the band LRN:
+#    the same accuracy, and the rate.
+# 6. (SECTIONS=loader) the loader on this host's cores (ImageNet photos:
 #    the 200 staged sample photos linked 40 times), then the paper net
 #    trained end to end from those shards, with the time it waits for data.
 # What it prints goes to $OUT (at most 8 files come back).
@@ -35,18 +39,23 @@ log() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
   python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
   nproc; ldd $T | grep -E "not found|torch_cuda" ; $T --version; } 2>&1 | tee -a "$OUT/log.txt"
 
-# SECTIONS picks what runs (default: bench fashion profile; also paths), e.g.
-# SECTIONS="bench fashion".
+# SECTIONS picks what runs (default: bench fashion profile; also paths, lrn,
+# loader), e.g. SECTIONS="bench lrn".
 SECTIONS=${SECTIONS:-bench fashion profile}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want bench; then
-  log "bench: ours vs PyTorch eager reference"
+  log "bench: ours (fused LRN, then band LRN) vs PyTorch eager reference"
   bench() { timeout 120 $T bench --devices cuda:0 "$@" 2>&1 | tee -a "$OUT/bench.txt"; }
-  bench --batch-size 128
-  bench --batch-size 128 --amp bf16
-  bench --batch-size 512
-  bench --batch-size 512 --amp bf16
+  # One step of each against the float32 band step first (loss, gradients).
+  bench --batch-size 128 --lrn fused --check-lrn --steps 20
+  bench --batch-size 128 --lrn fused --check-lrn --amp bf16 --steps 20
+  for lrn in fused band; do
+    bench --batch-size 128 --lrn $lrn
+    bench --batch-size 128 --amp bf16 --lrn $lrn
+    bench --batch-size 512 --lrn $lrn
+    bench --batch-size 512 --amp bf16 --lrn $lrn
+  done
   timeout 240 python3 benches/torch_alexnet_ref.py --groups --batch 128 512 2>&1 | tee -a "$OUT/bench.txt"
 fi
 
@@ -91,6 +100,17 @@ print('step lines', len(s), 'first', s[0], 'last', s[-1], 'in order', s == list(
     "$W/demo/metrics.jsonl" 2>&1 | tee -a "$OUT/log.txt"
   for d in cuda:0 cpu; do
     timeout 120 $T eval --checkpoint "$W/demo" --shards "$W/shards" --devices $d 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+  done
+fi
+
+if want lrn; then
+  log "training with the fused LRN against the band LRN (make demo's GPU settings)"
+  fashion_shards
+  for lrn in fused band; do
+    timeout 120 $T run --devices cuda:0 --shards "$W/shards" --out "$W/lrn-$lrn" --batch-size 128 --epochs 4 \
+      --amp bf16 --init kaiming --lrn $lrn --quiet 2>&1 | grep -E "^(val|steps|warning|Error)" | sed "s/^/$lrn: /" | tee -a "$OUT/log.txt"
+    python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; s=[x['img_per_sec'] for x in r if 'loader_wait' in x and x['img_per_sec']==x['img_per_sec']]; \
+print(sys.argv[2], 'steps', len(s), 'img/s median', sorted(s)[len(s)//2] if s else None)" "$W/lrn-$lrn/metrics.jsonl" $lrn 2>&1 | tee -a "$OUT/log.txt"
   done
 fi
 

@@ -12,6 +12,9 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    // Where to look for the NVRTC that matches this libtorch when the
+    // process has not mapped libtorch from elsewhere (fused_lrn/cuda.rs).
+    println!("cargo:rustc-env=TRAINER_LIBTORCH_LIB={lib}");
     let dir = std::path::Path::new(&lib);
     if dir.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::fused_lrn::{FusedLrn, FusedLrnError};
 use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
 use crate::sgd::Sgd;
 
@@ -16,6 +17,56 @@ pub struct BenchOptions {
     pub width_mult: f64,
     pub warmup: usize,
     pub steps: usize,
+    /// The fused LRN, or None for the band LRN.
+    pub fused_lrn: Option<FusedLrn>,
+}
+
+/// One training step's loss and gradients with the fused LRN and with the
+/// band LRN under autograd, from the same weights and batch (dropout off),
+/// each against the band LRN in float32 (the reference when the step runs
+/// in bfloat16; itself otherwise).
+pub struct LrnComparison {
+    /// Loss of the band step, the fused step and the float32 reference.
+    pub loss: [f64; 3],
+    /// For the band and the fused step: the parameter whose gradient is
+    /// furthest from the reference's, ||g - g_ref|| / ||g_ref||, and that
+    /// distance.
+    pub worst: [(String, f64); 2],
+}
+
+/// Compares the fused and band LRN at the benchmark's sizes.
+pub fn compare_lrn(opts: &BenchOptions, fused: FusedLrn) -> Result<LrnComparison, FusedLrnError> {
+    let device = opts.placement.first();
+    let config = ModelConfig {
+        width_mult: opts.width_mult,
+        dropout: 0.0,
+        ..ModelConfig::paper(1000)
+    };
+    let mut net = AlexNet::new(config, Init::Kaiming, 1, opts.placement, opts.precision);
+    let reference = net.to_placement(opts.placement, Precision::F32);
+    let b = opts.batch_size;
+    let x = Tensor::randn([b, 224, 224, 3], (Kind::Float, device)).permute([0, 3, 1, 2]);
+    let labels = Tensor::randint(1000, [b], (Kind::Int64, device));
+    let (ref_loss, want) = reference.loss_and_gradients(&x, &labels)?;
+    let (band_loss, band) = net.loss_and_gradients(&x, &labels)?;
+    net.set_fused_lrn(Some(fused))?;
+    let (fused_loss, ours) = net.loss_and_gradients(&x, &labels)?;
+    let names: Vec<String> = net.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let worst = |grads: &[Tensor]| {
+        let mut worst = (String::new(), 0.0);
+        for (name, (a, w)) in names.iter().zip(grads.iter().zip(&want)) {
+            let scale = w.norm().double_value(&[]).max(1e-30);
+            let diff = (a - w).norm().double_value(&[]) / scale;
+            if diff > worst.1 || diff.is_nan() {
+                worst = (name.clone(), diff);
+            }
+        }
+        worst
+    };
+    Ok(LrnComparison {
+        loss: [band_loss, fused_loss, ref_loss].map(|l| l.double_value(&[])),
+        worst: [worst(&band), worst(&ours)],
+    })
 }
 
 pub struct BenchResult {
@@ -23,7 +74,7 @@ pub struct BenchResult {
     pub step_ms: f64,
 }
 
-pub fn bench(opts: &BenchOptions) -> BenchResult {
+pub fn bench(opts: &BenchOptions) -> Result<BenchResult, FusedLrnError> {
     let device = opts.placement.first();
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -32,7 +83,8 @@ pub fn bench(opts: &BenchOptions) -> BenchResult {
         width_mult: opts.width_mult,
         ..ModelConfig::paper(1000)
     };
-    let net = AlexNet::new(config, Init::Paper, 0, opts.placement, opts.precision);
+    let mut net = AlexNet::new(config, Init::Paper, 0, opts.placement, opts.precision);
+    net.set_fused_lrn(opts.fused_lrn.clone())?;
     let params = net.named_parameters();
     let mut sgd = Sgd::new(&params, 0.9, 5e-4);
     let b = opts.batch_size;
@@ -42,26 +94,25 @@ pub fn bench(opts: &BenchOptions) -> BenchResult {
         })
         .collect();
     let labels = Tensor::randint(1000, [b], (Kind::Int64, device));
-    let mut step = |i: usize| {
-        let loss = net
-            .forward(&inputs[i % 2], true)
-            .cross_entropy_for_logits(&labels);
-        sgd.minimize(&loss, &params, 0.01);
+    let mut step = |i: usize| -> Result<(), FusedLrnError> {
+        let (_, grads) = net.loss_and_gradients(&inputs[i % 2], &labels)?;
+        sgd.step(&params, &grads, 0.01);
+        Ok(())
     };
     for i in 0..opts.warmup {
-        step(i);
+        step(i)?;
     }
     sync(opts.placement);
     let t = Instant::now();
     for i in 0..opts.steps {
-        step(i);
+        step(i)?;
     }
     sync(opts.placement);
     let secs = t.elapsed().as_secs_f64();
-    BenchResult {
+    Ok(BenchResult {
         img_per_sec: (b as f64 * opts.steps as f64) / secs,
         step_ms: 1e3 * secs / opts.steps as f64,
-    }
+    })
 }
 
 fn sync(placement: Placement) {

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod eval;
+pub mod fused_lrn;
 pub mod input;
 pub mod metrics;
 pub mod model;

@@ -38,6 +38,8 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::fused_lrn::{FusedLrn, FusedLrnError, LrnParams};
+
 /// Local response normalisation (paper section 3.3).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Lrn {
@@ -194,7 +196,13 @@ pub struct AlexNet {
     /// device (one block-diagonal matrix for both columns on one device).
     lrn_bands: Vec<[Tensor; 2]>,
     lrn: Lrn,
+    /// When set, training steps run ReLU + LRN through it with the
+    /// backward spliced in by hand (`loss_and_gradients`).
+    fused_lrn: Option<FusedLrn>,
 }
+
+/// (padding, stride, groups) of conv1..conv5 on one device.
+const CONV_GEOMETRY: [(i64, i64, i64); 5] = [(2, 4, 1), (2, 1, 2), (1, 1, 1), (1, 1, 2), (1, 1, 2)];
 
 impl AlexNet {
     /// A freshly initialised network; the same `seed` gives the same
@@ -253,7 +261,25 @@ impl AlexNet {
             columns,
             lrn_bands,
             lrn,
+            fused_lrn: None,
         }
+    }
+
+    /// Runs the LRNs of training steps through `fused` (None: the band LRN
+    /// under autograd). Only with both columns on one device.
+    pub fn set_fused_lrn(&mut self, fused: Option<FusedLrn>) -> Result<(), FusedLrnError> {
+        if fused.is_some() && matches!(self.placement, Placement::Split(..)) {
+            return Err(FusedLrnError::Unsupported(
+                "columns on two devices (use the band LRN there)".into(),
+            ));
+        }
+        self.fused_lrn = fused;
+        Ok(())
+    }
+
+    /// The fused LRN in use, if any.
+    pub fn fused_lrn(&self) -> Option<&FusedLrn> {
+        self.fused_lrn.as_ref()
     }
 
     /// The same weights on another placement or precision (copies).
@@ -365,17 +391,26 @@ impl AlexNet {
         local_response_norm(x, band, self.lrn)
     }
 
+    /// Layer `l` (a convolution) of both columns as one grouped
+    /// convolution, before its ReLU.
+    fn grouped_conv(&self, x: &Tensor, l: usize) -> Tensor {
+        let (pad, stride, groups) = CONV_GEOMETRY[l];
+        let (w, b) = self.params_both(l);
+        x.conv2d(&w, Some(&b), [stride], [pad], [1], groups)
+    }
+
     /// conv -> ReLU (-> LRN) (-> pool), the blocks of the feature stack.
     fn forward_grouped(&self, x: &Tensor, train: bool) -> Tensor {
-        let conv = |x: &Tensor, l: usize, pad: i64, stride: i64, groups: i64| {
-            let (w, b) = self.params_both(l);
-            x.conv2d(&w, Some(&b), [stride], [pad], [1], groups).relu()
-        };
-        let h = pool(&self.lrn_apply(&conv(x, 0, 2, 4, 1), 0, 0));
-        let h = pool(&self.lrn_apply(&conv(&h, 1, 2, 1, 2), 0, 1));
-        let h = conv(&h, 2, 1, 1, 1);
-        let h = conv(&h, 3, 1, 1, 2);
-        let h = pool(&conv(&h, 4, 1, 1, 2));
+        let h = pool(&self.lrn_apply(&self.grouped_conv(x, 0).relu(), 0, 0));
+        let h = pool(&self.lrn_apply(&self.grouped_conv(&h, 1).relu(), 0, 1));
+        self.grouped_from_conv3(&h, train)
+    }
+
+    /// conv3 to fc8 on one device, from pool2's output.
+    fn grouped_from_conv3(&self, h: &Tensor, train: bool) -> Tensor {
+        let h = self.grouped_conv(h, 2).relu();
+        let h = self.grouped_conv(&h, 3).relu();
+        let h = pool(&self.grouped_conv(&h, 4).relu());
         let mut f = h.flatten(1, -1);
         for l in 5..8 {
             if l < 7 {
@@ -395,6 +430,91 @@ impl AlexNet {
             }
         }
         f
+    }
+
+    /// The cross-entropy loss of a training batch (dropout on) and the
+    /// gradient of every parameter, in `named_parameters` order.
+    pub fn loss_and_gradients(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>), FusedLrnError> {
+        if let Some(fused) = &self.fused_lrn {
+            return self.loss_and_gradients_fused(fused, x, labels);
+        }
+        let loss = self.forward(x, true).cross_entropy_for_logits(labels);
+        let params: Vec<&Tensor> = self
+            .named_parameters()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        let grads = Tensor::run_backward(&[&loss], &params, false, false);
+        Ok((loss.detach(), grads))
+    }
+
+    /// The same, with both ReLU + LRN blocks run by `fused` and their
+    /// backward spliced between three autograd segments:
+    ///
+    /// ```text
+    /// A: input -> conv1 = x1            LRN1: z1 = LRN(ReLU(x1))
+    /// B: z1 -> pool -> conv2 = x2       LRN2: z2 = LRN(ReLU(x2))
+    /// C: z2 -> pool -> conv3 ... fc8 -> loss
+    /// ```
+    ///
+    /// Autograd takes C back to z2 (a leaf); the fused backward turns dL/dz2
+    /// into dL/dx2; B is then differentiated from the scalar <x2, dL/dx2>,
+    /// whose gradient with respect to x2 is dL/dx2 (tch's `run_backward`
+    /// takes no output gradient), back to z1; and the same again for A.
+    fn loss_and_gradients_fused(
+        &self,
+        fused: &FusedLrn,
+        x: &Tensor,
+        labels: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>), FusedLrnError> {
+        let half = |l: usize| LrnParams::new(self.lrn, self.widths.conv[l] / 2);
+        let x = x.to_kind(self.precision.kind());
+        let x1 = self.grouped_conv(&x, 0);
+        let z1 = fused.forward(&x1, &half(0))?.set_requires_grad(true);
+        let x2 = self.grouped_conv(&pool(&z1), 1);
+        let z2 = fused.forward(&x2, &half(1))?.set_requires_grad(true);
+        let loss = self
+            .grouped_from_conv3(&pool(&z2), true)
+            .to_kind(Kind::Float)
+            .cross_entropy_for_logits(labels);
+
+        let params = self.named_parameters();
+        let mut grads: Vec<Option<Tensor>> = params.iter().map(|_| None).collect();
+        // Indices into `params` of the layers in 'layers', both columns.
+        let of_layers = |layers: std::ops::Range<usize>| -> Vec<usize> {
+            (0..2)
+                .flat_map(|c| {
+                    layers
+                        .clone()
+                        .flat_map(move |l| [c * 16 + l * 2, c * 16 + l * 2 + 1])
+                })
+                .collect()
+        };
+        let mut segment = |root: &Tensor, leaf: Option<&Tensor>, layers: std::ops::Range<usize>| {
+            let index = of_layers(layers);
+            let mut inputs: Vec<&Tensor> = index.iter().map(|&i| params[i].1).collect();
+            inputs.extend(leaf);
+            let mut out = Tensor::run_backward(&[root], &inputs, false, false);
+            let leaf_grad = leaf.map(|_| out.pop().expect("one gradient per input"));
+            for (i, g) in index.into_iter().zip(out) {
+                grads[i] = Some(g);
+            }
+            leaf_grad
+        };
+        let dz2 = segment(&loss, Some(&z2), 2..8).expect("asked for");
+        let dx2 = fused.backward(&x2.detach(), &dz2, &half(1))?;
+        let dz1 = segment(&inner(&x2, &dx2), Some(&z1), 1..2).expect("asked for");
+        let dx1 = fused.backward(&x1.detach(), &dz1, &half(0))?;
+        segment(&inner(&x1, &dx1), None, 0..1);
+        let grads = grads
+            .into_iter()
+            .map(|g| g.expect("every layer is in one segment"))
+            .collect();
+        Ok((loss.detach(), grads))
     }
 
     /// Each column on its own device; conv3 and the FC layers gather both.
@@ -436,6 +556,22 @@ fn pool(x: &Tensor) -> Tensor {
     x.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false)
 }
 
+/// The scalar <t, g> (t tracked, g a constant), whose gradient with respect
+/// to t is g. Channels-last tensors are read in their memory order, so that
+/// flattening them copies nothing.
+fn inner(t: &Tensor, g: &Tensor) -> Tensor {
+    use crate::fused_lrn::is_channels_last;
+    if is_channels_last(t) && is_channels_last(g) {
+        let flat = |t: &Tensor| t.permute([0, 2, 3, 1]).reshape([-1]);
+        // A dot product reads both once; where the backend has none for
+        // this type, a product and a sum do the same.
+        if let Ok(d) = flat(t).f_dot(&flat(g)) {
+            return d;
+        }
+    }
+    (t * g).sum(t.kind())
+}
+
 /// `(weight shape with both columns' rows, rows per column)` of each layer.
 fn layer_shapes(config: &ModelConfig, widths: &Widths) -> Vec<(Vec<i64>, [i64; 2])> {
     let [c1, c2, c3, c4, c5] = widths.conv;
@@ -469,7 +605,7 @@ fn init_of(init: Init, layer: &str, weight_shape: &[i64]) -> (f64, f64) {
 /// The 1x1-convolution weight that sums squares over `lrn.size` adjacent
 /// maps within each of `groups` groups of `channels / groups` maps, times
 /// alpha; its bias is k.
-fn lrn_band(channels: i64, groups: i64, lrn: Lrn, device: Device) -> Tensor {
+pub fn lrn_band(channels: i64, groups: i64, lrn: Lrn, device: Device) -> Tensor {
     let per_group = channels / groups;
     let half = lrn.size / 2;
     let mut band = vec![0f32; (channels * channels) as usize];
@@ -705,6 +841,9 @@ mod tests {
 
     /// Dropout (p = 0.5 before fc6 and fc7) acts in training only: eval
     /// logits are deterministic, training logits change with the draw.
+    /// (That a seed repeats its draw is left to the exact-resume test, in a
+    /// process of its own: here tests running in parallel draw from the
+    /// same global generator.)
     #[test]
     fn dropout_only_in_training() {
         let config = ModelConfig {
@@ -724,8 +863,69 @@ mod tests {
             net.forward(&x, train)
         };
         assert!(run(false, 1).equal(&run(false, 2)));
-        assert!(run(true, 1).equal(&run(true, 1)));
         assert!(!run(true, 1).equal(&run(true, 2)));
         assert!(!run(true, 1).equal(&run(false, 1)));
+    }
+
+    /// A training step with the fused LRN (its backward spliced between
+    /// three autograd segments) gives the loss and every gradient that
+    /// autograd gives through the band LRN, from the same weights and
+    /// batch; in NCHW and in the channels-last layout the GPU runs, and at
+    /// the paper's width. Dropout is off: its draws come from libtorch's
+    /// global generator, which tests running in parallel share.
+    #[test]
+    fn fused_lrn_step_matches_autograd() {
+        for (config, batch, nhwc) in [
+            (small(7), 3, false),
+            (small(7), 2, true),
+            (
+                ModelConfig {
+                    input_side: 67,
+                    dropout: 0.0,
+                    ..ModelConfig::paper(5)
+                },
+                2,
+                true,
+            ),
+        ] {
+            let mut net = AlexNet::new(
+                config,
+                Init::Kaiming,
+                5,
+                Placement::One(Device::Cpu),
+                Precision::F32,
+            );
+            let side = config.input_side;
+            let mut x = Tensor::randn([batch, 3, side, side], (Kind::Float, Device::Cpu));
+            if nhwc {
+                x = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+            }
+            let labels = Tensor::from_slice(&[1i64, 4, 6][..batch as usize]);
+            let step = |net: &AlexNet| net.loss_and_gradients(&x, &labels).unwrap();
+            let (loss, grads) = step(&net);
+            net.set_fused_lrn(Some(FusedLrn::tensors())).unwrap();
+            let (fused_loss, fused_grads) = step(&net);
+            let (a, b) = (loss.double_value(&[]), fused_loss.double_value(&[]));
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "loss {a} vs {b}");
+            for ((name, _), (g, f)) in net
+                .named_parameters()
+                .iter()
+                .zip(grads.iter().zip(&fused_grads))
+            {
+                let scale = g.abs().max().double_value(&[]);
+                let diff = (g - f).abs().max().double_value(&[]);
+                assert!(scale > 0.0, "{name}: no gradient");
+                assert!(diff <= 1e-4 * scale, "{name}: {diff} off (scale {scale})");
+            }
+        }
+        // Not on two devices: the splice is written for the grouped net.
+        let mut split = AlexNet::new(
+            small(7),
+            Init::Kaiming,
+            5,
+            Placement::Split(Device::Cpu, Device::Cpu),
+            Precision::F32,
+        );
+        assert!(split.set_fused_lrn(Some(FusedLrn::tensors())).is_err());
     }
 }

@@ -21,6 +21,7 @@ use tch::{Kind, Tensor};
 
 use crate::checkpoint::{self, CheckpointError, RunSettings, TrainState};
 use crate::eval::{evaluate, EvalOptions, EvalResult};
+use crate::fused_lrn::{FusedLrnError, LrnChoice};
 use crate::input::{batch_labels, batch_pixels, unit_variance_scale, InputNorm};
 use crate::metrics::{EpochLine, Line, MetricsLog, StepLine};
 use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
@@ -42,6 +43,8 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Lrn(#[from] FusedLrnError),
 }
 
 /// Everything `trainer run` is told.
@@ -62,6 +65,9 @@ pub struct RunOptions {
     pub width_mult: f64,
     pub max_steps: Option<u64>,
     pub precision: Precision,
+    /// Which LRN the training steps run (speed only: both compute the
+    /// paper's formula).
+    pub lrn: LrnChoice,
     pub seed: u64,
     pub loader_threads: usize,
     pub resume: bool,
@@ -188,6 +194,11 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         opts.placement,
         state.precision,
     );
+    let (fused, warning) = opts.lrn.resolve(opts.placement)?;
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    net.set_fused_lrn(fused)?;
     let mut sgd = Sgd::new(&net.named_parameters(), opts.momentum, opts.weight_decay);
     if let Some(ck) = &resumed {
         let bad = |reason: String| CheckpointError::Invalid {
@@ -257,7 +268,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         rec.bar.suspend(|| {
             eprintln!(
                 "{}: train {} images ({steps_per_epoch} steps of {} an epoch), val {}; \
-             AlexNet {:.1}M parameters (width {}, {:?} init, {:?}) on {:?}; step {} of {total}",
+             AlexNet {:.1}M parameters (width {}, {:?} init, {:?}, LRN: {}) on {:?}; step {} of {total}",
                 opts.shards.display(),
                 data.train.len(),
                 state.batch_size,
@@ -268,6 +279,8 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
                 state.model.width_mult,
                 state.init,
                 state.precision,
+                net.fused_lrn()
+                    .map_or("band, autograd".to_string(), |f| format!("fused, {}", f.describe())),
                 opts.placement,
                 state.step,
             )
@@ -306,8 +319,8 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             // Dropout's randomness is a function of (seed, step): a resumed
             // run draws exactly what the uninterrupted run would have.
             tch::manual_seed(mix(state.seed, state.step) as i64);
-            let loss = net.forward(&x, true).cross_entropy_for_logits(&labels);
-            sgd.minimize(&loss, &params, state.schedule.lr);
+            let (loss, grads) = net.loss_and_gradients(&x, &labels)?;
+            sgd.step(&params, &grads, state.schedule.lr);
             state.step += 1;
             state.batch += 1;
             let line = StepLine {

@@ -12,9 +12,10 @@ use pipeline::augment::Mode;
 use pipeline::ingest::Split;
 use pipeline::loader::Dataset;
 use tch::Device;
-use trainer::bench::{bench, BenchOptions};
+use trainer::bench::{bench, compare_lrn, BenchOptions};
 use trainer::checkpoint;
 use trainer::eval::{evaluate, EvalOptions};
+use trainer::fused_lrn::LrnChoice;
 use trainer::input::InputNorm;
 use trainer::model::{AlexNet, Init, Placement, Precision};
 use trainer::train::{run, RunOptions, CROP};
@@ -106,6 +107,12 @@ struct RunArgs {
     /// Mixed precision.
     #[arg(long, value_enum)]
     amp: Option<Amp>,
+    /// The LRN of training steps: `fused` runs ReLU + LRN as one CUDA
+    /// kernel each way (compiled at start with NVRTC, checked against the
+    /// formula); `band` is the model's banded-convolution LRN under
+    /// autograd; `auto` takes fused on one CUDA device when it can.
+    #[arg(long, value_enum, default_value = "auto")]
+    lrn: LrnChoice,
     /// Seeds the weights, the data order, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -171,6 +178,13 @@ struct BenchArgs {
     /// Timed steps (after the warm-up).
     #[arg(long, default_value_t = 40)]
     steps: usize,
+    /// The LRN, as in `trainer run --lrn`.
+    #[arg(long, value_enum, default_value = "auto")]
+    lrn: LrnChoice,
+    /// First compare one step's loss and gradients with the fused LRN
+    /// against the band LRN at these sizes (Kaiming init, dropout off).
+    #[arg(long)]
+    check_lrn: bool,
     #[arg(long, default_value_t = 10)]
     warmup: usize,
 }
@@ -296,6 +310,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         width_mult: args.width_mult,
         max_steps: args.max_steps,
         precision: precision(args.amp),
+        lrn: args.lrn,
         seed: args.seed,
         loader_threads: threads(args.loader_threads),
         resume: args.resume,
@@ -424,17 +439,48 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     if args.batch_size <= 0 || args.steps == 0 {
         bail!("--batch-size and --steps must be positive");
     }
-    let result = bench(&BenchOptions {
+    let (fused_lrn, warning) = args.lrn.resolve(placement)?;
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    let lrn = match &fused_lrn {
+        Some(f) => {
+            eprintln!("LRN: fused, {}", f.describe());
+            "fused"
+        }
+        None => "band",
+    };
+    let opts = BenchOptions {
         placement,
         batch_size: args.batch_size,
         precision: precision(args.amp),
         width_mult: args.width_mult,
         warmup: args.warmup,
         steps: args.steps,
-    });
+        fused_lrn,
+    };
+    if args.check_lrn {
+        let Some(fused) = opts.fused_lrn.clone() else {
+            bail!("--check-lrn compares the fused LRN, which is not in use here");
+        };
+        let c = compare_lrn(&opts, fused)?;
+        println!(
+            "LRN CHECK bs={} loss band={:.6} fused={:.6} f32-band={:.6}; gradients, largest \
+             |g - g_ref| / |g_ref| against the f32 band step: band {:.2e} ({}), fused {:.2e} ({})",
+            args.batch_size,
+            c.loss[0],
+            c.loss[1],
+            c.loss[2],
+            c.worst[0].1,
+            c.worst[0].0,
+            c.worst[1].1,
+            c.worst[1].0
+        );
+    }
+    let result = bench(&opts)?;
     let amp = if args.amp.is_some() { "bf16" } else { "fp32" };
     println!(
-        "BENCH paper-alexnet-2col devices={placement:?} bs={} {amp} width={} img/s={:.0} step_ms={:.2}",
+        "BENCH paper-alexnet-2col devices={placement:?} bs={} {amp} lrn={lrn} width={} img/s={:.0} step_ms={:.2}",
         args.batch_size, args.width_mult, result.img_per_sec, result.step_ms
     );
     Ok(())
