@@ -11,6 +11,7 @@ fn main() {
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
+    compile_grad_shim(std::path::Path::new(&lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     // Where to look for the NVRTC that matches this libtorch when the
     // process has not mapped libtorch from elsewhere (fused_lrn/cuda.rs).
@@ -22,4 +23,27 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+/// `src/grad_shim.cpp`: autograd with output gradients (src/autograd.rs),
+/// compiled against the same libtorch headers, as torch-sys compiles its own
+/// C++ (C++17, the new libstdc++ ABI of the PyTorch wheels).
+fn compile_grad_shim(lib: &std::path::Path) {
+    println!("cargo:rerun-if-changed=src/grad_shim.cpp");
+    let include = lib.parent().map(|torch| torch.join("include"));
+    let Some(include) = include.filter(|i| i.exists()) else {
+        panic!("no libtorch headers beside {}", lib.display());
+    };
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("src/grad_shim.cpp")
+        .compile("trainer_grad_shim");
 }

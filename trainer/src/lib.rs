@@ -2,6 +2,7 @@
 //! schedule, the input hand-over from the pipeline loader, checkpoints,
 //! metrics, and the training and evaluation loops.
 
+pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
 pub mod eval;

@@ -462,9 +462,8 @@ impl AlexNet {
     /// ```
     ///
     /// Autograd takes C back to z2 (a leaf); the fused backward turns dL/dz2
-    /// into dL/dx2; B is then differentiated from the scalar <x2, dL/dx2>,
-    /// whose gradient with respect to x2 is dL/dx2 (tch's `run_backward`
-    /// takes no output gradient), back to z1; and the same again for A.
+    /// into dL/dx2; autograd takes B from dL/dx2 back to z1
+    /// (`autograd::grad`, with an output gradient); and the same again for A.
     fn loss_and_gradients_fused(
         &self,
         fused: &FusedLrn,
@@ -494,22 +493,32 @@ impl AlexNet {
                 })
                 .collect()
         };
-        let mut segment = |root: &Tensor, leaf: Option<&Tensor>, layers: std::ops::Range<usize>| {
+        // Differentiates `output` (the loss when `grad` is None) back to
+        // the parameters of `layers` and to `leaf`, whose gradient it returns.
+        let mut segment = |output: &Tensor,
+                           grad: Option<&Tensor>,
+                           leaf: Option<&Tensor>,
+                           layers: std::ops::Range<usize>|
+         -> Result<Option<Tensor>, FusedLrnError> {
             let index = of_layers(layers);
             let mut inputs: Vec<&Tensor> = index.iter().map(|&i| params[i].1).collect();
             inputs.extend(leaf);
-            let mut out = Tensor::run_backward(&[root], &inputs, false, false);
+            let mut out = match grad {
+                None => Tensor::run_backward(&[output], &inputs, false, false),
+                Some(g) => crate::autograd::grad(&[output], &[g], &inputs)
+                    .map_err(FusedLrnError::Autograd)?,
+            };
             let leaf_grad = leaf.map(|_| out.pop().expect("one gradient per input"));
             for (i, g) in index.into_iter().zip(out) {
                 grads[i] = Some(g);
             }
-            leaf_grad
+            Ok(leaf_grad)
         };
-        let dz2 = segment(&loss, Some(&z2), 2..8).expect("asked for");
+        let dz2 = segment(&loss, None, Some(&z2), 2..8)?.expect("asked for");
         let dx2 = fused.backward(&x2.detach(), &dz2, &half(1))?;
-        let dz1 = segment(&inner(&x2, &dx2), Some(&z1), 1..2).expect("asked for");
+        let dz1 = segment(&x2, Some(&dx2), Some(&z1), 1..2)?.expect("asked for");
         let dx1 = fused.backward(&x1.detach(), &dz1, &half(0))?;
-        segment(&inner(&x1, &dx1), None, 0..1);
+        segment(&x1, Some(&dx1), None, 0..1)?;
         let grads = grads
             .into_iter()
             .map(|g| g.expect("every layer is in one segment"))
@@ -554,22 +563,6 @@ impl AlexNet {
 
 fn pool(x: &Tensor) -> Tensor {
     x.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false)
-}
-
-/// The scalar <t, g> (t tracked, g a constant), whose gradient with respect
-/// to t is g. Channels-last tensors are read in their memory order, so that
-/// flattening them copies nothing.
-fn inner(t: &Tensor, g: &Tensor) -> Tensor {
-    use crate::fused_lrn::is_channels_last;
-    if is_channels_last(t) && is_channels_last(g) {
-        let flat = |t: &Tensor| t.permute([0, 2, 3, 1]).reshape([-1]);
-        // A dot product reads both once; where the backend has none for
-        // this type, a product and a sum do the same.
-        if let Ok(d) = flat(t).f_dot(&flat(g)) {
-            return d;
-        }
-    }
-    (t * g).sum(t.kind())
 }
 
 /// `(weight shape with both columns' rows, rows per column)` of each layer.

@@ -43,6 +43,8 @@ pub enum FusedLrnError {
     },
     #[error("the fused LRN does not handle {0}")]
     Unsupported(String),
+    #[error("autograd around the fused LRN failed: {0}")]
+    Autograd(String),
     #[error("the fused LRN kernels disagree with the formula on {device}: {detail}")]
     SelfCheck { device: String, detail: String },
 }
