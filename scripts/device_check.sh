@@ -6,8 +6,8 @@
 #
 #   run(command="bash scripts/device_check.sh", carry=["device"], timeout_s=480)
 #
-# 1. `trainer bench` for the paper model, with the fused LRN and with the
-#    band LRN, next to the PyTorch eager reference
+# 1. `trainer bench` for the paper model, with our kernels (fused LRN, one-
+#    pass SGD) and without, next to the PyTorch eager reference
 #    (benches/torch_alexnet_ref.py --groups), same machine, same call; first
 #    one step of each checked against the float32 band step.
 # 2. The paper's N(0, 0.01) init at full width learning Fashion-MNIST over a
@@ -18,8 +18,8 @@
 #    (PROFILE_ARGS=--profile adds the kernel tables).
 # 4. (SECTIONS=paths) CUDA code paths the others miss: the two-column split
 #    placement, make demo's GPU settings, --resume, eval on CPU and GPU.
-# 5. (SECTIONS=lrn) make demo's GPU run with the fused and the band LRN:
-#    the same accuracy, and the rate.
+# 5. (SECTIONS=lrn) make demo's GPU run with and without our kernels: the
+#    same accuracy, and the rate.
 # 6. (SECTIONS=loader) the loader on this host's cores (ImageNet photos:
 #    the 200 staged sample photos linked 40 times), then the paper net
 #    trained end to end from those shards, with the time it waits for data.
@@ -45,16 +45,16 @@ SECTIONS=${SECTIONS:-bench fashion profile}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want bench; then
-  log "bench: ours (fused LRN, then band LRN) vs PyTorch eager reference"
+  log "bench: ours (our kernels, then libtorch's operations only) vs PyTorch eager reference"
   bench() { timeout 120 $T bench --devices cuda:0 "$@" 2>&1 | tee -a "$OUT/bench.txt"; }
   # One step of each against the float32 band step first (loss, gradients).
-  bench --batch-size 128 --lrn fused --check-lrn --steps 20
-  bench --batch-size 128 --lrn fused --check-lrn --amp bf16 --steps 20
-  for lrn in fused band; do
-    bench --batch-size 128 --lrn $lrn
-    bench --batch-size 128 --amp bf16 --lrn $lrn
-    bench --batch-size 512 --lrn $lrn
-    bench --batch-size 512 --amp bf16 --lrn $lrn
+  bench --batch-size 128 --kernels on --check-lrn --steps 20
+  bench --batch-size 128 --kernels on --check-lrn --amp bf16 --steps 20
+  for k in on off; do
+    bench --batch-size 128 --kernels $k
+    bench --batch-size 128 --amp bf16 --kernels $k
+    bench --batch-size 512 --kernels $k
+    bench --batch-size 512 --amp bf16 --kernels $k
   done
   timeout 240 python3 benches/torch_alexnet_ref.py --groups --batch 128 512 2>&1 | tee -a "$OUT/bench.txt"
 fi
@@ -104,11 +104,11 @@ print('step lines', len(s), 'first', s[0], 'last', s[-1], 'in order', s == list(
 fi
 
 if want lrn; then
-  log "training with the fused LRN against the band LRN (make demo's GPU settings)"
+  log "training with our kernels against libtorch's operations (make demo's GPU settings)"
   fashion_shards
-  for lrn in fused band; do
+  for lrn in on off; do
     timeout 120 $T run --devices cuda:0 --shards "$W/shards" --out "$W/lrn-$lrn" --batch-size 128 --epochs 4 \
-      --amp bf16 --init kaiming --lrn $lrn --quiet 2>&1 | grep -E "^(val|steps|warning|Error)" | sed "s/^/$lrn: /" | tee -a "$OUT/log.txt"
+      --amp bf16 --init kaiming --kernels $lrn --quiet 2>&1 | grep -E "^(val|steps|warning|Error)" | sed "s/^/kernels $lrn: /" | tee -a "$OUT/log.txt"
     python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; s=[x['img_per_sec'] for x in r if 'loader_wait' in x and x['img_per_sec']==x['img_per_sec']]; \
 print(sys.argv[2], 'steps', len(s), 'img/s median', sorted(s)[len(s)//2] if s else None)" "$W/lrn-$lrn/metrics.jsonl" $lrn 2>&1 | tee -a "$OUT/log.txt"
   done

@@ -149,6 +149,26 @@ def test_errors_are_one_clear_line(fashion, tmp_path):
         assert p.returncode != 0 and "no CUDA device" in p.stderr
 
 
+def test_fused_lrn_step_matches_the_band_lrn_step():
+    """`--check-lrn`: one training step with the fused LRN (on the CPU, its
+    formulas as tensor operations, the backward spliced in by hand) against
+    autograd through the band LRN, from the same weights and batch."""
+    p = trainer("bench", "--devices", "cpu", "--width-mult", "0.125", "--batch-size", "4",
+                "--steps", "1", "--warmup", "0", "--kernels", "on", "--check-lrn")
+    line = next(l for l in p.stdout.splitlines() if l.startswith("LRN CHECK"))
+    loss = dict(part.split("=") for part in line.split(";")[0].split()[4:])
+    band, fused = float(loss["band"]), float(loss["fused"])
+    assert abs(band - fused) <= 1e-5 * band, line
+    # "... band 0.00e0 (), fused 8.96e-7 (b.conv1.bias)"
+    distance = float(line.rsplit("fused ", 1)[1].split()[0])
+    assert distance < 1e-4, line
+    # Where it cannot run, a clear error rather than a silent fallback.
+    p = trainer("bench", "--devices", "cpu,cpu", "--kernels", "on", check=False)
+    assert p.returncode != 0 and "two devices" in p.stderr, p.stderr
+    p = trainer("bench", "--devices", "cpu", "--kernels", "off", "--check-lrn", check=False)
+    assert p.returncode != 0 and "--check-lrn" in p.stderr, p.stderr
+
+
 def test_ctrl_c_checkpoints_and_resume_continues(fashion, tmp_path):
     import signal
     import time

@@ -6,9 +6,11 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::fused_lrn::{FusedLrn, FusedLrnError};
+use crate::fused_lrn::FusedLrn;
+use crate::kernels::Kernels;
 use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
 use crate::sgd::Sgd;
+use crate::train::TrainError;
 
 pub struct BenchOptions {
     pub placement: Placement,
@@ -17,8 +19,8 @@ pub struct BenchOptions {
     pub width_mult: f64,
     pub warmup: usize,
     pub steps: usize,
-    /// The fused LRN, or None for the band LRN.
-    pub fused_lrn: Option<FusedLrn>,
+    /// Our kernels in use (none: libtorch's operations).
+    pub kernels: Kernels,
 }
 
 /// One training step's loss and gradients with the fused LRN and with the
@@ -35,7 +37,7 @@ pub struct LrnComparison {
 }
 
 /// Compares the fused and band LRN at the benchmark's sizes.
-pub fn compare_lrn(opts: &BenchOptions, fused: FusedLrn) -> Result<LrnComparison, FusedLrnError> {
+pub fn compare_lrn(opts: &BenchOptions, fused: FusedLrn) -> Result<LrnComparison, TrainError> {
     let device = opts.placement.first();
     let config = ModelConfig {
         width_mult: opts.width_mult,
@@ -74,7 +76,7 @@ pub struct BenchResult {
     pub step_ms: f64,
 }
 
-pub fn bench(opts: &BenchOptions) -> Result<BenchResult, FusedLrnError> {
+pub fn bench(opts: &BenchOptions) -> Result<BenchResult, TrainError> {
     let device = opts.placement.first();
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -84,7 +86,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchResult, FusedLrnError> {
         ..ModelConfig::paper(1000)
     };
     let mut net = AlexNet::new(config, Init::Paper, 0, opts.placement, opts.precision);
-    net.set_fused_lrn(opts.fused_lrn.clone())?;
+    net.set_fused_lrn(opts.kernels.lrn.clone())?;
     let params = net.named_parameters();
     let mut sgd = Sgd::new(&params, 0.9, 5e-4);
     let b = opts.batch_size;
@@ -94,9 +96,10 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchResult, FusedLrnError> {
         })
         .collect();
     let labels = Tensor::randint(1000, [b], (Kind::Int64, device));
-    let mut step = |i: usize| -> Result<(), FusedLrnError> {
+    sgd.set_kernel(opts.kernels.sgd.clone());
+    let mut step = |i: usize| -> Result<(), TrainError> {
         let (_, grads) = net.loss_and_gradients(&inputs[i % 2], &labels)?;
-        sgd.step(&params, &grads, 0.01);
+        sgd.step(&params, &grads, 0.01)?;
         Ok(())
     };
     for i in 0..opts.warmup {

@@ -5,9 +5,12 @@
 pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
+pub mod cuda;
 pub mod eval;
 pub mod fused_lrn;
+pub mod fused_sgd;
 pub mod input;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod plot;

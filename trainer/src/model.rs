@@ -270,7 +270,7 @@ impl AlexNet {
     pub fn set_fused_lrn(&mut self, fused: Option<FusedLrn>) -> Result<(), FusedLrnError> {
         if fused.is_some() && matches!(self.placement, Placement::Split(..)) {
             return Err(FusedLrnError::Unsupported(
-                "columns on two devices (use the band LRN there)".into(),
+                "columns on two devices (use --kernels off)".into(),
             ));
         }
         self.fused_lrn = fused;

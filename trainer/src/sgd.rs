@@ -13,13 +13,20 @@
 //! biases: the rule is written for weights, and cuda-convnet, which
 //! trained the paper's network, applied its weight cost to weights only.
 
+use std::sync::Arc;
+
 use tch::Tensor;
+
+use crate::cuda::CudaError;
+use crate::fused_sgd::FusedSgd;
 
 pub struct Sgd {
     pub momentum: f64,
     pub weight_decay: f64,
     /// One buffer per parameter, in `AlexNet::named_parameters` order.
     velocity: Vec<Tensor>,
+    /// The one-kernel update, for the parameters it applies to.
+    kernel: Option<Arc<FusedSgd>>,
 }
 
 impl Sgd {
@@ -30,7 +37,13 @@ impl Sgd {
             momentum,
             weight_decay,
             velocity,
+            kernel: None,
         }
+    }
+
+    /// Updates through `kernel` where it applies (None: tensor operations).
+    pub fn set_kernel(&mut self, kernel: Option<Arc<FusedSgd>>) {
+        self.kernel = kernel;
     }
 
     /// One update of `params` that lowers `loss`.
@@ -48,16 +61,32 @@ impl Sgd {
     pub fn minimize(&mut self, loss: &Tensor, params: &[(String, &Tensor)], lr: f64) {
         let tensors: Vec<&Tensor> = params.iter().map(|(_, p)| *p).collect();
         let grads = Tensor::run_backward(&[loss], &tensors, false, false);
-        self.step(params, &grads, lr);
+        self.step(params, &grads, lr)
+            .expect("no kernel failure without a kernel");
     }
 
     /// One update from `grads` (in `params` order; undefined ones skipped).
-    pub fn step(&mut self, params: &[(String, &Tensor)], grads: &[Tensor], lr: f64) {
+    pub fn step(
+        &mut self,
+        params: &[(String, &Tensor)],
+        grads: &[Tensor],
+        lr: f64,
+    ) -> Result<(), CudaError> {
         let mut factors: Vec<(tch::Device, Tensor, Tensor)> = Vec::new();
         tch::no_grad(|| {
             for (((name, p), v), g) in params.iter().zip(&mut self.velocity).zip(grads) {
                 if !g.defined() {
                     continue;
+                }
+                let decay = if name.ends_with(".weight") {
+                    self.weight_decay
+                } else {
+                    0.0
+                };
+                if let Some(k) = &self.kernel {
+                    if k.update(p, v, g, self.momentum, lr, decay)? {
+                        continue;
+                    }
                 }
                 let device = p.device();
                 if !factors.iter().any(|(d, _, _)| *d == device) {
@@ -76,7 +105,8 @@ impl Sgd {
                 let mut w = p.shallow_clone();
                 let _ = w.g_add_(v);
             }
-        });
+            Ok(())
+        })
     }
 
     /// The buffers, named `momentum.<parameter>`.

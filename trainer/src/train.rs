@@ -20,9 +20,11 @@ use pipeline::sampler::{mix, Order, Sampler};
 use tch::{Kind, Tensor};
 
 use crate::checkpoint::{self, CheckpointError, RunSettings, TrainState};
+use crate::cuda::CudaError;
 use crate::eval::{evaluate, EvalOptions, EvalResult};
-use crate::fused_lrn::{FusedLrnError, LrnChoice};
+use crate::fused_lrn::FusedLrnError;
 use crate::input::{batch_labels, batch_pixels, unit_variance_scale, InputNorm};
+use crate::kernels::{KernelChoice, KernelError};
 use crate::metrics::{EpochLine, Line, MetricsLog, StepLine};
 use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
 use crate::plot;
@@ -45,6 +47,10 @@ pub enum TrainError {
     Config(String),
     #[error(transparent)]
     Lrn(#[from] FusedLrnError),
+    #[error(transparent)]
+    Kernels(#[from] KernelError),
+    #[error("SGD update: {0}")]
+    Cuda(#[from] CudaError),
 }
 
 /// Everything `trainer run` is told.
@@ -65,9 +71,9 @@ pub struct RunOptions {
     pub width_mult: f64,
     pub max_steps: Option<u64>,
     pub precision: Precision,
-    /// Which LRN the training steps run (speed only: both compute the
-    /// paper's formula).
-    pub lrn: LrnChoice,
+    /// Our CUDA kernels or libtorch's operations (speed only: both
+    /// compute the same step).
+    pub kernels: KernelChoice,
     pub seed: u64,
     pub loader_threads: usize,
     pub resume: bool,
@@ -194,12 +200,13 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         opts.placement,
         state.precision,
     );
-    let (fused, warning) = opts.lrn.resolve(opts.placement)?;
-    if let Some(w) = warning {
+    let (kernels, warnings) = opts.kernels.resolve(opts.placement)?;
+    for w in warnings {
         eprintln!("warning: {w}");
     }
-    net.set_fused_lrn(fused)?;
+    net.set_fused_lrn(kernels.lrn.clone())?;
     let mut sgd = Sgd::new(&net.named_parameters(), opts.momentum, opts.weight_decay);
+    sgd.set_kernel(kernels.sgd.clone());
     if let Some(ck) = &resumed {
         let bad = |reason: String| CheckpointError::Invalid {
             path: ck.path.clone(),
@@ -268,7 +275,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         rec.bar.suspend(|| {
             eprintln!(
                 "{}: train {} images ({steps_per_epoch} steps of {} an epoch), val {}; \
-             AlexNet {:.1}M parameters (width {}, {:?} init, {:?}, LRN: {}) on {:?}; step {} of {total}",
+             AlexNet {:.1}M parameters (width {}, {:?} init, {:?}) on {:?}; {}; step {} of {total}",
                 opts.shards.display(),
                 data.train.len(),
                 state.batch_size,
@@ -279,9 +286,8 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
                 state.model.width_mult,
                 state.init,
                 state.precision,
-                net.fused_lrn()
-                    .map_or("band, autograd".to_string(), |f| format!("fused, {}", f.describe())),
                 opts.placement,
+                kernels.describe(),
                 state.step,
             )
         });
@@ -320,7 +326,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             // run draws exactly what the uninterrupted run would have.
             tch::manual_seed(mix(state.seed, state.step) as i64);
             let (loss, grads) = net.loss_and_gradients(&x, &labels)?;
-            sgd.step(&params, &grads, state.schedule.lr);
+            sgd.step(&params, &grads, state.schedule.lr)?;
             state.step += 1;
             state.batch += 1;
             let line = StepLine {

@@ -10,7 +10,7 @@ use pipeline::make_shards::{make_shards, ShardsConfig};
 use pipeline::rng::SplitMix64;
 use tch::Tensor;
 use trainer::checkpoint;
-use trainer::fused_lrn::LrnChoice;
+use trainer::kernels::KernelChoice;
 use trainer::metrics::{self, Line};
 use trainer::model::{Init, Placement, Precision};
 use trainer::train::{run, RunOptions};
@@ -63,9 +63,9 @@ fn options(shards: &Path, out: &Path, max_steps: u64, resume: bool) -> RunOption
         width_mult: 0.0625,
         max_steps: Some(max_steps),
         precision: Precision::F32,
-        // The spliced backward (tensor form on the CPU); the e2e tests run
-        // the band LRN, which `auto` picks on the CPU.
-        lrn: LrnChoice::Fused,
+        // The fused LRN's spliced backward (its tensor form on the CPU);
+        // the e2e tests run the band LRN, which `auto` picks on the CPU.
+        kernels: KernelChoice::On,
         seed: 3,
         loader_threads: 2,
         resume,

@@ -15,8 +15,8 @@ use tch::Device;
 use trainer::bench::{bench, compare_lrn, BenchOptions};
 use trainer::checkpoint;
 use trainer::eval::{evaluate, EvalOptions};
-use trainer::fused_lrn::LrnChoice;
 use trainer::input::InputNorm;
+use trainer::kernels::KernelChoice;
 use trainer::model::{AlexNet, Init, Placement, Precision};
 use trainer::train::{run, RunOptions, CROP};
 
@@ -107,12 +107,13 @@ struct RunArgs {
     /// Mixed precision.
     #[arg(long, value_enum)]
     amp: Option<Amp>,
-    /// The LRN of training steps: `fused` runs ReLU + LRN as one CUDA
-    /// kernel each way (compiled at start with NVRTC, checked against the
-    /// formula); `band` is the model's banded-convolution LRN under
-    /// autograd; `auto` takes fused on one CUDA device when it can.
+    /// Our CUDA kernels for the memory-bound parts of a training step:
+    /// ReLU + LRN fused with a hand-written backward, and the SGD update in
+    /// one pass (compiled at start with NVRTC, checked against libtorch's
+    /// operations on the device). `off`: libtorch's operations only (the
+    /// band LRN under autograd).
     #[arg(long, value_enum, default_value = "auto")]
-    lrn: LrnChoice,
+    kernels: KernelChoice,
     /// Seeds the weights, the data order, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -178,9 +179,9 @@ struct BenchArgs {
     /// Timed steps (after the warm-up).
     #[arg(long, default_value_t = 40)]
     steps: usize,
-    /// The LRN, as in `trainer run --lrn`.
+    /// As in `trainer run --kernels`.
     #[arg(long, value_enum, default_value = "auto")]
-    lrn: LrnChoice,
+    kernels: KernelChoice,
     /// First compare one step's loss and gradients with the fused LRN
     /// against the band LRN at these sizes (Kaiming init, dropout off).
     #[arg(long)]
@@ -310,7 +311,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         width_mult: args.width_mult,
         max_steps: args.max_steps,
         precision: precision(args.amp),
-        lrn: args.lrn,
+        kernels: args.kernels,
         seed: args.seed,
         loader_threads: threads(args.loader_threads),
         resume: args.resume,
@@ -439,17 +440,12 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     if args.batch_size <= 0 || args.steps == 0 {
         bail!("--batch-size and --steps must be positive");
     }
-    let (fused_lrn, warning) = args.lrn.resolve(placement)?;
-    if let Some(w) = warning {
+    let (kernels, warnings) = args.kernels.resolve(placement)?;
+    for w in warnings {
         eprintln!("warning: {w}");
     }
-    let lrn = match &fused_lrn {
-        Some(f) => {
-            eprintln!("LRN: fused, {}", f.describe());
-            "fused"
-        }
-        None => "band",
-    };
+    eprintln!("{}", kernels.describe());
+    let label = kernels.label();
     let opts = BenchOptions {
         placement,
         batch_size: args.batch_size,
@@ -457,10 +453,10 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         width_mult: args.width_mult,
         warmup: args.warmup,
         steps: args.steps,
-        fused_lrn,
+        kernels,
     };
     if args.check_lrn {
-        let Some(fused) = opts.fused_lrn.clone() else {
+        let Some(fused) = opts.kernels.lrn.clone() else {
             bail!("--check-lrn compares the fused LRN, which is not in use here");
         };
         let c = compare_lrn(&opts, fused)?;
@@ -480,7 +476,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     let result = bench(&opts)?;
     let amp = if args.amp.is_some() { "bf16" } else { "fp32" };
     println!(
-        "BENCH paper-alexnet-2col devices={placement:?} bs={} {amp} lrn={lrn} width={} img/s={:.0} step_ms={:.2}",
+        "BENCH paper-alexnet-2col devices={placement:?} bs={} {amp} kernels={label} width={} img/s={:.0} step_ms={:.2}",
         args.batch_size, args.width_mult, result.img_per_sec, result.step_ms
     );
     Ok(())

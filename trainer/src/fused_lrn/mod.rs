@@ -27,66 +27,18 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{Lrn, Placement};
+use crate::model::Lrn;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FusedLrnError {
-    #[error("cannot load the CUDA libraries for the fused LRN: {0}")]
-    Load(String),
-    #[error("cannot compile the fused LRN kernels: {0}")]
-    Compile(String),
-    #[error("{call} failed with CUDA error {code}: {message}")]
-    Driver {
-        call: &'static str,
-        code: i32,
-        message: String,
-    },
+    #[error("fused LRN: {0}")]
+    Cuda(#[from] crate::cuda::CudaError),
     #[error("the fused LRN does not handle {0}")]
     Unsupported(String),
     #[error("autograd around the fused LRN failed: {0}")]
     Autograd(String),
     #[error("the fused LRN kernels disagree with the formula on {device}: {detail}")]
     SelfCheck { device: String, detail: String },
-}
-
-/// Which LRN training steps use (`--lrn`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LrnChoice {
-    /// Fused on a CUDA device when the kernels compile and pass their
-    /// start-up check, else the band LRN (with a warning saying why).
-    #[default]
-    Auto,
-    /// The band LRN under autograd (the model's own definition).
-    Band,
-    /// The fused ReLU + LRN; an error where it cannot run. On the CPU it
-    /// runs as tensor operations (no faster; for tests).
-    Fused,
-}
-
-impl LrnChoice {
-    /// The fused LRN to hand to `AlexNet::set_fused_lrn` for `placement`,
-    /// and, for `Auto`, a warning when it falls back to the band LRN.
-    pub fn resolve(
-        self,
-        placement: Placement,
-    ) -> Result<(Option<FusedLrn>, Option<String>), FusedLrnError> {
-        let one_cuda = match placement {
-            Placement::One(d @ Device::Cuda(_)) => Some(d),
-            _ => None,
-        };
-        match (self, placement) {
-            (Self::Band, _) => Ok((None, None)),
-            (Self::Auto, _) => match one_cuda.map(FusedLrn::for_device) {
-                None => Ok((None, None)),
-                Some(Ok(f)) => Ok((Some(f), None)),
-                Some(Err(e)) => Ok((None, Some(format!("{e}; using the band LRN")))),
-            },
-            (Self::Fused, Placement::One(d)) => Ok((Some(FusedLrn::for_device(d)?), None)),
-            (Self::Fused, Placement::Split(..)) => Err(FusedLrnError::Unsupported(
-                "columns on two devices (use --lrn band)".into(),
-            )),
-        }
-    }
 }
 
 /// The LRN constants and the column size, as the kernels take them.
@@ -159,8 +111,8 @@ impl FusedLrn {
             Backend::Tensors => "tensor operations".into(),
             Backend::Cuda(k) => format!(
                 "CUDA kernels (sm_{}{}; {})",
-                k.arch.0,
-                k.arch.1,
+                k.arch().0,
+                k.arch().1,
                 self.checked.as_deref().unwrap_or("unchecked")
             ),
         }
