@@ -25,6 +25,10 @@ before changing it:
   --layout nhwc|nchw        the input's memory format (the loader hands NHWC)
   --pad8                    conv1's input and kernels padded to 8 channels, so
                             cuDNN needs no padding kernel of its own (NHWC)
+  --graph                   the whole step (forward, autograd.grad, update)
+                            captured once in a CUDA graph and replayed, the
+                            batch copied into the graph's input first: what
+                            removing the host's launch overhead could give
 
     python3 alexnet_ops_profile.py --batch 128 --prec f32 --profile
     python3 alexnet_ops_profile.py --sweep       # one line per variant
@@ -239,6 +243,9 @@ def run(args, batch, prec, device, steps, warmup):
             sync(device)
             t_fwd, t_opt = t_fwd + t1 - t0, t_opt + time.perf_counter() - t1
 
+    if args.graph:
+        step = graphed_step(params, bands, xs, ys, dt, args, opt, device)
+
     for i in range(warmup):
         step(i, False)
     sync(device)
@@ -252,7 +259,7 @@ def run(args, batch, prec, device, steps, warmup):
         step(i, True)
     n = max(steps // 2, 1)
     print(f"OPS bs={batch} {prec} lrn={args.lrn} conv={args.conv} sgd={args.sgd} layout={args.layout} "
-          f"pad8={int(args.pad8)} img/s={batch * steps / secs:.0f} step_ms={1e3 * secs / steps:.2f} "
+          f"pad8={int(args.pad8)} graph={int(args.graph)} img/s={batch * steps / secs:.0f} step_ms={1e3 * secs / steps:.2f} "
           f"fwd_ms={1e3 * t_fwd / n:.2f} bwd_and_update_ms={1e3 * t_opt / n:.2f}", flush=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -264,6 +271,38 @@ def run(args, batch, prec, device, steps, warmup):
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60),
               flush=True)
+
+
+def graphed_step(params, bands, xs, ys, dt, args, opt, device):
+    """The step captured in a CUDA graph (torch.cuda.graphs' whole-network
+    recipe: warm up on a side stream, capture, replay). Dropout draws stay
+    random across replays (graph-safe Philox offsets)."""
+    if device.type != "cuda":
+        raise RuntimeError("--graph needs a CUDA device")
+    if opt.mode not in ("ours", "none"):
+        raise RuntimeError("--graph with --sgd ours or none (the others touch .grad)")
+    static_x = xs[0].clone()
+
+    def body():
+        opt.step(F.cross_entropy(forward(params, bands, static_x, dt, args), ys))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+
+    def step(i, timed):
+        static_x.copy_(xs[i % 2])
+        graph.replay()
+        if timed:
+            sync(device)
+
+    return step
 
 
 LRN_MODES = ["band", "manual", "script", "compile", "pool", "torch", "none"]
@@ -312,6 +351,7 @@ def main():
     ap.add_argument("--sgd", default="ours", choices=["ours", "accum", "foreach", "none"])
     ap.add_argument("--layout", default="nhwc", choices=["nhwc", "nchw"])
     ap.add_argument("--pad8", action="store_true")
+    ap.add_argument("--graph", action="store_true", help="capture the whole step in a CUDA graph")
     ap.add_argument("--sweep", action="store_true", help="each variant of one piece at a time")
     ap.add_argument("--check-lrn", action="store_true", help="LRN variants against the band LRN")
     ap.add_argument("--profile", action="store_true", help="print the profiler's kernel table")
@@ -327,7 +367,8 @@ def main():
         return check_lrn(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    base = dict(lrn=args.lrn, conv=args.conv, sgd=args.sgd, layout=args.layout, pad8=args.pad8)
+    base = dict(lrn=args.lrn, conv=args.conv, sgd=args.sgd, layout=args.layout, pad8=args.pad8,
+                graph=args.graph)
     variants = [base]
     if args.sweep:
         variants += [dict(base, lrn=x) for x in ("band", "manual", "script", "compile", "pool", "none")
@@ -336,6 +377,9 @@ def main():
         variants += [dict(base, sgd=x) for x in ("ours", "accum", "none") if x != args.sgd]
         variants += [dict(base, layout="nchw" if args.layout == "nhwc" else "nhwc")]
         variants += [dict(base, pad8=not args.pad8)]
+        # The graph's ceiling, with the band LRN and with the LRN's passes
+        # cut to the hand-written backward's.
+        variants += [dict(base, graph=not args.graph), dict(base, graph=not args.graph, lrn="manual")]
     for batch, prec in itertools.product(args.batch, args.prec):
         for v in variants:
             a = argparse.Namespace(**{**vars(args), **v})

@@ -6,13 +6,15 @@
 #
 #   run(command="bash scripts/device_check.sh", carry=["device"], timeout_s=480)
 #
-# 1. `trainer bench` for the paper model, with our kernels (fused LRN, one-
+# SECTIONS (below) picks the parts; the default is bench, lrn and graph.
+#
+# 1. (bench) `trainer bench` for the paper model, with our kernels (fused LRN, one-
 #    pass SGD) and without, next to the PyTorch eager reference
 #    (benches/torch_alexnet_ref.py --groups), same machine, same call; first
 #    one step of each checked against the float32 band step.
-# 2. The paper's N(0, 0.01) init at full width learning Fashion-MNIST over a
+# 2. (fashion) The paper's N(0, 0.01) init at full width learning Fashion-MNIST over a
 #    few epochs on the GPU (float32), and a short bf16 run of the same.
-# 3. benches/alexnet_ops_profile.py: variants of LRN (among them a
+# 3. (profile) benches/alexnet_ops_profile.py: variants of LRN (among them a
 #    hand-written backward and torch.compile's fused bound, checked against
 #    the band LRN first), grouped convolutions, SGD and memory layout
 #    (PROFILE_ARGS=--profile adds the kernel tables).
@@ -20,7 +22,9 @@
 #    placement, make demo's GPU settings, --resume, eval on CPU and GPU.
 # 5. (SECTIONS=lrn) make demo's GPU run with and without our kernels: the
 #    same accuracy, and the rate.
-# 6. (SECTIONS=loader) the loader on this host's cores (ImageNet photos:
+# 6. (SECTIONS=graph) how much capturing the whole step in a CUDA graph
+#    would give (the host's launch overhead), in the ops-replay script.
+# 7. (SECTIONS=loader) the loader on this host's cores (ImageNet photos:
 #    the 200 staged sample photos linked 40 times), then the paper net
 #    trained end to end from those shards, with the time it waits for data.
 # What it prints goes to $OUT (at most 8 files come back).
@@ -39,9 +43,9 @@ log() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
   python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
   nproc; ldd $T | grep -E "not found|torch_cuda" ; $T --version; } 2>&1 | tee -a "$OUT/log.txt"
 
-# SECTIONS picks what runs (default: bench fashion profile; also paths, lrn,
-# loader), e.g. SECTIONS="bench lrn".
-SECTIONS=${SECTIONS:-bench fashion profile}
+# SECTIONS picks what runs (default: bench lrn graph; also fashion, profile,
+# paths, loader), e.g. SECTIONS="bench fashion".
+SECTIONS=${SECTIONS:-bench lrn graph}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want bench; then
@@ -136,6 +140,16 @@ if want loader; then
 w=sorted(x['loader_wait'] for x in r); print('steps', len(r), 'img/s median', sorted(x['img_per_sec'] for x in r)[len(r)//2], \
 'loader wait s: median', w[len(w)//2], 'max', w[-1], 'total', sum(w))" "$W/e2e/metrics.jsonl" 2>&1 | tee -a "$OUT/log.txt"
   fi
+fi
+
+if want graph; then
+  log "CUDA graphs: the trainer's ops replayed from one captured step (benches/alexnet_ops_profile.py --graph)"
+  for cfg in "--batch 128 --prec bf16" "--batch 512 --prec bf16" "--batch 128 --prec f32"; do
+    for variant in "" "--graph" "--graph --lrn manual"; do
+      timeout 120 python3 benches/alexnet_ops_profile.py $cfg $variant --steps 20 2>&1 | grep -E "^OPS|Error" \
+        | tee -a "$OUT/profile.txt"
+    done
+  done
 fi
 
 if want profile; then
