@@ -483,13 +483,16 @@ impl AlexNet {
 
         let params = self.named_parameters();
         let mut grads: Vec<Option<Tensor>> = params.iter().map(|_| None).collect();
-        // Indices into `params` of the layers in 'layers', both columns.
+        // Indices into `params` (column A's weight and bias of each layer,
+        // then column B's) of the layers in `layers`, both columns.
+        let per_column = 2 * LAYERS.len();
         let of_layers = |layers: std::ops::Range<usize>| -> Vec<usize> {
             (0..2)
                 .flat_map(|c| {
-                    layers
-                        .clone()
-                        .flat_map(move |l| [c * 16 + l * 2, c * 16 + l * 2 + 1])
+                    layers.clone().flat_map(move |l| {
+                        let weight = c * per_column + 2 * l;
+                        [weight, weight + 1]
+                    })
                 })
                 .collect()
         };

@@ -30,9 +30,10 @@ impl CudaKernels {
     pub fn arch(&self) -> (i32, i32) {
         self.module.arch
     }
+
     /// LRN(ReLU(x)) of a channels-last NCHW tensor on this device.
     pub fn forward(&self, x: &Tensor, p: &LrnParams) -> Result<Tensor, FusedLrnError> {
-        let x = channels_last(x);
+        let x = channels_last(x)?;
         let y = empty_channels_last(&x);
         let f = self.pick(x.kind(), "forward")?;
         self.launch(f, &[&x], &y, p, 1)?;
@@ -46,8 +47,8 @@ impl CudaKernels {
         grad: &Tensor,
         p: &LrnParams,
     ) -> Result<Tensor, FusedLrnError> {
-        let x = channels_last(x);
-        let grad = channels_last(&grad.to_kind(x.kind()));
+        let x = channels_last(x)?;
+        let grad = channels_last(&grad.to_kind(x.kind()))?;
         let dx = empty_channels_last(&x);
         let f = self.pick(x.kind(), "backward")?;
         self.launch(f, &[&x, &grad], &dx, p, 2)?;
@@ -74,14 +75,21 @@ impl CudaKernels {
     ) -> Result<(), FusedLrnError> {
         let size = out.size();
         let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
-        if out.device() != Device::Cuda(self.module.device) {
-            return Err(FusedLrnError::Unsupported(format!(
-                "a tensor on {:?} for kernels on cuda:{}",
-                out.device(),
-                self.module.device
-            )));
+        // The kernel indexes every input as it indexes `out`: anything else
+        // would read out of bounds, so it is refused here.
+        let here = Device::Cuda(self.module.device);
+        for t in inputs.iter().chain([&out]) {
+            if t.device() != here || t.size() != size || t.kind() != out.kind() {
+                return Err(FusedLrnError::Unsupported(format!(
+                    "a {:?} {:?} tensor on {:?} beside a {:?} {size:?} output for kernels on {here:?}",
+                    t.kind(),
+                    t.size(),
+                    t.device(),
+                    out.kind()
+                )));
+            }
         }
-        if c > 1024 || c % p.group != 0 {
+        if c > 1024 || p.group < 1 || c % p.group != 0 || p.half < 0 {
             return Err(FusedLrnError::Unsupported(format!(
                 "{c} channels in columns of {}",
                 p.group
@@ -120,12 +128,18 @@ impl CudaKernels {
 }
 
 /// `x` itself when its memory is channels-last (NHWC), else such a copy.
-fn channels_last(x: &Tensor) -> Tensor {
-    if super::is_channels_last(x) {
+fn channels_last(x: &Tensor) -> Result<Tensor, FusedLrnError> {
+    if x.dim() != 4 {
+        return Err(FusedLrnError::Unsupported(format!(
+            "a tensor of shape {:?} (maps are N, C, H, W)",
+            x.size()
+        )));
+    }
+    Ok(if super::is_channels_last(x) {
         x.shallow_clone()
     } else {
         x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
-    }
+    })
 }
 
 fn empty_channels_last(like: &Tensor) -> Tensor {

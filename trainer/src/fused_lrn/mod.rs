@@ -3,7 +3,7 @@
 //!
 //! The model's own LRN (`model::local_response_norm`) is a banded 1x1
 //! convolution of a^2, then pow and a product, differentiated by autograd:
-//! on the GPU that is ~13 memory-bound passes over conv1's and conv2's
+//! on the GPU that is a dozen memory-bound passes over conv1's and conv2's
 //! outputs a step, a quarter of the training time on an H100. Here the
 //! forward reads x and writes y once, and the backward reads x and dL/dy and
 //! writes dL/dx once, recomputing the window sums instead of storing them:
