@@ -34,7 +34,9 @@
 //! this project reproduces. The sum is one 1x1 convolution of a^2 with a
 //! fixed banded (block-diagonal per column) matrix, with k as its bias: a
 //! single GEMM on the GPU, where PyTorch's avg_pool3d-based LRN is what
-//! makes the PyTorch reference slow.
+//! makes the PyTorch reference slow. That is the definition; on one CUDA
+//! device, training steps compute the same ReLU + LRN with fused kernels and
+//! a hand-written backward (`crate::fused_lrn`, `loss_and_gradients`).
 
 use tch::{Device, Kind, Tensor};
 
