@@ -66,12 +66,19 @@ $(PHOTOS)/.installed: $(PYENV)/.installed
 
 # ~4.6 GB with its CUDA libraries (the same wheel serves CPU and GPU);
 # about two minutes, once.
-setup-torch: $(TORCH_VENV)/.installed
+setup-torch: $(TORCH_VENV)/.installed $(TORCH_VENV)/.cuda-headers
 
 $(TORCH_VENV)/.installed:
 	python3 -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TORCH_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION)
+	touch $@
+
+# CUDA headers the wheel leaves out (crt/, nv/target; 3 MB), which
+# libtorch's stream and graph headers include: trainer/src/graph_shim.cpp
+# (CUDA-graph capture of a training step) compiles against them.
+$(TORCH_VENV)/.cuda-headers: $(TORCH_VENV)/.installed
+	$(TORCH_VENV)/bin/python -m pip install -q "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
 	touch $@
 
 # For cargo outside make: eval "$$(make -s env)" exports what the tch build needs.

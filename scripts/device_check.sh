@@ -60,6 +60,10 @@ if want bench; then
     bench --batch-size 512 --kernels $k
     bench --batch-size 512 --amp bf16 --kernels $k
   done
+  # Experimental: each step replayed from a captured CUDA graph.
+  bench --batch-size 128 --amp bf16 --kernels on --cuda-graph
+  bench --batch-size 128 --kernels on --cuda-graph
+  bench --batch-size 512 --amp bf16 --kernels on --cuda-graph
   timeout 240 python3 benches/torch_alexnet_ref.py --groups --batch 128 512 2>&1 | tee -a "$OUT/bench.txt"
 fi
 
@@ -110,9 +114,10 @@ fi
 if want lrn; then
   log "training with our kernels against libtorch's operations (make demo's GPU settings)"
   fashion_shards
-  for lrn in on off; do
+  for lrn in on off graph; do
+    flags="--kernels $lrn"; [ $lrn = graph ] && flags="--kernels on --cuda-graph"
     timeout 120 $T run --devices cuda:0 --shards "$W/shards" --out "$W/lrn-$lrn" --batch-size 128 --epochs 4 \
-      --amp bf16 --init kaiming --kernels $lrn --quiet 2>&1 | grep -E "^(val|steps|warning|Error)" | sed "s/^/kernels $lrn: /" | tee -a "$OUT/log.txt"
+      --amp bf16 --init kaiming $flags --quiet 2>&1 | grep -E "^(val|steps|warning|Error)" | sed "s/^/kernels $lrn: /" | tee -a "$OUT/log.txt"
     python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; s=[x['img_per_sec'] for x in r if 'loader_wait' in x and x['img_per_sec']==x['img_per_sec']]; \
 print(sys.argv[2], 'steps', len(s), 'img/s median', sorted(s)[len(s)//2] if s else None)" "$W/lrn-$lrn/metrics.jsonl" $lrn 2>&1 | tee -a "$OUT/log.txt"
   done

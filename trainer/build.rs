@@ -7,11 +7,13 @@
 //! CUDA device (the CUDA backend registers itself when the library loads).
 
 fn main() {
+    println!("cargo::rustc-check-cfg=cfg(trainer_cuda_graphs)");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
     compile_grad_shim(std::path::Path::new(&lib));
+    compile_graph_shim(std::path::Path::new(&lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     // Where to look for the NVRTC that matches this libtorch when the
     // process has not mapped libtorch from elsewhere (fused_lrn/cuda.rs).
@@ -46,4 +48,53 @@ fn compile_grad_shim(lib: &std::path::Path) {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/grad_shim.cpp")
         .compile("trainer_grad_shim");
+}
+
+/// `src/graph_shim.cpp`: CUDA-graph capture (src/graph.rs). libtorch's CUDA
+/// headers include CUDA's, and the PyTorch wheel ships only part of those:
+/// `make setup-torch` adds `crt/` and `nv/target` (nvidia-cuda-crt,
+/// nvidia-cuda-cccl). Without them the trainer builds without graphs
+/// (`--cuda-graph` then says so), and without CUDA at all it never needs them.
+fn compile_graph_shim(lib: &std::path::Path) {
+    println!("cargo:rerun-if-changed=src/graph_shim.cpp");
+    let torch = lib.parent().expect("torch/lib has a parent");
+    let Some(cuda_include) = cuda_include(torch) else {
+        println!("cargo:warning=no CUDA headers beside libtorch (make setup-torch): building without --cuda-graph");
+        return;
+    };
+    println!("cargo:rerun-if-changed={}", cuda_include.display());
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(torch.join("include"))
+        .include(torch.join("include/torch/csrc/api/include"))
+        .include(&cuda_include)
+        .flag("-std=c++17")
+        .flag("-Wno-interference-size")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("src/graph_shim.cpp")
+        .compile("trainer_graph_shim");
+    // libtorch's stream functions live in libc10_cuda, beside libtorch.
+    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+    println!("cargo:rustc-link-arg=-lc10_cuda");
+    println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    println!("cargo:rustc-cfg=trainer_cuda_graphs");
+}
+
+/// `site-packages/nvidia/<package>/include` holding both the runtime API and
+/// `crt/host_config.h`, for the libtorch of a PyTorch wheel.
+fn cuda_include(torch: &std::path::Path) -> Option<std::path::PathBuf> {
+    let nvidia = torch.parent()?.join("nvidia");
+    std::fs::read_dir(nvidia)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("include"))
+        .find(|i| {
+            ["cuda_runtime_api.h", "crt/host_config.h", "nv/target"]
+                .iter()
+                .all(|f| i.join(f).exists())
+        })
 }

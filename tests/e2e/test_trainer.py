@@ -142,6 +142,8 @@ def test_errors_are_one_clear_line(fashion, tmp_path):
     assert p.returncode != 0 and "one device or two" in p.stderr
     p = trainer("bench", "--devices", "tpu", check=False)
     assert p.returncode != 0 and "`tpu`" in p.stderr
+    p = trainer("bench", "--devices", "cpu", "--cuda-graph", check=False)
+    assert p.returncode != 0 and "one CUDA device" in p.stderr, p.stderr
     p = trainer("eval", "--checkpoint", tmp_path, "--shards", fashion / "shards", check=False)
     assert p.returncode != 0 and "not a checkpoint" in p.stderr
     if shutil.which("nvidia-smi") is None:

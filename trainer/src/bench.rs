@@ -7,6 +7,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::fused_lrn::FusedLrn;
+use crate::graph::GraphedSteps;
 use crate::kernels::Kernels;
 use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
 use crate::sgd::Sgd;
@@ -21,6 +22,8 @@ pub struct BenchOptions {
     pub steps: usize,
     /// Our kernels in use (none: libtorch's operations).
     pub kernels: Kernels,
+    /// Steps replayed from a captured CUDA graph.
+    pub cuda_graph: bool,
 }
 
 /// One training step's loss and gradients with the fused LRN and with the
@@ -97,9 +100,19 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchResult, TrainError> {
         .collect();
     let labels = Tensor::randint(1000, [b], (Kind::Int64, device));
     sgd.set_kernel(opts.kernels.sgd.clone());
+    let mut graphed = if opts.cuda_graph {
+        Some(GraphedSteps::new(device)?)
+    } else {
+        None
+    };
     let mut step = |i: usize| -> Result<(), TrainError> {
-        let (_, grads) = net.loss_and_gradients(&inputs[i % 2], &labels)?;
-        sgd.step(&params, &grads, 0.01)?;
+        let x = &inputs[i % 2];
+        if let Some(g) = graphed.as_mut() {
+            let _loss = g.step(&net, &mut sgd, &params, x, &labels, 0.01)?;
+        } else {
+            let (_, grads) = net.loss_and_gradients(x, &labels)?;
+            sgd.step(&params, &grads, 0.01)?;
+        }
         Ok(())
     };
     for i in 0..opts.warmup {

@@ -10,9 +10,9 @@
 //! already loaded or on the search path. `libloading` over the C APIs keeps
 //! all of that in view in one file.
 //!
-//! Streams: libtorch (as tch drives it) queues its work on the device's
-//! default stream, and so do these launches (stream 0), so they run in
-//! order with the operations around them.
+//! Streams: these launches go to libtorch's current stream for the device
+//! (`graph::current_stream`: the default stream, except inside a CUDA-graph
+//! capture), so they run in order with the operations around them.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 use std::path::{Path, PathBuf};
@@ -439,7 +439,8 @@ impl Module {
         Function(*f)
     }
 
-    /// Queues `f` on the device's default stream.
+    /// Queues `f` on libtorch's current stream for the device (the default
+    /// stream, or the capturing one inside a CUDA-graph capture).
     ///
     /// # Safety
     /// `args` must point at values matching the kernel's parameters, and the
@@ -468,7 +469,7 @@ impl Module {
                 block.1,
                 1,
                 shared_bytes,
-                ptr::null_mut(),
+                crate::graph::current_stream(self.device),
                 args.as_mut_ptr(),
                 ptr::null_mut(),
             ),

@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod eval;
 pub mod fused_lrn;
 pub mod fused_sgd;
+pub mod graph;
 pub mod input;
 pub mod kernels;
 pub mod metrics;

@@ -23,6 +23,7 @@ use crate::checkpoint::{self, CheckpointError, RunSettings, TrainState};
 use crate::cuda::CudaError;
 use crate::eval::{evaluate, EvalOptions, EvalResult};
 use crate::fused_lrn::FusedLrnError;
+use crate::graph::GraphedSteps;
 use crate::input::{batch_labels, batch_pixels, unit_variance_scale, InputNorm};
 use crate::kernels::{KernelChoice, KernelError};
 use crate::metrics::{EpochLine, Line, MetricsLog, StepLine};
@@ -51,6 +52,8 @@ pub enum TrainError {
     Kernels(#[from] KernelError),
     #[error("SGD update: {0}")]
     Cuda(#[from] CudaError),
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
 }
 
 /// Everything `trainer run` is told.
@@ -74,6 +77,8 @@ pub struct RunOptions {
     /// Our CUDA kernels or libtorch's operations (speed only: both
     /// compute the same step).
     pub kernels: KernelChoice,
+    /// Replay each step from a captured CUDA graph (one CUDA device).
+    pub cuda_graph: bool,
     pub seed: u64,
     pub loader_threads: usize,
     pub resume: bool,
@@ -293,6 +298,11 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         });
     }
     let params = net.named_parameters();
+    let mut graphed = if opts.cuda_graph {
+        Some(GraphedSteps::new(opts.placement.first())?)
+    } else {
+        None
+    };
     let mut summary = RunSummary {
         steps: state.step,
         last_eval: None,
@@ -325,8 +335,15 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             // Dropout's randomness is a function of (seed, step): a resumed
             // run draws exactly what the uninterrupted run would have.
             tch::manual_seed(mix(state.seed, state.step) as i64);
-            let (loss, grads) = net.loss_and_gradients(&x, &labels)?;
-            sgd.step(&params, &grads, state.schedule.lr)?;
+            let lr = state.schedule.lr;
+            let loss = match graphed.as_mut() {
+                Some(g) => g.step(&net, &mut sgd, &params, &x, &labels, lr)?,
+                None => {
+                    let (loss, grads) = net.loss_and_gradients(&x, &labels)?;
+                    sgd.step(&params, &grads, lr)?;
+                    loss
+                }
+            };
             state.step += 1;
             state.batch += 1;
             let line = StepLine {

@@ -66,6 +66,7 @@ fn options(shards: &Path, out: &Path, max_steps: u64, resume: bool) -> RunOption
         // The fused LRN's spliced backward (its tensor form on the CPU);
         // the e2e tests run the band LRN, which `auto` picks on the CPU.
         kernels: KernelChoice::On,
+        cuda_graph: false,
         seed: 3,
         loader_threads: 2,
         resume,

@@ -114,6 +114,11 @@ struct RunArgs {
     /// band LRN under autograd).
     #[arg(long, value_enum, default_value = "auto")]
     kernels: KernelChoice,
+    /// Capture one training step in a CUDA graph and replay it for the
+    /// others (one CUDA device): the host then issues one launch a step
+    /// instead of hundreds. Experimental: not yet run on a GPU.
+    #[arg(long)]
+    cuda_graph: bool,
     /// Seeds the weights, the data order, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -182,6 +187,9 @@ struct BenchArgs {
     /// As in `trainer run --kernels`.
     #[arg(long, value_enum, default_value = "auto")]
     kernels: KernelChoice,
+    /// As in `trainer run --cuda-graph`.
+    #[arg(long)]
+    cuda_graph: bool,
     /// First compare one step's loss and gradients with the fused LRN
     /// against the band LRN at these sizes (Kaiming init, dropout off).
     #[arg(long)]
@@ -312,6 +320,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         max_steps: args.max_steps,
         precision: precision(args.amp),
         kernels: args.kernels,
+        cuda_graph: args.cuda_graph,
         seed: args.seed,
         loader_threads: threads(args.loader_threads),
         resume: args.resume,
@@ -454,6 +463,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         steps: args.steps,
         kernels,
+        cuda_graph: args.cuda_graph,
     };
     if args.check_lrn {
         let Some(fused) = opts.kernels.lrn.clone() else {
@@ -476,8 +486,8 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     let result = bench(&opts)?;
     let amp = if args.amp.is_some() { "bf16" } else { "fp32" };
     println!(
-        "BENCH paper-alexnet-2col devices={placement:?} bs={} {amp} kernels={label} width={} img/s={:.0} step_ms={:.2}",
-        args.batch_size, args.width_mult, result.img_per_sec, result.step_ms
+        "BENCH paper-alexnet-2col devices={placement:?} bs={} {amp} kernels={label} graph={} width={} img/s={:.0} step_ms={:.2}",
+        args.batch_size, u8::from(args.cuda_graph), args.width_mult, result.img_per_sec, result.step_ms
     );
     Ok(())
 }
