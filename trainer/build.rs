@@ -27,27 +27,34 @@ fn main() {
     }
 }
 
-/// `src/grad_shim.cpp`: autograd with output gradients (src/autograd.rs),
-/// compiled against the same libtorch headers, as torch-sys compiles its own
-/// C++ (C++17, the new libstdc++ ABI of the PyTorch wheels).
+/// `src/grad_shim.cpp`: autograd with output gradients (src/autograd.rs).
 fn compile_grad_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=src/grad_shim.cpp");
-    let include = lib.parent().map(|torch| torch.join("include"));
-    let Some(include) = include.filter(|i| i.exists()) else {
+    let torch = lib.parent().expect("torch/lib has a parent");
+    if !torch.join("include").exists() {
         panic!("no libtorch headers beside {}", lib.display());
-    };
+    }
+    libtorch_cpp(torch)
+        .file("src/grad_shim.cpp")
+        .compile("trainer_grad_shim");
+}
+
+/// A C++ build against libtorch's headers, set up as torch-sys builds its
+/// own: C++17, the libstdc++ ABI of the PyTorch wheels (new unless
+/// LIBTORCH_CXX11_ABI says otherwise).
+fn libtorch_cpp(torch: &std::path::Path) -> cc::Build {
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .pic(true)
         .warnings(false)
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
+        .include(torch.join("include"))
+        .include(torch.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("src/grad_shim.cpp")
-        .compile("trainer_grad_shim");
+        .flag("-DGLOG_USE_GLOG_EXPORT");
+    build
 }
 
 /// `src/graph_shim.cpp`: CUDA-graph capture (src/graph.rs). libtorch's CUDA
@@ -63,18 +70,9 @@ fn compile_graph_shim(lib: &std::path::Path) {
         return;
     };
     println!("cargo:rerun-if-changed={}", cuda_include.display());
-    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
-        .cpp(true)
-        .pic(true)
-        .warnings(false)
-        .include(torch.join("include"))
-        .include(torch.join("include/torch/csrc/api/include"))
+    libtorch_cpp(torch)
         .include(&cuda_include)
-        .flag("-std=c++17")
         .flag("-Wno-interference-size")
-        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/graph_shim.cpp")
         .compile("trainer_graph_shim");
     // libtorch's stream functions live in libc10_cuda, beside libtorch.

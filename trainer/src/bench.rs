@@ -7,7 +7,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::fused_lrn::FusedLrn;
-use crate::graph::GraphedSteps;
+use crate::graph::Steps;
 use crate::kernels::Kernels;
 use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
 use crate::sgd::Sgd;
@@ -100,19 +100,9 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchResult, TrainError> {
         .collect();
     let labels = Tensor::randint(1000, [b], (Kind::Int64, device));
     sgd.set_kernel(opts.kernels.sgd.clone());
-    let mut graphed = if opts.cuda_graph {
-        Some(GraphedSteps::new(device)?)
-    } else {
-        None
-    };
+    let mut steps = Steps::new(opts.cuda_graph, device)?;
     let mut step = |i: usize| -> Result<(), TrainError> {
-        let x = &inputs[i % 2];
-        if let Some(g) = graphed.as_mut() {
-            let _loss = g.step(&net, &mut sgd, &params, x, &labels, 0.01)?;
-        } else {
-            let (_, grads) = net.loss_and_gradients(x, &labels)?;
-            sgd.step(&params, &grads, 0.01)?;
-        }
+        let _loss = steps.run(&net, &mut sgd, &params, &inputs[i % 2], &labels, 0.01)?;
         Ok(())
     };
     for i in 0..opts.warmup {

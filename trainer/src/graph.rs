@@ -166,8 +166,57 @@ struct Captured {
     lr: f64,
 }
 
+/// One training step as written: the loss and gradients of a batch, then
+/// the update. Returns the loss and the gradients.
+fn eager_step(
+    net: &AlexNet,
+    sgd: &mut Sgd,
+    params: &[(String, &Tensor)],
+    x: &Tensor,
+    labels: &Tensor,
+    lr: f64,
+) -> Result<(Tensor, Vec<Tensor>), TrainError> {
+    let (loss, grads) = net.loss_and_gradients(x, labels)?;
+    sgd.step(params, &grads, lr)?;
+    Ok((loss, grads))
+}
+
+/// The training steps of `trainer run` and `trainer bench`: eager, or with
+/// `--cuda-graph` replayed from a capture.
+pub struct Steps {
+    graphed: Option<GraphedSteps>,
+}
+
+impl Steps {
+    /// Eager steps, or replayed ones (`cuda_graph`) for a network on `device`.
+    pub fn new(cuda_graph: bool, device: Device) -> Result<Self, GraphError> {
+        let graphed = if cuda_graph {
+            Some(GraphedSteps::new(device)?)
+        } else {
+            None
+        };
+        Ok(Self { graphed })
+    }
+
+    /// One step; returns the loss.
+    pub fn run(
+        &mut self,
+        net: &AlexNet,
+        sgd: &mut Sgd,
+        params: &[(String, &Tensor)],
+        x: &Tensor,
+        labels: &Tensor,
+        lr: f64,
+    ) -> Result<Tensor, TrainError> {
+        match self.graphed.as_mut() {
+            Some(g) => g.step(net, sgd, params, x, labels, lr),
+            None => Ok(eager_step(net, sgd, params, x, labels, lr)?.0),
+        }
+    }
+}
+
 /// Training steps of one network: eager at first, then replayed.
-pub struct GraphedSteps {
+struct GraphedSteps {
     device: usize,
     warmup: Option<StepGraph>,
     eager_left: usize,
@@ -177,7 +226,7 @@ pub struct GraphedSteps {
 impl GraphedSteps {
     /// For a network on `device`; an error without a CUDA device or without
     /// graph support in this build.
-    pub fn new(device: Device) -> Result<Self, GraphError> {
+    fn new(device: Device) -> Result<Self, GraphError> {
         let Device::Cuda(index) = device else {
             return Err(GraphError::Unavailable(format!(
                 "CUDA graphs need one CUDA device, not {device:?}"
@@ -191,9 +240,8 @@ impl GraphedSteps {
         })
     }
 
-    /// One training step (the same work as `loss_and_gradients` then
-    /// `Sgd::step`); returns the loss.
-    pub fn step(
+    /// One training step (the work of `eager_step`); returns the loss.
+    fn step(
         &mut self,
         net: &AlexNet,
         sgd: &mut Sgd,
@@ -202,13 +250,8 @@ impl GraphedSteps {
         labels: &Tensor,
         lr: f64,
     ) -> Result<Tensor, TrainError> {
-        let eager = |sgd: &mut Sgd,
-                     x: &Tensor,
-                     labels: &Tensor|
-         -> Result<(Tensor, Vec<Tensor>), TrainError> {
-            let (loss, grads) = net.loss_and_gradients(x, labels)?;
-            sgd.step(params, &grads, lr)?;
-            Ok((loss, grads))
+        let eager = |sgd: &mut Sgd, x: &Tensor, labels: &Tensor| {
+            eager_step(net, sgd, params, x, labels, lr)
         };
         if self.eager_left > 0 {
             self.eager_left -= 1;

@@ -25,12 +25,26 @@ struct Capture {
     at::cuda::CUDAGraph graph;
 };
 
-int fail(const std::exception& e, char* error, size_t len) {
+void fail(const std::exception& e, char* error, size_t len) {
     if (len > 0) {
         std::strncpy(error, e.what(), len - 1);
         error[len - 1] = '\0';
     }
-    return 1;
+}
+
+// Runs `f`; 0, or 1 with the exception's message in `error`. With
+// `restore`, a failure makes the stream current before the capture current
+// again, so that a failed capture leaves no later work on the side stream.
+template <class F>
+int guarded(Capture* c, bool restore, F f, char* error, size_t len) {
+    try {
+        f();
+        return 0;
+    } catch (const std::exception& e) {
+        if (restore) c10::cuda::setCurrentCUDAStream(c->prior);
+        fail(e, error, len);
+        return 1;
+    }
 }
 
 // `to` waits for the work queued so far on `from`. A device-generic
@@ -70,54 +84,34 @@ void trainer_graph_free(void* c) { delete static_cast<Capture*>(c); }
 
 // Makes the side stream current (eager warm-up steps), and back.
 int trainer_graph_enter(void* c, char* error, size_t len) {
-    try {
-        enter(static_cast<Capture*>(c));
-        return 0;
-    } catch (const std::exception& e) {
-        return fail(e, error, len);
-    }
+    auto* cap = static_cast<Capture*>(c);
+    return guarded(cap, false, [&] { enter(cap); }, error, len);
 }
 
 int trainer_graph_leave(void* c, char* error, size_t len) {
-    try {
-        leave(static_cast<Capture*>(c));
-        return 0;
-    } catch (const std::exception& e) {
-        return fail(e, error, len);
-    }
+    auto* cap = static_cast<Capture*>(c);
+    return guarded(cap, false, [&] { leave(cap); }, error, len);
 }
 
 int trainer_graph_capture_begin(void* c, char* error, size_t len) {
     auto* cap = static_cast<Capture*>(c);
-    try {
+    return guarded(cap, true, [&] {
         enter(cap);
         cap->graph.capture_begin();
-        return 0;
-    } catch (const std::exception& e) {
-        c10::cuda::setCurrentCUDAStream(cap->prior);
-        return fail(e, error, len);
-    }
+    }, error, len);
 }
 
 int trainer_graph_capture_end(void* c, char* error, size_t len) {
     auto* cap = static_cast<Capture*>(c);
-    try {
+    return guarded(cap, true, [&] {
         cap->graph.capture_end();
         leave(cap);
-        return 0;
-    } catch (const std::exception& e) {
-        c10::cuda::setCurrentCUDAStream(cap->prior);
-        return fail(e, error, len);
-    }
+    }, error, len);
 }
 
 int trainer_graph_replay(void* c, char* error, size_t len) {
-    try {
-        static_cast<Capture*>(c)->graph.replay();
-        return 0;
-    } catch (const std::exception& e) {
-        return fail(e, error, len);
-    }
+    auto* cap = static_cast<Capture*>(c);
+    return guarded(cap, false, [&] { cap->graph.replay(); }, error, len);
 }
 
 // libtorch's current stream on `device` (a cudaStream_t), for our own

@@ -93,12 +93,7 @@ impl KernelChoice {
                 lrn: Some(FusedLrn::for_device(d)?),
                 sgd: cuda.map(FusedSgd::new).transpose()?.map(Arc::new),
             },
-            (Self::On, Placement::Split(..)) => {
-                return Err(FusedLrnError::Unsupported(
-                    "columns on two devices (use --kernels off)".into(),
-                )
-                .into())
-            }
+            (Self::On, Placement::Split(..)) => return Err(FusedLrnError::two_devices().into()),
         };
         Ok((kernels, warnings))
     }

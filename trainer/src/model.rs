@@ -271,17 +271,10 @@ impl AlexNet {
     /// under autograd). Only with both columns on one device.
     pub fn set_fused_lrn(&mut self, fused: Option<FusedLrn>) -> Result<(), FusedLrnError> {
         if fused.is_some() && matches!(self.placement, Placement::Split(..)) {
-            return Err(FusedLrnError::Unsupported(
-                "columns on two devices (use --kernels off)".into(),
-            ));
+            return Err(FusedLrnError::two_devices());
         }
         self.fused_lrn = fused;
         Ok(())
-    }
-
-    /// The fused LRN in use, if any.
-    pub fn fused_lrn(&self) -> Option<&FusedLrn> {
-        self.fused_lrn.as_ref()
     }
 
     /// The same weights on another placement or precision (copies).

@@ -78,6 +78,7 @@ impl Sgd {
                 if !g.defined() {
                     continue;
                 }
+                // Decay on weights, not biases (module doc).
                 let decay = if name.ends_with(".weight") {
                     self.weight_decay
                 } else {
@@ -99,7 +100,7 @@ impl Sgd {
                     .expect("added");
                 let _ = v.g_mul_scalar_(self.momentum);
                 let _ = v.addcmul_(g, neg_lr);
-                if name.ends_with(".weight") && self.weight_decay != 0.0 {
+                if decay != 0.0 {
                     let _ = v.addcmul_(p, neg_decay);
                 }
                 let mut w = p.shallow_clone();

@@ -23,7 +23,7 @@ use crate::checkpoint::{self, CheckpointError, RunSettings, TrainState};
 use crate::cuda::CudaError;
 use crate::eval::{evaluate, EvalOptions, EvalResult};
 use crate::fused_lrn::FusedLrnError;
-use crate::graph::GraphedSteps;
+use crate::graph::Steps;
 use crate::input::{batch_labels, batch_pixels, unit_variance_scale, InputNorm};
 use crate::kernels::{KernelChoice, KernelError};
 use crate::metrics::{EpochLine, Line, MetricsLog, StepLine};
@@ -298,11 +298,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
         });
     }
     let params = net.named_parameters();
-    let mut graphed = if opts.cuda_graph {
-        Some(GraphedSteps::new(opts.placement.first())?)
-    } else {
-        None
-    };
+    let mut steps = Steps::new(opts.cuda_graph, opts.placement.first())?;
     let mut summary = RunSummary {
         steps: state.step,
         last_eval: None,
@@ -335,15 +331,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
             // Dropout's randomness is a function of (seed, step): a resumed
             // run draws exactly what the uninterrupted run would have.
             tch::manual_seed(mix(state.seed, state.step) as i64);
-            let lr = state.schedule.lr;
-            let loss = match graphed.as_mut() {
-                Some(g) => g.step(&net, &mut sgd, &params, &x, &labels, lr)?,
-                None => {
-                    let (loss, grads) = net.loss_and_gradients(&x, &labels)?;
-                    sgd.step(&params, &grads, lr)?;
-                    loss
-                }
-            };
+            let loss = steps.run(&net, &mut sgd, &params, &x, &labels, state.schedule.lr)?;
             state.step += 1;
             state.batch += 1;
             let line = StepLine {

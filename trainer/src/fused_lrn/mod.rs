@@ -41,6 +41,13 @@ pub enum FusedLrnError {
     SelfCheck { device: String, detail: String },
 }
 
+impl FusedLrnError {
+    /// The splice is written for the grouped net on one device.
+    pub fn two_devices() -> Self {
+        Self::Unsupported("columns on two devices (use --kernels off)".into())
+    }
+}
+
 /// The LRN constants and the column size, as the kernels take them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrnParams {
