@@ -32,7 +32,8 @@ use crate::ingest::{self, ClassInfo, IngestError, SourceFile, Split, ValLabelOpt
 use crate::manifest::{self, Geometry, Manifest, ManifestError, ShardInfo, SplitInfo};
 use crate::rng::SplitMix64;
 use crate::shard::{
-    PixelFilter, RecordEncoder, ShardError, ShardHeader, ShardReader, ShardWriter, Skipped,
+    MatchSearch, PixelFilter, RecordEncoder, ShardError, ShardHeader, ShardReader, ShardWriter,
+    Skipped,
 };
 
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct ShardsConfig {
     pub out: PathBuf,
     pub jobs: usize,
     pub zstd_level: i32,
+    /// zstd's match search; `None` means `MatchSearch::default_for(zstd_level)`.
+    pub zstd_search: Option<MatchSearch>,
     pub pixel_filter: PixelFilter,
     pub preprocess: PreprocessOptions,
     /// Splits to write; `None` means train, and val when the tree has one.
@@ -53,12 +56,19 @@ pub struct ShardsConfig {
 }
 
 impl ShardsConfig {
+    /// The match search this run uses.
+    pub fn zstd_search(&self) -> MatchSearch {
+        self.zstd_search
+            .unwrap_or_else(|| MatchSearch::default_for(self.zstd_level))
+    }
+
     pub fn new(imagenet: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
         Self {
             imagenet: imagenet.into(),
             out: out.into(),
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             zstd_level: 1,
+            zstd_search: None,
             pixel_filter: PixelFilter::Delta,
             preprocess: PreprocessOptions::default(),
             splits: None,
@@ -133,6 +143,14 @@ pub fn make_shards(config: &ShardsConfig) -> Result<(Manifest, Summary), MakeSha
             "--shard-size and --jobs must be at least 1".into(),
         ));
     }
+    if config.zstd_search() == MatchSearch::Sparse && config.zstd_level != MatchSearch::SPARSE_LEVEL
+    {
+        return Err(MakeShardsError::Config(format!(
+            "--zstd-search sparse is tuned for --level {}; with --level {} use --zstd-search full",
+            MatchSearch::SPARSE_LEVEL,
+            config.zstd_level
+        )));
+    }
     let mut summary = Summary::default();
     let classes = ingest::discover_classes(&config.imagenet)?;
     let mut listings = list_splits(config, &classes, &mut summary)?;
@@ -144,6 +162,7 @@ pub fn make_shards(config: &ShardsConfig) -> Result<(Manifest, Summary), MakeSha
         channels: 3,
         filter: config.pixel_filter,
         zstd_level: config.zstd_level,
+        zstd_search: config.zstd_search(),
         plan_id: 0,
     };
     let mut plans = Vec::new();
@@ -283,17 +302,27 @@ fn plan_split(config: &ShardsConfig, split: Split, mut files: Vec<SourceFile>) -
     }
 }
 
-/// Everything a shard's bytes depend on.
-fn plan_id(config: &ShardsConfig, split: Split, files: &[SourceFile]) -> u64 {
-    let mut h = Xxh3::new();
-    let settings = serde_json::json!({
+/// The settings part of a plan id.
+fn plan_settings(config: &ShardsConfig, split: Split) -> serde_json::Value {
+    let mut settings = serde_json::json!({
         "format": crate::shard::VERSION,
         "split": split,
         "preprocess": config.preprocess,
         "zstd_level": config.zstd_level,
         "pixel_filter": config.pixel_filter,
     });
-    h.update(settings.to_string().as_bytes());
+    // Only when not `Full`, so shards written before the choice existed
+    // keep their ids and are still found finished.
+    if config.zstd_search() != MatchSearch::Full {
+        settings["zstd_search"] = serde_json::json!(config.zstd_search());
+    }
+    settings
+}
+
+/// Everything a shard's bytes depend on.
+fn plan_id(config: &ShardsConfig, split: Split, files: &[SourceFile]) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(plan_settings(config, split).to_string().as_bytes());
     for f in files {
         h.update(f.name.as_bytes());
         h.update(&[0]);
@@ -539,6 +568,7 @@ fn build_manifest(
         },
         preprocess: config.preprocess,
         zstd_level: config.zstd_level,
+        zstd_search: config.zstd_search(),
         pixel_filter: config.pixel_filter,
         seed: config.seed,
         classes,
@@ -568,6 +598,7 @@ mod tests {
             channels: 3,
             filter: PixelFilter::None,
             zstd_level: 1,
+            zstd_search: MatchSearch::Full,
             plan_id: 7,
         }
     }
@@ -632,6 +663,44 @@ mod tests {
             reason.contains("internal error") && reason.contains("index 3 out of range"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn the_match_search_enters_the_plan_id_only_when_not_full() {
+        let mut config = ShardsConfig::new("/tree", "/out");
+        let files = files(3);
+        assert_eq!(
+            config.zstd_search(),
+            MatchSearch::Sparse,
+            "level 1's default"
+        );
+        let sparse = plan_id(&config, Split::Train, &files);
+        config.zstd_search = Some(MatchSearch::Full);
+        let full = plan_id(&config, Split::Train, &files);
+        assert_ne!(
+            sparse, full,
+            "a resumed run with the other search redoes the shard"
+        );
+        // The settings of a `full` shard are what they were before the
+        // choice existed, so shards written then are still found finished.
+        let before = serde_json::json!({
+            "format": crate::shard::VERSION,
+            "split": Split::Train,
+            "preprocess": config.preprocess,
+            "zstd_level": 1,
+            "pixel_filter": config.pixel_filter,
+        });
+        assert_eq!(plan_settings(&config, Split::Train), before);
+    }
+
+    #[test]
+    fn sparse_search_at_another_level_is_a_clear_error() {
+        let mut config = ShardsConfig::new("/nonexistent-tree", "/nonexistent-out");
+        config.zstd_level = 3;
+        assert_eq!(config.zstd_search(), MatchSearch::Full, "level 3's default");
+        config.zstd_search = Some(MatchSearch::Sparse);
+        let err = make_shards(&config).expect_err("refused");
+        assert!(err.to_string().contains("--zstd-search full"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::PreprocessOptions;
 use crate::ingest::{ClassInfo, Split};
-use crate::shard::{PixelFilter, Skipped};
+use crate::shard::{MatchSearch, PixelFilter, Skipped};
 
 pub const FILE_NAME: &str = "manifest.json";
 pub const FORMAT: &str = "alexnet-rs shards";
@@ -46,6 +46,9 @@ pub struct Manifest {
     pub geometry: Geometry,
     pub preprocess: PreprocessOptions,
     pub zstd_level: i32,
+    /// Absent from manifests written before the choice: those used `full`.
+    #[serde(default)]
+    pub zstd_search: MatchSearch,
     pub pixel_filter: PixelFilter,
     /// Seed of the train split's shuffled order.
     pub seed: u64,

@@ -11,7 +11,9 @@
 //! 24      4     pixel filter (0 none, 1 delta: see `PixelFilter`)
 //! 28      4     zstd level (i32, informative)
 //! 32      8     plan id: hash of what this shard was made from (resume)
-//! 40      8     reserved, zero
+//! 40      4     zstd match search (0 full, 1 sparse: see `MatchSearch`;
+//!               informative, 0 in files that predate it)
+//! 44      4     reserved, zero
 //! 48      ...   records: one zstd frame per image, back to back
 //! I       ...   index (at footer.index_offset):
 //!                 u32 record count, then per record:
@@ -106,6 +108,89 @@ impl PixelFilter {
     }
 }
 
+/// How hard zstd looks for repeated bytes before it entropy-codes the rest.
+///
+/// Delta-filtered photos hold few repeats. On the 1000-photo ImageNet sample
+/// level 1's match finder is two thirds of the compression time and saves
+/// 2.6% of the bytes; the frames it writes are also slower to decode (every
+/// match is a sequence to execute between literal runs). `Sparse` keeps
+/// level 1 but looks for 7-byte matches only, in a 4K-entry table, and steps
+/// faster through data without them (zstd's acceleration 8). zstd turns the
+/// Huffman coding of literals off whenever acceleration is set; photos need
+/// it (without it frames are 30% larger), so `Sparse` turns it back on.
+/// Measured on the sample (README, performance): compression 0.45 -> 0.25 ms
+/// an image, decompression 0.160 -> 0.135 ms, bytes +2.6%; `pipeline shards`
+/// 11% faster, the loader 15% faster.
+///
+/// Either way a frame is a standard zstd frame: readers need not know which.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchSearch {
+    /// zstd's own parameters for the level. The default when reading a
+    /// manifest that predates the choice.
+    #[default]
+    Full,
+    /// Few, long matches and literal Huffman coding kept (level 1 only).
+    Sparse,
+}
+
+impl MatchSearch {
+    /// What `pipeline shards` uses when not told: `Sparse` where it is
+    /// defined (level 1), zstd's own search elsewhere.
+    pub fn default_for(level: i32) -> Self {
+        if level == Self::SPARSE_LEVEL {
+            Self::Sparse
+        } else {
+            Self::Full
+        }
+    }
+
+    /// The only level `Sparse` is tuned for: its parameters mean other
+    /// things to the lazy and optimal searches of higher levels.
+    pub const SPARSE_LEVEL: i32 = 1;
+
+    fn code(self) -> u32 {
+        match self {
+            Self::Full => 0,
+            Self::Sparse => 1,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        match code {
+            0 => Some(Self::Full),
+            1 => Some(Self::Sparse),
+            _ => None,
+        }
+    }
+
+    /// A compressor at `level` with this search.
+    fn compressor(self, level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+        use zstd::zstd_safe::{CParameter, ParamSwitch};
+        let mut compressor = zstd::bulk::Compressor::new(level)?;
+        if self == Self::Sparse {
+            if level != Self::SPARSE_LEVEL {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "zstd match search `sparse` is tuned for level {}, not {level}",
+                        Self::SPARSE_LEVEL
+                    ),
+                ));
+            }
+            for parameter in [
+                CParameter::MinMatch(7),
+                CParameter::HashLog(12),
+                CParameter::TargetLength(8),
+                CParameter::LiteralCompressionMode(ParamSwitch::Enable),
+            ] {
+                compressor.set_parameter(parameter)?;
+            }
+        }
+        Ok(compressor)
+    }
+}
+
 /// Geometry and encoding shared by every record of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardHeader {
@@ -114,6 +199,7 @@ pub struct ShardHeader {
     pub channels: u32,
     pub filter: PixelFilter,
     pub zstd_level: i32,
+    pub zstd_search: MatchSearch,
     pub plan_id: u64,
 }
 
@@ -137,6 +223,7 @@ impl ShardHeader {
         b[24..28].copy_from_slice(&self.filter.code().to_le_bytes());
         b[28..32].copy_from_slice(&self.zstd_level.to_le_bytes());
         b[32..40].copy_from_slice(&self.plan_id.to_le_bytes());
+        b[40..44].copy_from_slice(&self.zstd_search.code().to_le_bytes());
         b
     }
 
@@ -156,12 +243,15 @@ impl ShardHeader {
         }
         let filter = PixelFilter::from_code(le_u32(&b[24..28]))
             .ok_or_else(|| bad(format!("unknown pixel filter {}", le_u32(&b[24..28]))))?;
+        let zstd_search = MatchSearch::from_code(le_u32(&b[40..44]))
+            .ok_or_else(|| bad(format!("unknown zstd match search {}", le_u32(&b[40..44]))))?;
         Ok(Self {
             height: le_u32(&b[12..16]),
             width: le_u32(&b[16..20]),
             channels: le_u32(&b[20..24]),
             filter,
             zstd_level: le_u32(&b[28..32]) as i32,
+            zstd_search,
             plan_id: le_u64(&b[32..40]),
         })
     }
@@ -223,7 +313,7 @@ impl RecordEncoder {
     pub fn new(header: ShardHeader) -> io::Result<Self> {
         Ok(Self {
             header,
-            compressor: zstd::bulk::Compressor::new(header.zstd_level)?,
+            compressor: header.zstd_search.compressor(header.zstd_level)?,
             filtered: Vec::new(),
         })
     }
@@ -698,6 +788,7 @@ mod tests {
             channels: 3,
             filter,
             zstd_level: 1,
+            zstd_search: MatchSearch::Full,
             plan_id: 42,
         }
     }
@@ -783,6 +874,79 @@ mod tests {
             let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
             assert_eq!(leftovers.len(), 1, "no temporary file is left");
         }
+    }
+
+    /// A 64x64 RGB image of noise with a 9-byte motif every 64 bytes. The
+    /// delta filter keeps 6 of its bytes the same at each place (the first
+    /// pixel's depend on the noise before it): repeats that level 1's search
+    /// finds (5-byte matches) and `Sparse`'s (7 bytes and up) does not.
+    fn motif_image() -> Vec<u8> {
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let mut px: Vec<u8> = (0..64 * 64 * 3).map(|_| rng.next_u64() as u8).collect();
+        for start in (0..px.len() - 9).step_by(64) {
+            px[start..start + 9].copy_from_slice(b"MOTIFMOTI");
+        }
+        px
+    }
+
+    #[test]
+    fn sparse_search_writes_other_frames_that_decode_to_the_same_pixels() {
+        let px = motif_image();
+        let mut frames = Vec::new();
+        for search in [MatchSearch::Full, MatchSearch::Sparse] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let h = ShardHeader {
+                height: 64,
+                width: 64,
+                zstd_search: search,
+                ..header(PixelFilter::Delta)
+            };
+            let path = dir.path().join("t.shard");
+            let mut w = ShardWriter::create(&path, h).expect("create");
+            let mut frame = Vec::new();
+            let sum = RecordEncoder::new(h)
+                .expect("encoder")
+                .encode(&px, &mut frame)
+                .expect("encode");
+            w.add(0, "x.JPEG", &frame, sum).expect("add");
+            w.finish().expect("finish");
+            let shard = ShardReader::open(&path).expect("open");
+            assert_eq!(shard.header().zstd_search, search, "kept in the header");
+            let mut out = vec![0; px.len()];
+            let mut dec = RecordDecoder::new().expect("decoder");
+            dec.decode(&shard, 0, &mut out, true).expect("decode");
+            assert_eq!(out, px);
+            frames.push(frame);
+        }
+        assert_ne!(frames[0], frames[1], "the search parameters took effect");
+    }
+
+    #[test]
+    fn sparse_search_refuses_levels_it_is_not_tuned_for() {
+        let h = ShardHeader {
+            zstd_level: 3,
+            zstd_search: MatchSearch::Sparse,
+            ..header(PixelFilter::Delta)
+        };
+        let err = RecordEncoder::new(h).err().expect("level 3");
+        assert!(err.to_string().contains("tuned for level 1"), "{err}");
+        assert_eq!(MatchSearch::default_for(1), MatchSearch::Sparse);
+        assert_eq!(MatchSearch::default_for(3), MatchSearch::Full);
+    }
+
+    #[test]
+    fn an_unknown_match_search_code_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), PixelFilter::Delta);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[40] = 9;
+        std::fs::write(&path, &bytes).expect("write");
+        let err = ShardReader::open(&path).err().expect("code 9");
+        let text = err.to_string();
+        assert!(
+            text.contains("t.shard") && text.contains("match search 9"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ import numpy as np
 import xxhash
 import zstandard
 
-HEADER = struct.Struct("<8sIIIIIiQ8x")
+HEADER = struct.Struct("<8sIIIIIiQI4x")
 FOOTER = struct.Struct("<QQQ8s")
 
 
@@ -24,7 +24,7 @@ def read_index(path):
         if size < HEADER.size + FOOTER.size:
             raise ShardFormatError(f"{path}: too short")
         f.seek(0)
-        magic, version, h, w, c, filt, level, plan_id = HEADER.unpack(f.read(HEADER.size))
+        magic, version, h, w, c, filt, level, plan_id, search = HEADER.unpack(f.read(HEADER.size))
         if magic != b"ALXSHARD" or version != 1:
             raise ShardFormatError(f"{path}: bad magic/version")
         f.seek(size - FOOTER.size)
@@ -58,7 +58,7 @@ def read_index(path):
     (nskipped,) = take("<I")
     skipped = [dict(path=string(), reason=string()) for _ in range(nskipped)]
     assert pos == len(index)
-    return dict(height=h, width=w, channels=c, filter=filt, level=level, plan_id=plan_id,
+    return dict(height=h, width=w, channels=c, filter=filt, level=level, plan_id=plan_id, search=search,
                 records=records, skipped=skipped)
 
 

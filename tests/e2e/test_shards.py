@@ -106,6 +106,39 @@ def test_any_thread_count_gives_identical_bytes(tmp_path, tree):
         assert open(outs[0] / n, "rb").read() == open(tree["out"] / n, "rb").read(), n
 
 
+def test_full_and_sparse_match_search_store_the_same_pixels(tmp_path, tree):
+    """The default at level 1 is the sparse search; `full` writes other zstd
+    frames (read here by python-zstandard, which knows nothing of the
+    choice) holding the same pixels, and the header and manifest say which."""
+    m = tree["manifest"]
+    assert m["zstd_level"] == 1 and m["zstd_search"] == "sparse"
+    full = tmp_path / "full"
+    run("shards", "--imagenet", tree["root"], "--out", full, "--shard-size", "7",
+        "--zstd-search", "full")
+    mf = load_manifest(full)
+    assert mf["zstd_search"] == "full"
+    frames_differ = False
+    for a, b in zip(m["splits"]["train"]["shards"], mf["splits"]["train"]["shards"]):
+        assert a["file"] == b["file"]
+        sa, sb = read_shard(tree["out"] / a["file"]), read_shard(full / b["file"])
+        assert (sa["search"], sb["search"]) == (1, 0)
+        assert [r["checksum"] for r in sa["records"]] == [r["checksum"] for r in sb["records"]]
+        for ia, ib in zip(sa["images"], sb["images"]):
+            np.testing.assert_array_equal(ia, ib)
+        frames_differ |= open(tree["out"] / a["file"], "rb").read() != open(full / b["file"], "rb").read()
+    assert frames_differ, "the search changed the frames"
+
+
+def test_sparse_search_is_refused_at_other_levels(tmp_path, tree):
+    p = run("shards", "--imagenet", tree["root"], "--out", tmp_path / "l3", "--level", "3",
+            "--zstd-search", "sparse", check=False)
+    assert p.returncode != 0
+    assert "--zstd-search full" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    run("shards", "--imagenet", tree["root"], "--out", tmp_path / "l3", "--level", "3",
+        "--splits", "val")
+    assert load_manifest(tmp_path / "l3")["zstd_search"] == "full", "level 3's default"
+
+
 def test_verify_names_the_bad_shard_and_record(tmp_path, tree):
     out = tmp_path / "copy"
     out.mkdir()
