@@ -107,8 +107,10 @@ check-imagenet:
 	@if [ -z "$(IMAGENET)" ]; then \
 	  echo "error: IMAGENET is not set: make shards IMAGENET=/path/to/ilsvrc [SHARDS=dir]" >&2; exit 2; fi
 
+# SHARDS_ARGS passes further options, e.g. SHARDS_ARGS="--jobs 8 --zstd-search full".
+SHARDS_ARGS ?=
 shards: check-imagenet build
-	$(PIPELINE) shards --imagenet "$(IMAGENET)" --out "$(SHARDS)"
+	$(PIPELINE) shards --imagenet "$(IMAGENET)" --out "$(SHARDS)" $(SHARDS_ARGS)
 
 # Mean image (mean.npy) and RGB PCA (stats.json) of the train split.
 stats: build
