@@ -120,7 +120,7 @@ impl PixelFilter {
 /// it (without it frames are 30% larger), so `Sparse` turns it back on.
 /// Measured on the sample (README, performance): compression 0.45 -> 0.25 ms
 /// an image, decompression 0.160 -> 0.135 ms, bytes +2.6%; `pipeline shards`
-/// 11% faster, the loader 15% faster.
+/// 11% faster, the loader 14% faster.
 ///
 /// Either way a frame is a standard zstd frame: readers need not know which.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
