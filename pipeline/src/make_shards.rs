@@ -143,14 +143,16 @@ pub fn make_shards(config: &ShardsConfig) -> Result<(Manifest, Summary), MakeSha
             "--shard-size and --jobs must be at least 1".into(),
         ));
     }
-    if config.zstd_search() == MatchSearch::Sparse && config.zstd_level != MatchSearch::SPARSE_LEVEL
-    {
-        return Err(MakeShardsError::Config(format!(
-            "--zstd-search sparse is tuned for --level {}; with --level {} use --zstd-search full",
-            MatchSearch::SPARSE_LEVEL,
-            config.zstd_level
-        )));
-    }
+    // Checked here too, so that the mistake stops the run before any work.
+    config
+        .zstd_search()
+        .check_level(config.zstd_level)
+        .map_err(|why| {
+            MakeShardsError::Config(format!(
+                "{why}: with --level {} use --zstd-search full",
+                config.zstd_level
+            ))
+        })?;
     let mut summary = Summary::default();
     let classes = ingest::discover_classes(&config.imagenet)?;
     let mut listings = list_splits(config, &classes, &mut summary)?;

@@ -149,6 +149,18 @@ impl MatchSearch {
     /// things to the lazy and optimal searches of higher levels.
     pub const SPARSE_LEVEL: i32 = 1;
 
+    /// The one rule on levels: `Sparse` only at `SPARSE_LEVEL`. `Err` says
+    /// why not.
+    pub fn check_level(self, level: i32) -> Result<(), String> {
+        if self == Self::Sparse && level != Self::SPARSE_LEVEL {
+            return Err(format!(
+                "zstd match search `sparse` is tuned for level {}, not {level}",
+                Self::SPARSE_LEVEL
+            ));
+        }
+        Ok(())
+    }
+
     fn code(self) -> u32 {
         match self {
             Self::Full => 0,
@@ -167,17 +179,10 @@ impl MatchSearch {
     /// A compressor at `level` with this search.
     fn compressor(self, level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
         use zstd::zstd_safe::{CParameter, ParamSwitch};
+        self.check_level(level)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
         let mut compressor = zstd::bulk::Compressor::new(level)?;
         if self == Self::Sparse {
-            if level != Self::SPARSE_LEVEL {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "zstd match search `sparse` is tuned for level {}, not {level}",
-                        Self::SPARSE_LEVEL
-                    ),
-                ));
-            }
             for parameter in [
                 CParameter::MinMatch(7),
                 CParameter::HashLog(12),
