@@ -33,7 +33,7 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch env build test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader learn-fashion device-stage demo clean
+.PHONY: setup setup-apt setup-python setup-torch env build test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader learn-fashion gpu-stage demo clean
 
 setup: setup-apt setup-python setup-torch
 
@@ -140,23 +140,28 @@ learn-fashion: build $(FASHION)/tree/LOC_val_solution.csv
 $(FASHION)/tree/LOC_val_solution.csv: | setup-apt setup-python
 	$(PY) scripts/fashion_mnist_tree.py --out $(FASHION)/tree
 
-# Stages what scripts/device_check.sh needs on the lent GPU machine (no
-# internet, no Rust there): stripped binaries and the Fashion-MNIST JPEG tree.
-device-stage: build $(FASHION)/tree/LOC_val_solution.csv
-	rm -rf device && mkdir -p device
-	strip -o device/trainer $(TRAINER) && strip -o device/pipeline $(PIPELINE)
+# Stages what scripts/gpu_checks.sh needs on a GPU machine that has python3
+# with torch but no Rust and no network: stripped release binaries, the
+# shared libraries they may miss, a python-zstandard wheel, the
+# Fashion-MNIST tree, the demo's 20 foolbox photos and 120 ImageNet photos
+# (~55 MB: what travels to such a machine is limited to 64 MiB).
+GPU_STAGE ?= gpu-stage
+gpu-stage: build setup-python $(FASHION)/tree/LOC_val_solution.csv
+	rm -rf $(GPU_STAGE) && mkdir -p $(GPU_STAGE)/lib $(GPU_STAGE)/wheels
+	strip -o $(GPU_STAGE)/trainer $(TRAINER) && strip -o $(GPU_STAGE)/pipeline $(PIPELINE)
 	# OpenBLAS (stats' eigensolver; the serial build where installed, as
-	# pipeline/build.rs prefers) and its Fortran runtime may be missing there.
-	mkdir -p device/lib && for l in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do \
+	# pipeline/build.rs prefers) and its Fortran runtime, gzipped.
+	for l in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do \
 	  f=$$(ls /usr/lib/*/openblas-serial/$$l 2>/dev/null | head -1); \
 	  [ -n "$$f" ] || f=$$(ldconfig -p | awk -v l=$$l '$$1 == l {print $$NF; exit}'); \
-	  gzip -9c "$$f" > device/lib/$$l.gz; done
-	cp -r $(FASHION)/tree device/fashion-tree
-	# 200 of the ImageNet sample's photos (~21 MB), for the loader section;
-	# the script links them 40 times over into an 8,000-image tree.
-	if [ -d "$(SAMPLE)" ]; then mkdir -p device/sample && \
-	  ls "$(SAMPLE)" | grep 'JPEG$$' | head -200 | while read f; do cp "$(SAMPLE)/$$f" device/sample/; done; fi
-	du -sh device
+	  gzip -9c "$$f" > $(GPU_STAGE)/lib/$$l.gz; done
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 -d $(GPU_STAGE)/wheels zstandard==0.25.0
+	cp -r $(FASHION)/tree $(GPU_STAGE)/fashion-tree
+	mkdir -p $(GPU_STAGE)/photos/foolbox && cp -r $(PHOTOS)/foolbox/data $(GPU_STAGE)/photos/foolbox/
+	if [ -d "$(SAMPLE)" ]; then mkdir -p $(GPU_STAGE)/sample && \
+	  ls "$(SAMPLE)" | grep 'JPEG$$' | head -120 | while read f; do cp "$(SAMPLE)/$$f" $(GPU_STAGE)/sample/; done; fi
+	du -sh $(GPU_STAGE)
 
 # `pipeline shards` against a Pillow + python-zstandard script doing the same
 # job, both on one core, on the shared 1000-image sample.

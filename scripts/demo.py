@@ -37,6 +37,11 @@ def make_tree(root, photos, train_per_class, val_per_class):
     shutil.rmtree(root, ignore_errors=True)
     sh(sys.executable, fashion_mnist_tree.__file__, "--out", root,
        "--train-per-class", train_per_class, "--val-per-class", val_per_class)
+    add_photos(root, photos)
+
+
+def add_photos(root, photos):
+    """foolbox's 20 labelled ImageNet photos as 20 more train classes."""
     files = sorted(glob.glob(os.path.join(photos, "foolbox", "data", "imagenet_*.jpg")))
     if len(files) != 20:
         sys.exit(f"demo: expected foolbox's 20 photos under {photos} (make setup-python)")

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# The measurements that need an NVIDIA GPU and a many-core host, as one
+# script. It needs no Rust and no network there: `make gpu-stage` puts
+# stripped release binaries, the shared libraries they may miss, a
+# python-zstandard wheel, the Fashion-MNIST tree, foolbox's 20 photos and
+# 120 ImageNet photos under gpu-stage/ (about 55 MB). The host needs python3
+# with torch (the libtorch the binaries link), numpy and Pillow.
+#
+#   bash scripts/gpu_checks.sh            # default sections, ~6 minutes
+#   SECTIONS="bench ceiling" bash scripts/gpu_checks.sh
+#
+# Sections:
+#   bench    `trainer bench` at batch 128 and 512, float32 and bf16, our
+#            kernels on and off, eager and CUDA-graph replay, the defaults
+#            (`auto`), and the PyTorch eager reference
+#            (benches/torch_alexnet_ref.py --groups) in the same call.
+#   ceiling  the same net without LRN (benches/alexnet_ops_profile.py
+#            --lrn none --graph): the ceiling of this design.
+#   train    `trainer run` fed by the loader on shards of real photos (the
+#            120 photos linked 67 times: 8,040 images), bf16, defaults,
+#            eager and --cuda-graph: img/s and the time each step waits
+#            for the loader.
+#   pipeline `pipeline shards` against Pillow + python-zstandard at 1..16
+#            jobs (benches/shards_scaling.py), `pipeline bench` at 1..16
+#            threads and `pipeline stats --bench` at 16, each against its
+#            zstd ceiling.
+#   fashion  the paper's N(0, 0.01) init at full width, float32, leaving
+#            chance on Fashion-MNIST.
+#   demo     scripts/demo.py as a user with a GPU runs it (`make demo`).
+#
+# Output: $OUT (default gpu-out/) gets log.txt and one file per section.
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+STAGE=$PWD/gpu-stage
+T=$STAGE/trainer
+P=$STAGE/pipeline
+TORCH_LIB=${TORCH_LIB:-$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')}
+export LD_LIBRARY_PATH="$TORCH_LIB:$STAGE/lib:${LD_LIBRARY_PATH:-}"
+# The shared libraries travel gzipped.
+for z in "$STAGE"/lib/*.gz; do [ -f "${z%.gz}" ] || gunzip -k "$z"; done
+if ! python3 -c 'import zstandard' 2>/dev/null && ls "$STAGE"/wheels/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$STAGE"/wheels/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
+  echo "cores $(nproc): $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+  echo "simd: $(grep -o -w -E 'avx2|avx512f|avx512bw|avx512vbmi|avx512_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+  ldd "$T" | grep -E "not found"; "$T" --version; } 2>&1 | tee -a "$OUT/log.txt"
+
+SECTIONS=${SECTIONS:-bench ceiling train pipeline fashion demo}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+W=$(mktemp -d)
+
+if want bench; then
+  log "bench: trainer bench (every configuration) and the PyTorch eager reference"
+  bench() { echo "# trainer bench $*" >>"$OUT/bench.txt"
+            timeout 90 "$T" bench --devices cuda:0 "$@" 2>&1 | tee -a "$OUT/bench.txt"; }
+  bench --batch-size 128 --kernels on --check-lrn --steps 20
+  bench --batch-size 128 --kernels on --check-lrn --amp bf16 --steps 20
+  bench --batch-size 128                     # the defaults
+  bench --batch-size 128 --amp bf16
+  for b in 128 512; do for amp in "" "--amp bf16"; do for k in on off; do
+    bench --batch-size $b $amp --kernels $k
+    bench --batch-size $b $amp --kernels $k --cuda-graph
+  done; done; done
+  timeout 150 python3 benches/torch_alexnet_ref.py --groups --batch 128 512 2>&1 | tee -a "$OUT/bench.txt"
+fi
+
+if want ceiling; then
+  log "ceiling: the net without LRN, whole step in a CUDA graph (PyTorch ops)"
+  for cfg in "--batch 128 --prec f32" "--batch 128 --prec bf16" "--batch 512 --prec bf16"; do
+    timeout 90 python3 benches/alexnet_ops_profile.py $cfg --lrn none --graph --steps 30 2>&1 \
+      | grep -E "^OPS|Error" | tee -a "$OUT/bench.txt"
+  done
+fi
+
+# The 120 staged photos linked 67 times: an 8,040-image train split.
+sample_shards() {
+  [ -f "$W/sample/stats.json" ] && return
+  for f in "$STAGE"/sample/*.JPEG; do
+    b=$(basename "$f"); d="$W/sample-tree/train/${b%%_*}"; mkdir -p "$d"
+    for k in $(seq 67); do ln -s "$f" "$d/$k-$b"; done
+  done
+  "$P" shards --imagenet "$W/sample-tree" --out "$W/sample" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+  "$P" stats --shards "$W/sample" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+}
+
+# Median img/s over the run's steps past the first window, and the loader
+# wait per step against the step's time.
+waits() {
+  python3 - "$1" "$2" <<'EOF' 2>&1 | tee -a "$OUT/train.txt"
+import json, statistics, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+s = [x for x in r if "loader_wait" in x][16:]
+rate = statistics.median(x["img_per_sec"] for x in s)
+step = 128 / rate
+w = sorted(x["loader_wait"] for x in s)
+print(f"TRAIN {sys.argv[2]} steps={len(s)} img/s median={rate:.0f} step_ms={1e3 * step:.2f} "
+      f"loader_wait_ms median={1e3 * statistics.median(w):.3f} p90={1e3 * w[int(0.9 * len(w))]:.3f} "
+      f"max={1e3 * w[-1]:.1f} median_share={statistics.median(w) / step:.2%}")
+print("val", [round(x["val_top1"], 3) for x in r if "val_top1" in x])
+EOF
+}
+
+if want train; then
+  log "train: trainer run fed by the loader, 8,040 photos, bf16, defaults"
+  sample_shards
+  timeout 60 "$T" bench --devices cuda:0 --batch-size 128 --amp bf16 2>&1 | tee -a "$OUT/train.txt"
+  for g in "" "--cuda-graph"; do
+    name=eager; [ -n "$g" ] && name=graph
+    timeout 120 "$T" run --shards "$W/sample" --out "$W/run-$name" --epochs 3 --amp bf16 \
+      --init kaiming $g --quiet 2>&1 | tail -3 | tee -a "$OUT/train.txt"
+    waits "$W/run-$name/metrics.jsonl" "$name"
+  done
+fi
+
+if want pipeline; then
+  log "pipeline: shards at 1..16 jobs against Pillow + zstandard; loader and stats against their ceilings"
+  timeout 200 python3 benches/shards_scaling.py --pipeline "$P" --sample "$STAGE/sample" --copies 12 \
+    --jobs 1 2 4 8 16 2>&1 | tee -a "$OUT/pipeline.txt"
+  sample_shards
+  for t in 1 2 4 8 16; do
+    timeout 60 "$P" bench --shards "$W/sample" --threads $t --epochs 4 --json 2>&1 | tee -a "$OUT/pipeline.txt"
+  done
+  timeout 60 "$P" stats --shards "$W/sample" --jobs 16 --bench 2>&1 | tail -4 | tee -a "$OUT/pipeline.txt"
+fi
+
+if want fashion; then
+  log "fashion: paper init, full width, float32"
+  "$P" shards --imagenet "$STAGE/fashion-tree" --out "$W/fashion" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+  "$P" stats --shards "$W/fashion" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+  # An epoch here is 23 steps: the plateau rule would cut the lr while the
+  # paper init still sits at chance, so it is kept out of the way.
+  timeout 150 "$T" run --devices cuda:0 --shards "$W/fashion" --out "$W/paper" --epochs 12 \
+    --init paper --patience 100 --quiet 2>&1 | tail -2 | tee -a "$OUT/fashion.txt"
+  grep val_top1 "$W/paper/metrics.jsonl" | cut -c1-80 | tee -a "$OUT/fashion.txt"
+  cp "$W/paper/curves.png" "$OUT/paper-curves.png" 2>/dev/null
+fi
+
+if want demo; then
+  log "demo: scripts/demo.py (make demo) on the GPU"
+  # The demo's tree: the Fashion-MNIST tree plus foolbox's 20 photos,
+  # put together here as scripts/demo.py does (the Debian package that
+  # holds Fashion-MNIST is not on this machine).
+  mkdir -p "$W/demo" && cp -r "$STAGE/fashion-tree" "$W/demo/tree"
+  python3 -c 'import sys; sys.path.insert(0, "scripts"); import demo; demo.add_photos(sys.argv[1], sys.argv[2])' \
+    "$W/demo/tree" "$STAGE/photos" 2>&1 | tee -a "$OUT/log.txt"
+  timeout 240 python3 scripts/demo.py --pipeline "$P" --trainer "$T" --photos "$STAGE/photos" --work "$W/demo" \
+    >"$OUT/demo.txt" 2>&1
+  echo "demo exit $?" | tee -a "$OUT/demo.txt"
+  tail -14 "$OUT/demo.txt" | tee -a "$OUT/log.txt"
+fi
+log "done"
