@@ -37,9 +37,10 @@ STAGE=$PWD/gpu-stage
 T=$STAGE/trainer
 P=$STAGE/pipeline
 TORCH_LIB=${TORCH_LIB:-$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')}
-export LD_LIBRARY_PATH="$TORCH_LIB:$STAGE/lib:${LD_LIBRARY_PATH:-}"
-# The shared libraries travel gzipped.
-for z in "$STAGE"/lib/*.gz; do [ -f "${z%.gz}" ] || gunzip -k "$z"; done
+# The shared libraries travel gzipped; they are unpacked outside the stage.
+LIBS=$(mktemp -d)
+for z in "$STAGE"/lib/*.gz; do gunzip -c "$z" > "$LIBS/$(basename "${z%.gz}")"; done
+export LD_LIBRARY_PATH="$TORCH_LIB:$LIBS:${LD_LIBRARY_PATH:-}"
 if ! python3 -c 'import zstandard' 2>/dev/null && ls "$STAGE"/wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$STAGE"/wheels/*.whl \
     && export PYTHONPATH=/tmp/site
