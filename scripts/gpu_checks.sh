@@ -27,6 +27,13 @@
 #   fashion  the paper's N(0, 0.01) init at full width, float32, leaving
 #            chance on Fashion-MNIST.
 #   demo     scripts/demo.py as a user with a GPU runs it (`make demo`).
+#   threads  (not by default) `trainer run` at 16, 15 and 8 loader threads,
+#            eager, and 15 with --cuda-graph: whether the loader's workers
+#            take the training thread's core; the losses of eager and graph
+#            runs side by side.
+#   scale    (not by default) the loader and stats at 16 threads on 40,200
+#            images, and `pipeline shards` at 1 and 16 jobs on 4,800: runs
+#            long enough that start-up costs do not hide the scaling.
 #
 # Output: $OUT (default gpu-out/) gets log.txt and one file per section.
 set -uo pipefail
@@ -104,6 +111,8 @@ print(f"TRAIN {sys.argv[2]} steps={len(s)} img/s median={rate:.0f} step_ms={1e3 
       f"loader_wait_ms median={1e3 * statistics.median(w):.3f} p90={1e3 * w[int(0.9 * len(w))]:.3f} "
       f"max={1e3 * w[-1]:.1f} median_share={statistics.median(w) / step:.2%}")
 print("val", [round(x["val_top1"], 3) for x in r if "val_top1" in x])
+losses = [x["loss"] for x in r if "loader_wait" in x]
+print("mean loss, steps 1-32 / last 32:", round(sum(losses[:32]) / 32, 4), round(sum(losses[-32:]) / 32, 4))
 EOF
 }
 
@@ -154,5 +163,29 @@ if want demo; then
     >"$OUT/demo.txt" 2>&1
   echo "demo exit $?" | tee -a "$OUT/demo.txt"
   tail -14 "$OUT/demo.txt" | tee -a "$OUT/log.txt"
+fi
+if want threads; then
+  log "threads: trainer run at 16, 15 and 8 loader threads (eager), 15 with --cuda-graph"
+  sample_shards
+  for cfg in "16" "15" "8" "15 --cuda-graph"; do
+    set -- $cfg
+    name="t$1${2:+-graph}"
+    timeout 120 "$T" run --shards "$W/sample" --out "$W/run-$name" --epochs 3 --amp bf16 \
+      --init kaiming --loader-threads $1 ${2:-} --quiet 2>&1 | grep -E "^(warning|Error)" | tee -a "$OUT/train.txt"
+    waits "$W/run-$name/metrics.jsonl" "$name"
+  done
+fi
+
+if want scale; then
+  log "scale: loader and stats at 16 threads on 40,200 images; shards at 1 and 16 jobs on 4,800"
+  python3 -c 'import sys; sys.path.insert(0, "benches"); import sample_tree; \
+    sample_tree.link_tree(sys.argv[1], sys.argv[2], copies=335)' "$STAGE/sample" "$W/big-tree"
+  "$P" shards --imagenet "$W/big-tree" --out "$W/big" 2>&1 | tail -1 | tee -a "$OUT/pipeline.txt"
+  for t in 1 16; do
+    timeout 90 "$P" bench --shards "$W/big" --threads $t --epochs 2 --json 2>&1 | tee -a "$OUT/pipeline.txt"
+  done
+  timeout 90 "$P" stats --shards "$W/big" --jobs 16 --bench 2>&1 | tail -4 | tee -a "$OUT/pipeline.txt"
+  timeout 150 python3 benches/shards_scaling.py --pipeline "$P" --sample "$STAGE/sample" --copies 40 \
+    --jobs 1 16 2>&1 | tee -a "$OUT/pipeline.txt"
 fi
 log "done"
