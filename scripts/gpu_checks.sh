@@ -31,6 +31,9 @@
 #            eager, and 15 with --cuda-graph: whether the loader's workers
 #            take the training thread's core; the losses of eager and graph
 #            runs side by side.
+#   graphcheck (not by default) per-step losses of the same 24 steps
+#            (Fashion-MNIST, float32, seed 0) eager and replayed from a CUDA
+#            graph, side by side.
 #   scale    (not by default) the loader and stats at 16 threads on 40,200
 #            images, and `pipeline shards` at 1 and 16 jobs on 4,800: runs
 #            long enough that start-up costs do not hide the scaling.
@@ -174,6 +177,23 @@ if want threads; then
       --init kaiming --loader-threads $1 ${2:-} --quiet 2>&1 | grep -E "^(warning|Error)" | tee -a "$OUT/train.txt"
     waits "$W/run-$name/metrics.jsonl" "$name"
   done
+fi
+
+if want graphcheck; then
+  log "graphcheck: the same 24 steps eager and with --cuda-graph"
+  "$P" shards --imagenet "$STAGE/fashion-tree" --out "$W/fashion" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+  "$P" stats --shards "$W/fashion" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+  for g in "" "--cuda-graph"; do
+    timeout 90 "$T" run --devices cuda:0 --shards "$W/fashion" --out "$W/check$g" --max-steps 24 \
+      --init kaiming --quiet $g 2>&1 | grep -E "^(val|warning|Error)" | tee -a "$OUT/train.txt"
+  done
+  python3 - "$W/check/metrics.jsonl" "$W/check--cuda-graph/metrics.jsonl" <<'EOF' 2>&1 | tee -a "$OUT/train.txt"
+import json, sys
+runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:]]
+losses = [[x["loss"] for x in r if "loader_wait" in x] for r in runs]
+for step, (a, b) in enumerate(zip(*losses), 1):
+    print(f"GRAPHCHECK step {step:2d} eager {a:.6f} graph {b:.6f} rel {abs(a - b) / abs(a):.2e}")
+EOF
 fi
 
 if want scale; then
