@@ -8,12 +8,12 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use pipeline::augment::{self, Mode};
+use pipeline::format::shard::{RecordDecoder, ShardReader};
+use pipeline::ingest::make_shards::{make_shards, ShardsConfig};
 use pipeline::ingest::Split;
+use pipeline::loader::augment::{self, Mode};
 use pipeline::loader::{BufferPool, Dataset, Loader, LoaderConfig, Output};
-use pipeline::make_shards::{make_shards, ShardsConfig};
 use pipeline::rng::SplitMix64;
-use pipeline::shard::{RecordDecoder, ShardReader};
 
 const IMAGES: u32 = 256;
 
@@ -37,9 +37,9 @@ fn shard_set() -> tempfile::TempDir {
     }
     let mut config = ShardsConfig::new(dir.path().join("tree"), dir.path().join("shards"));
     config.shard_size = 64;
-    make_shards(&config).expect("shards");
-    let bar = indicatif::ProgressBar::hidden();
-    let (stats, mean) = pipeline::stats::compute(&config.out, &bar).expect("stats");
+    make_shards(&config, &pipeline::progress::Silent).expect("shards");
+    let (stats, mean) =
+        pipeline::stats::compute(&config.out, &pipeline::progress::Silent).expect("stats");
     pipeline::stats::write(&config.out, &stats, &mean).expect("write stats");
     dir
 }

@@ -5,9 +5,9 @@
 use std::fs;
 use std::path::Path;
 
-use pipeline::make_shards::{make_shards, ShardsConfig};
-use pipeline::manifest::Manifest;
-use pipeline::shard::{RecordDecoder, ShardReader};
+use pipeline::format::manifest::Manifest;
+use pipeline::format::shard::{RecordDecoder, ShardReader};
+use pipeline::ingest::make_shards::{make_shards, ShardsConfig};
 
 /// A flat-colour JPEG: after resampling, every stored pixel is that colour
 /// (up to JPEG's rounding), which makes records easy to recognise.
@@ -44,7 +44,8 @@ fn tree_to_shards_and_back() {
     let mut config = ShardsConfig::new(tmp.path().join("tree"), tmp.path().join("out"));
     config.shard_size = 5;
     config.jobs = 2;
-    let (manifest, summary) = make_shards(&config).expect("make shards");
+    let (manifest, summary) =
+        make_shards(&config, &pipeline::progress::Silent).expect("make shards");
     assert_eq!(summary.written, 12);
     assert_eq!(summary.skipped, 3);
     assert_eq!(manifest, Manifest::load(&config.out).expect("load"));
@@ -83,7 +84,7 @@ fn tree_to_shards_and_back() {
     let lost = config.out.join(&train.shards[1].file);
     let before = fs::read(&lost).expect("read");
     fs::remove_file(&lost).expect("rm");
-    let (_, again) = make_shards(&config).expect("re-run");
+    let (_, again) = make_shards(&config, &pipeline::progress::Silent).expect("re-run");
     assert_eq!(again.written + again.kept, 12);
     assert!(again.kept >= 7 && again.written <= 5, "{again:?}");
     assert_eq!(fs::read(&lost).expect("read"), before);

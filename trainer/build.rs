@@ -16,7 +16,7 @@ fn main() {
     compile_graph_shim(std::path::Path::new(&lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     // Where to look for the NVRTC that matches this libtorch when the
-    // process has not mapped libtorch from elsewhere (fused_lrn/cuda.rs).
+    // process has not mapped libtorch from elsewhere (sys/cuda.rs).
     println!("cargo:rustc-env=TRAINER_LIBTORCH_LIB={lib}");
     let dir = std::path::Path::new(&lib);
     if dir.join("libtorch_cuda.so").exists() {
@@ -27,15 +27,15 @@ fn main() {
     }
 }
 
-/// `src/grad_shim.cpp`: autograd with output gradients (src/autograd.rs).
+/// `src/sys/grad_shim.cpp`: autograd with output gradients (src/sys/autograd.rs).
 fn compile_grad_shim(lib: &std::path::Path) {
-    println!("cargo:rerun-if-changed=src/grad_shim.cpp");
+    println!("cargo:rerun-if-changed=src/sys/grad_shim.cpp");
     let torch = lib.parent().expect("torch/lib has a parent");
     if !torch.join("include").exists() {
         panic!("no libtorch headers beside {}", lib.display());
     }
     libtorch_cpp(torch)
-        .file("src/grad_shim.cpp")
+        .file("src/sys/grad_shim.cpp")
         .compile("trainer_grad_shim");
 }
 
@@ -57,13 +57,14 @@ fn libtorch_cpp(torch: &std::path::Path) -> cc::Build {
     build
 }
 
-/// `src/graph_shim.cpp`: CUDA-graph capture (src/graph.rs). libtorch's CUDA
-/// headers include CUDA's, and the PyTorch wheel ships only part of those:
+/// `src/sys/graph_shim.cpp`: CUDA-graph capture (src/sys/graph.rs).
+/// libtorch's CUDA headers include CUDA's, and the PyTorch wheel ships only
+/// part of those:
 /// `make setup-torch` adds `crt/` and `nv/target` (nvidia-cuda-crt,
 /// nvidia-cuda-cccl). Without them the trainer builds without graphs
 /// (`--cuda-graph` then says so), and without CUDA at all it never needs them.
 fn compile_graph_shim(lib: &std::path::Path) {
-    println!("cargo:rerun-if-changed=src/graph_shim.cpp");
+    println!("cargo:rerun-if-changed=src/sys/graph_shim.cpp");
     let torch = lib.parent().expect("torch/lib has a parent");
     let Some(cuda_include) = cuda_include(torch) else {
         println!("cargo:warning=no CUDA headers beside libtorch (make setup-torch): building without --cuda-graph");
@@ -73,7 +74,7 @@ fn compile_graph_shim(lib: &std::path::Path) {
     libtorch_cpp(torch)
         .include(&cuda_include)
         .flag("-Wno-interference-size")
-        .file("src/graph_shim.cpp")
+        .file("src/sys/graph_shim.cpp")
         .compile("trainer_graph_shim");
     // libtorch's stream functions live in libc10_cuda, beside libtorch.
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

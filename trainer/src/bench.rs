@@ -6,12 +6,11 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::fused_lrn::FusedLrn;
-use crate::graph::Steps;
+use crate::kernels::lrn::FusedLrn;
 use crate::kernels::Kernels;
 use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
-use crate::sgd::Sgd;
-use crate::train::TrainError;
+use crate::optim::sgd::Sgd;
+use crate::step::{StepError, Steps};
 
 pub struct BenchOptions {
     pub placement: Placement,
@@ -40,7 +39,7 @@ pub struct LrnComparison {
 }
 
 /// Compares the fused and band LRN at the benchmark's sizes.
-pub fn compare_lrn(opts: &BenchOptions, fused: FusedLrn) -> Result<LrnComparison, TrainError> {
+pub fn compare_lrn(opts: &BenchOptions, fused: FusedLrn) -> Result<LrnComparison, StepError> {
     let device = opts.placement.first();
     let config = ModelConfig {
         width_mult: opts.width_mult,
@@ -79,7 +78,7 @@ pub struct BenchResult {
     pub step_ms: f64,
 }
 
-pub fn bench(opts: &BenchOptions) -> Result<BenchResult, TrainError> {
+pub fn bench(opts: &BenchOptions) -> Result<BenchResult, StepError> {
     let device = opts.placement.first();
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -101,7 +100,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchResult, TrainError> {
     let labels = Tensor::randint(1000, [b], (Kind::Int64, device));
     sgd.set_kernel(opts.kernels.sgd.clone());
     let mut steps = Steps::new(opts.cuda_graph, device)?;
-    let mut step = |i: usize| -> Result<(), TrainError> {
+    let mut step = |i: usize| -> Result<(), StepError> {
         let _loss = steps.run(&net, &mut sgd, &params, &inputs[i % 2], &labels, 0.01)?;
         Ok(())
     };

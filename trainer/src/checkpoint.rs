@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::model::{AlexNet, Init, ModelConfig, Precision};
-use crate::schedule::Schedule;
-use crate::sgd::Sgd;
+use crate::named_tensors::NamedTensorError;
+use crate::optim::schedule::Schedule;
+use crate::optim::sgd::Sgd;
 
 pub const LATEST: &str = "LATEST";
 const MODEL_FILE: &str = "model.safetensors";
@@ -37,8 +38,20 @@ pub enum CheckpointError {
         #[source]
         source: tch::TchError,
     },
-    #[error("{path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}: not a checkpoint (no state.json) nor a run folder with checkpoints/LATEST")]
+    NotACheckpoint(PathBuf),
+    #[error("{path}: {source}")]
+    Mismatch {
+        path: PathBuf,
+        #[source]
+        source: NamedTensorError,
+    },
 }
 
 /// Where a run stands, in `state.json`.
@@ -138,7 +151,8 @@ pub fn save(
     }
     std::fs::rename(&temp, &final_path).map_err(io(&final_path))?;
     let latest = dir.join(LATEST);
-    pipeline::atomic::write(&latest, format!("{name}\n").as_bytes()).map_err(io(&latest))?;
+    pipeline::format::atomic::write(&latest, format!("{name}\n").as_bytes())
+        .map_err(io(&latest))?;
     prune(dir, keep.max(1))?;
     Ok(final_path)
 }
@@ -154,7 +168,7 @@ fn prune(dir: &Path, keep: usize) -> Result<(), CheckpointError> {
             .into_owned();
         if name.starts_with("step-") {
             names.push(name);
-        } else if pipeline::atomic::is_partial(&name) {
+        } else if pipeline::format::atomic::is_partial(&name) {
             let p = dir.join(&name);
             std::fs::remove_dir_all(&p).map_err(io(&p))?;
         }
@@ -203,9 +217,9 @@ pub fn load_state(path: &Path) -> Result<TrainState, CheckpointError> {
 fn read_state(checkpoint: &Path) -> Result<TrainState, CheckpointError> {
     let state_path = checkpoint.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
+    serde_json::from_str(&text).map_err(|source| CheckpointError::State {
         path: state_path.clone(),
-        reason: e.to_string(),
+        source,
     })
 }
 
@@ -220,10 +234,7 @@ fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
             return Ok(found);
         }
     }
-    Err(CheckpointError::Invalid {
-        path: path.to_path_buf(),
-        reason: "not a checkpoint (no state.json) nor a run folder with checkpoints/LATEST".into(),
-    })
+    Err(CheckpointError::NotACheckpoint(path.to_path_buf()))
 }
 
 #[cfg(test)]

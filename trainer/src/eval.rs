@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use indicatif::ProgressBar;
-use pipeline::augment::Mode;
+use pipeline::loader::augment::Mode;
+use pipeline::loader::sampler::Order;
 use pipeline::loader::{Dataset, Loader, LoaderConfig, LoaderError, Output};
-use pipeline::sampler::Order;
+use pipeline::progress::Progress;
 use tch::{Kind, Tensor};
 
 use crate::input::InputNorm;
@@ -34,7 +34,7 @@ pub fn evaluate(
     norm: &InputNorm,
     dataset: Arc<Dataset>,
     options: &EvalOptions,
-    progress: Option<&ProgressBar>,
+    progress: &dyn Progress,
 ) -> Result<EvalResult, LoaderError> {
     let config = LoaderConfig {
         batch_size: options.batch_size,
@@ -67,9 +67,7 @@ pub fn evaluate(
         hit1 += h1;
         hit5 += h5;
         loss_sum += loss;
-        if let Some(p) = progress {
-            p.inc(n as u64);
-        }
+        progress.advance(n as u64);
     }
     let d = images.max(1) as f64;
     Ok(EvalResult {

@@ -11,7 +11,7 @@
 //! column indices `x + j` (or `x + crop - 1 - j` when mirrored) index the
 //! mean image held on the device.
 
-use pipeline::augment::View;
+use pipeline::loader::augment::View;
 use pipeline::loader::{Batch, BatchData, LoaderError};
 use tch::{Device, Kind, Tensor};
 
@@ -144,7 +144,7 @@ pub fn unit_variance_scale(stats: &pipeline::stats::Stats) -> [f32; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pipeline::augment;
+    use pipeline::loader::augment;
     use pipeline::rng::SplitMix64;
 
     /// Device normalisation of the uint8 crops equals the loader's float32

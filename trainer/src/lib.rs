@@ -1,20 +1,28 @@
-//! AlexNet training on libtorch (tch): the model, its optimiser and
-//! schedule, the input hand-over from the pipeline loader, checkpoints,
-//! metrics, and the training and evaluation loops.
+//! AlexNet training on libtorch (tch), in layers that only look down:
+//!
+//! | layer | modules | what |
+//! |---|---|---|
+//! | loops | `learner`, `bench` | `trainer run` (set-up, epochs, stops) and `trainer bench` |
+//! | run state | `checkpoint`, `eval`, `metric` | checkpoints, top-1/top-5, metrics.jsonl and its curves |
+//! | the step | `step` | forward, backward, update; eager or replayed from a CUDA graph |
+//! | model | `model`, `optim`, `input` | the network, SGD and its schedule, the loader's batches as tensors |
+//! | kernels | `kernels` | our CUDA kernels (fused ReLU + LRN, one-pass SGD) and `--kernels` |
+//! | definitions | `lrn`, `named_tensors` | the LRN as the paper defines it; tensors restored by name |
+//! | plumbing | `sys` | CUDA driver, NVRTC, streams, graphs, autograd calls tch lacks |
+//!
+//! `tests/layering.rs` fails when a module reaches up. The binary
+//! (`src/bin/trainer.rs`) is the CLI on top of all of them.
 
-pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
-pub mod cuda;
 pub mod eval;
-pub mod fused_lrn;
-pub mod fused_sgd;
-pub mod graph;
 pub mod input;
 pub mod kernels;
-pub mod metrics;
+pub mod learner;
+pub mod lrn;
+pub mod metric;
 pub mod model;
-pub mod plot;
-pub mod schedule;
-pub mod sgd;
-pub mod train;
+pub mod named_tensors;
+pub mod optim;
+pub mod step;
+pub mod sys;

@@ -25,47 +25,18 @@
 //! read across (`Placement::Split`). Both forms compute the same function
 //! (tested), and checkpoints are the same for both.
 //!
-//! LRN, paper section 3.3: b_i = a_i / (k + alpha * sum_j a_j^2)^beta, the
-//! sum over the n = 5 maps around i *within the column* (each GPU normalised
-//! its own maps), with k = 2, alpha = 1e-4, beta = 0.75. We follow the
-//! paper's formula: alpha is NOT divided by n. cuda-convnet, Caffe and
-//! PyTorch's LocalResponseNorm divide it by n (so PyTorch's alpha=1e-4 means
-//! 2e-5 here); we keep the published equation, which is the specification
-//! this project reproduces. The sum is one 1x1 convolution of a^2 with a
-//! fixed banded (block-diagonal per column) matrix, with k as its bias: a
-//! single GEMM on the GPU, where PyTorch's avg_pool3d-based LRN is what
-//! makes the PyTorch reference slow. That is the definition; on one CUDA
-//! device, training steps compute the same ReLU + LRN with fused kernels and
-//! a hand-written backward (`crate::fused_lrn`, `loss_and_gradients`).
+//! LRN (paper section 3.3) is defined in `crate::lrn`; on one CUDA device,
+//! training steps compute the same ReLU + LRN with fused kernels and a
+//! hand-written backward (`crate::kernels::lrn`, `loss_and_gradients`).
 
 use tch::{Device, Kind, Tensor};
 
-use crate::fused_lrn::{FusedLrn, FusedLrnError, LrnParams};
-
-/// Local response normalisation (paper section 3.3).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Lrn {
-    /// Maps in the sum (n).
-    pub size: i64,
-    pub k: f64,
-    /// Multiplies the plain sum of squares (not divided by `size`).
-    pub alpha: f64,
-    pub beta: f64,
-}
-
-impl Lrn {
-    pub const PAPER: Lrn = Lrn {
-        size: 5,
-        k: 2.0,
-        alpha: 1e-4,
-        beta: 0.75,
-    };
-}
+use crate::kernels::lrn::{FusedLrn, FusedLrnError};
+use crate::lrn::{local_response_norm, lrn_band, Lrn, LrnParams};
+use crate::named_tensors::{copy_by_name, NamedTensorError};
 
 /// How the weights start.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
     /// The paper: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6
@@ -78,9 +49,7 @@ pub enum Init {
 }
 
 /// Arithmetic of the forward and backward passes. Weights stay float32.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     F32,
@@ -118,6 +87,14 @@ impl Placement {
     /// Where inputs go and logits come out.
     pub fn first(self) -> Device {
         self.device(0)
+    }
+
+    /// The one device of both columns (None when they are split).
+    pub fn single(self) -> Option<Device> {
+        match self {
+            Self::One(d) => Some(d),
+            Self::Split(..) => None,
+        }
     }
 }
 
@@ -321,25 +298,15 @@ impl AlexNet {
     }
 
     /// Replaces the weights by `tensors` (from a checkpoint), by name.
-    pub fn load(&mut self, tensors: &[(String, Tensor)]) -> Result<(), String> {
+    pub fn load(&mut self, tensors: &[(String, Tensor)]) -> Result<(), NamedTensorError> {
         let names: Vec<String> = self
             .named_parameters()
             .into_iter()
             .map(|(n, _)| n)
             .collect();
         for name in names {
-            let Some((_, src)) = tensors.iter().find(|(n, _)| *n == name) else {
-                return Err(format!("no tensor named {name}"));
-            };
             let dst = self.parameter_mut(&name);
-            if src.size() != dst.size() {
-                return Err(format!(
-                    "{name}: shape {:?} where the model has {:?} (another --width-mult or class count?)",
-                    src.size(),
-                    dst.size()
-                ));
-            }
-            tch::no_grad(|| dst.copy_(src));
+            copy_by_name([(name, dst)], tensors)?;
         }
         Ok(())
     }
@@ -503,8 +470,7 @@ impl AlexNet {
             inputs.extend(leaf);
             let mut out = match grad {
                 None => Tensor::run_backward(&[output], &inputs, false, false),
-                Some(g) => crate::autograd::grad(&[output], &[g], &inputs)
-                    .map_err(FusedLrnError::Autograd)?,
+                Some(g) => crate::sys::autograd::grad(&[output], &[g], &inputs)?,
             };
             let leaf_grad = leaf.map(|_| out.pop().expect("one gradient per input"));
             for (i, g) in index.into_iter().zip(out) {
@@ -591,35 +557,6 @@ fn init_of(init: Init, layer: &str, weight_shape: &[i64]) -> (f64, f64) {
             ((gain / fan_in as f64).sqrt(), 0.0)
         }
     }
-}
-
-/// The 1x1-convolution weight that sums squares over `lrn.size` adjacent
-/// maps within each of `groups` groups of `channels / groups` maps, times
-/// alpha; its bias is k.
-pub fn lrn_band(channels: i64, groups: i64, lrn: Lrn, device: Device) -> Tensor {
-    let per_group = channels / groups;
-    let half = lrn.size / 2;
-    let mut band = vec![0f32; (channels * channels) as usize];
-    for i in 0..channels {
-        for j in 0..channels {
-            if i / per_group == j / per_group && (i - j).abs() <= half {
-                band[(i * channels + j) as usize] = lrn.alpha as f32;
-            }
-        }
-    }
-    Tensor::from_slice(&band)
-        .view([channels, channels, 1, 1])
-        .to_device(device)
-}
-
-/// b = a / (k + sum(alpha * a^2 over the band))^beta.
-pub fn local_response_norm(x: &Tensor, band: &Tensor, lrn: Lrn) -> Tensor {
-    let channels = band.size()[0];
-    let k = Tensor::full([channels], lrn.k, (x.kind(), x.device()));
-    let denom = x
-        .square()
-        .conv2d(&band.to_kind(x.kind()), Some(&k), [1], [0], [1], 1);
-    x * denom.pow_tensor_scalar(-lrn.beta)
 }
 
 #[cfg(test)]

@@ -6,14 +6,14 @@ use std::fs;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use pipeline::make_shards::{make_shards, ShardsConfig};
+use pipeline::ingest::make_shards::{make_shards, ShardsConfig};
 use pipeline::rng::SplitMix64;
 use tch::Tensor;
 use trainer::checkpoint;
 use trainer::kernels::KernelChoice;
-use trainer::metrics::{self, Line};
+use trainer::learner::{run, RunOptions};
+use trainer::metric::log::{self as metrics, Line};
 use trainer::model::{Init, Placement, Precision};
-use trainer::train::{run, RunOptions};
 
 /// 3 classes x 8 train images and 3 x 2 val images (val/<wnid>/ form):
 /// noise around a class colour, so there is something to learn.
@@ -40,9 +40,8 @@ fn make_shard_set(root: &Path) -> std::path::PathBuf {
     let mut config = ShardsConfig::new(root.join("tree"), root.join("shards"));
     config.shard_size = 10;
     config.jobs = 1;
-    make_shards(&config).unwrap();
-    let bar = indicatif::ProgressBar::hidden();
-    let (stats, mean) = pipeline::stats::compute(&config.out, &bar).unwrap();
+    make_shards(&config, &pipeline::progress::Silent).unwrap();
+    let (stats, mean) = pipeline::stats::compute(&config.out, &pipeline::progress::Silent).unwrap();
     pipeline::stats::write(&config.out, &stats, &mean).unwrap();
     config.out
 }
@@ -66,7 +65,7 @@ fn options(shards: &Path, out: &Path, max_steps: u64, resume: bool) -> RunOption
         // The fused LRN's spliced backward (its tensor form on the CPU);
         // the e2e tests run the band LRN, which `auto` picks on the CPU.
         kernels: KernelChoice::On,
-        cuda_graph: false,
+        cuda_graph: trainer::step::GraphChoice::Auto,
         seed: 3,
         loader_threads: 2,
         resume,
@@ -154,7 +153,7 @@ fn stopped_and_resumed_equals_straight_through() {
         })
         .collect();
     assert_eq!(epochs, vec![(0, 6, false), (1, 9, true)]);
-    assert!(straight.join(trainer::plot::FILE).is_file());
+    assert!(straight.join(trainer::metric::plot::FILE).is_file());
 }
 
 /// The first parameter as a fresh model of the checkpoint's configuration
@@ -166,7 +165,7 @@ impl AlexNetAt {
         let net = trainer::model::AlexNet::new(
             ck.state.model,
             ck.state.init,
-            pipeline::sampler::mix(ck.state.seed, 0x1417) as i64,
+            pipeline::loader::sampler::mix(ck.state.seed, 0x1417) as i64,
             Placement::One(tch::Device::Cpu),
             Precision::F32,
         );

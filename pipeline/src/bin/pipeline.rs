@@ -8,15 +8,80 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use pipeline::augment::Mode;
-use pipeline::codec::{PreprocessOptions, ResizeFilter};
+use pipeline::format::manifest::Manifest;
+use pipeline::format::shard::RecordDecoder;
+use pipeline::ingest::codec::PreprocessOptions;
+use pipeline::ingest::make_shards::{make_shards, ShardsConfig};
 use pipeline::ingest::{Split, ValLabelOptions};
-use pipeline::inspect::{self, Selector};
-use pipeline::loader::{BufferPool, Dataset, Loader, LoaderConfig, Output};
-use pipeline::make_shards::{make_shards, ShardsConfig};
-use pipeline::manifest::Manifest;
-use pipeline::shard::{MatchSearch, PixelFilter, ReadMode, RecordDecoder};
+use pipeline::loader::{Dataset, LoaderConfig};
+use pipeline::progress::Progress;
 use pipeline::stats;
+use pipeline::tools::inspect::{self, Selector};
+use pipeline::tools::loader_bench;
+
+/// The library's option enums as command-line values: the library has no
+/// clap, so each is mirrored here with its help text and turned into the
+/// library's own with `into()`.
+mod values {
+    macro_rules! value_enum {
+        ($(#[$meta:meta])* $name:ident => $lib:path { $($(#[$doc:meta])* $variant:ident,)+ }) => {
+            $(#[$meta])*
+            #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+            pub enum $name { $($(#[$doc])* $variant,)+ }
+
+            impl From<$name> for $lib {
+                fn from(value: $name) -> Self {
+                    match value { $($name::$variant => Self::$variant,)+ }
+                }
+            }
+        };
+    }
+
+    value_enum!(Split => pipeline::ingest::Split { Train, Val, });
+    value_enum!(Mode => pipeline::loader::augment::Mode {
+        /// Random crop, mirror and lighting.
+        Train,
+        /// The centre window.
+        Center,
+        /// Four corners and centre, and their mirrors, kept together per image.
+        Tencrop,
+    });
+    value_enum!(Output => pipeline::loader::Output {
+        /// uint8 HWC crops plus each view's parameters.
+        U8,
+        /// float32 CHW with mean and lighting applied.
+        F32,
+    });
+    value_enum!(ReadMode => pipeline::format::shard::ReadMode {
+        /// `map` while the shards fit in half of this machine's memory.
+        Auto,
+        /// Map each shard file: frames decompressed from the page cache.
+        Map,
+        /// Copy each frame out of the file with one pread.
+        Pread,
+    });
+    value_enum!(ResizeFilter => pipeline::ingest::codec::ResizeFilter {
+        /// Triangle (Pillow BILINEAR): torchvision's default for ImageNet.
+        Bilinear,
+        /// Catmull-Rom (Pillow BICUBIC).
+        Bicubic,
+        /// Lanczos, a = 3 (Pillow LANCZOS).
+        Lanczos3,
+    });
+    value_enum!(PixelFilter => pipeline::format::shard::PixelFilter {
+        /// Bytes as they are.
+        None,
+        /// Each byte minus its left neighbour.
+        Delta,
+    });
+    value_enum!(MatchSearch => pipeline::format::shard::MatchSearch {
+        /// zstd's own search for the level.
+        Full,
+        /// Few, long matches and literal Huffman coding kept (level 1 only).
+        Sparse,
+    });
+}
+use values::{MatchSearch, Mode, PixelFilter, ReadMode, ResizeFilter};
 
 /// ImageNet (ILSVRC-2012) from its JPEG tree to zstd shards for AlexNet.
 #[derive(Parser)]
@@ -88,7 +153,7 @@ struct ShardsArgs {
     zstd_search: Option<MatchSearch>,
     /// Splits to write [default: train, and val when present].
     #[arg(long, value_delimiter = ',')]
-    splits: Option<Vec<Split>>,
+    splits: Option<Vec<values::Split>>,
     /// Keep at most K images per class (the first in name order): quick subsets.
     #[arg(long, value_name = "K")]
     per_class: Option<usize>,
@@ -123,8 +188,8 @@ struct BenchArgs {
     /// mode and float32 output).
     #[arg(long, default_value = "shards")]
     shards: PathBuf,
-    #[arg(long, value_enum, default_value_t = Split::Train)]
-    split: Split,
+    #[arg(long, value_enum, default_value_t = values::Split::Train)]
+    split: values::Split,
     /// Loader threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
@@ -135,8 +200,8 @@ struct BenchArgs {
     prefetch: Option<usize>,
     #[arg(long, value_enum, default_value_t = Mode::Train)]
     mode: Mode,
-    #[arg(long, value_enum, default_value_t = Output::U8)]
-    output: Output,
+    #[arg(long, value_enum, default_value_t = values::Output::U8)]
+    output: values::Output,
     /// Epochs to run (resident memory is reported after each).
     #[arg(long, default_value_t = 3)]
     epochs: u64,
@@ -173,8 +238,8 @@ struct ExportArgs {
     /// Shard folder (holds manifest.json).
     #[arg(long, default_value = "shards")]
     shards: PathBuf,
-    #[arg(long, value_enum, default_value_t = Split::Train)]
-    split: Split,
+    #[arg(long, value_enum, default_value_t = values::Split::Train)]
+    split: values::Split,
     /// Position of the record in the split.
     #[arg(long, conflicts_with = "name", required_unless_present = "name")]
     record: Option<u64>,
@@ -215,14 +280,16 @@ fn run_shards(args: ShardsArgs) -> Result<ExitCode> {
         config.jobs = jobs;
     }
     config.zstd_level = args.level;
-    config.zstd_search = args.zstd_search;
-    config.splits = args.splits;
+    config.zstd_search = args.zstd_search.map(Into::into);
+    config.splits = args
+        .splits
+        .map(|splits| splits.into_iter().map(Into::into).collect());
     config.per_class = args.per_class;
     config.shard_size = args.shard_size;
     config.seed = args.seed;
-    config.pixel_filter = args.pixel_filter;
+    config.pixel_filter = args.pixel_filter.into();
     config.preprocess = PreprocessOptions {
-        filter: args.filter,
+        filter: args.filter.into(),
         dct_scaling: !args.no_dct_scaling,
         ..PreprocessOptions::default()
     };
@@ -230,8 +297,11 @@ fn run_shards(args: ShardsArgs) -> Result<ExitCode> {
         labels: args.val_labels,
         id_map: args.val_id_map,
     };
-    config.progress = std::io::stderr().is_terminal();
-    let (manifest, summary) = make_shards(&config)?;
+    let progress = bar(
+        0,
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images  {per_sec}  ETA {eta}",
+    );
+    let (manifest, summary) = make_shards(&config, &progress)?;
     for note in &summary.notes {
         eprintln!("note: {note}");
     }
@@ -269,7 +339,7 @@ fn run_verify(dir: &std::path::Path) -> Result<ExitCode> {
         .sum();
     let progress = bar(shards, "{wide_bar} {pos}/{len} shards  {msg}");
     let report = inspect::verify(dir, &progress)?;
-    progress.finish_and_clear();
+    progress.finish();
     for problem in &report.problems {
         eprintln!("bad: {problem}");
     }
@@ -312,7 +382,7 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
     let mut seconds = Vec::new();
     let mut result = None;
     for _ in 0..if bench { STATS_BENCH_PASSES } else { 1 } {
-        progress.reset();
+        progress.0.reset();
         let started = std::time::Instant::now();
         result = Some(pool.install(|| stats::compute(dir, &progress))?);
         seconds.push(started.elapsed().as_secs_f64());
@@ -320,7 +390,7 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
     let (stats, mean) = result.expect("one pass at least");
     seconds.sort_by(f64::total_cmp);
     let secs = seconds[seconds.len() / 2];
-    progress.finish_and_clear();
+    progress.finish();
     stats::write(dir, &stats, &mean)?;
     println!(
         "{} images, {} pixels; channel mean (R, G, B) = ({:.3}, {:.3}, {:.3})",
@@ -345,7 +415,7 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
             .map(|s| format!("{:.0}", stats.images as f64 / s.max(1e-9)))
             .collect();
         println!("passes (images/s, sorted by time): {}", rates.join(", "));
-        let ceilings = pipeline::inspect::ceilings(dir, &manifest, 2000)?;
+        let ceilings = pipeline::tools::inspect::ceilings(dir, &manifest, 2000)?;
         let percent = |ceiling: f64| 100.0 * rate / (threads as f64 * ceiling);
         println!(
             "single-thread zstd decompress: {:.0} images/s; pass = {:.0}% of {threads} x that",
@@ -375,7 +445,7 @@ fn run_sheet(args: SheetArgs) -> Result<ExitCode> {
     };
     let classes = dataset.manifest.classes.clone();
     let (sheet, entries) =
-        pipeline::sheet::contact_sheet(dataset, &config, args.epoch, args.columns)?;
+        pipeline::tools::sheet::contact_sheet(dataset, &config, args.epoch, args.columns)?;
     sheet
         .save(&args.out)
         .with_context(|| format!("{}: cannot write the PNG", args.out.display()))?;
@@ -397,11 +467,15 @@ fn run_sheet(args: SheetArgs) -> Result<ExitCode> {
 }
 
 fn run_bench(args: BenchArgs) -> Result<ExitCode> {
-    let dataset = std::sync::Arc::new(Dataset::open_with(&args.shards, args.split, args.read)?);
+    let dataset = std::sync::Arc::new(Dataset::open_with(
+        &args.shards,
+        args.split.into(),
+        args.read.into(),
+    )?);
     let mut config = LoaderConfig {
         batch_size: args.batch_size,
-        mode: args.mode,
-        output: args.output,
+        mode: args.mode.into(),
+        output: args.output.into(),
         // Epochs run back to back, as in training.
         prefetch_next_epoch: true,
         ..LoaderConfig::default()
@@ -413,203 +487,96 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     if let Some(prefetch) = args.prefetch {
         config.prefetch = prefetch;
     }
-    let epochs = run_epochs(&dataset, &config, args.epochs)?;
-    let images = epochs.images();
-    let epoch_rates = epochs.rates();
-    let steady_rate = epochs.steady_rate();
-    let (rss_mb, private_mb, mapped_mb) = (epochs.resident_mb, epochs.private_mb, epochs.mapped_mb);
-    let read = format!("{:?}", dataset.read_mode()).to_lowercase();
-    let rate = images as f64 / epochs.seconds;
-    // After the loader, so that the peak memory above is the loader's: the
-    // ceiling holds 2,000 frames (~240 MB of ImageNet) in memory, and the
-    // allocator keeps much of that resident after they are freed.
-    let ceilings = pipeline::inspect::ceilings(&args.shards, &dataset.manifest, 2000)?;
-    let ceiling = ceilings.zstd;
-    let ceiling_total = ceiling * config.threads as f64;
-    let read_total = ceilings.read_and_zstd * config.threads as f64;
-    let value_bytes = if config.output == Output::F32 { 4 } else { 1 };
-    let batch_mb = (config.batch_size
-        * config.mode.views_per_image()
-        * config.crop
-        * config.crop
-        * 3
-        * value_bytes) as f64
-        / 1e6;
-    let bound_mb = (config.prefetch + config.threads) as f64 * batch_mb + 64.0;
+    let b = loader_bench::measure(&args.shards, dataset, &config, args.epochs)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "images_per_sec": rate,
-                "images_per_sec_each_epoch": epoch_rates,
-                "ceiling_images_per_sec": ceiling_total,
-                "ratio": rate / ceiling_total,
-                "steady_images_per_sec": steady_rate,
-                "steady_ratio": steady_rate.map(|r| r / ceiling_total),
-                "single_thread_zstd_images_per_sec": ceiling,
-                "single_thread_read_and_zstd_images_per_sec": ceilings.read_and_zstd,
-                "ratio_to_read_and_zstd": rate / read_total,
-                "threads": config.threads,
-                "prefetch": config.prefetch,
-                "batch_size": config.batch_size,
-                "mode": format!("{:?}", config.mode).to_lowercase(),
-                "output": format!("{:?}", config.output).to_lowercase(),
-                "images": images,
-                "read": read,
-                "peak_resident_mb_after_each_epoch": rss_mb,
-                "peak_private_mb_after_each_epoch": private_mb,
-                "mapped_file_mb_after_each_epoch": mapped_mb,
-                "memory_bound_mb": bound_mb,
-            })
-        );
+        println!("{}", serde_json::to_string(&b)?);
     } else {
-        println!(
-            "loader: {rate:.0} images/s ({images} images, {} threads, batch {}, read: {read})",
-            config.threads, config.batch_size
-        );
-        let each: Vec<String> = epoch_rates
-            .iter()
-            .map(|r| format!("{r:.0} ({:.1}%)", 100.0 * r / ceiling_total))
-            .collect();
-        println!("each epoch: {}", each.join(", "));
-        if let Some(r) = steady_rate {
-            println!(
-                "after the first epoch: {r:.0} images/s ({:.1}% of the ceiling)",
-                100.0 * r / ceiling_total
-            );
-        }
-        println!(
-            "ceiling: {ceiling_total:.0} images/s ({} threads x {ceiling:.0} single-thread zstd); ratio {:.1}%",
-            config.threads,
-            100.0 * rate / ceiling_total
-        );
-        println!(
-            "with the read: {read_total:.0} images/s ({} threads x {:.0} single-thread pread + zstd); ratio {:.1}%",
-            config.threads,
-            ceilings.read_and_zstd,
-            100.0 * rate / read_total
-        );
-        let list = |v: &[f64]| {
-            v.iter()
-                .map(|m| format!("{m:.0}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        println!(
-            "peak private MB after each epoch: {} (bound: (prefetch + threads) x batch + 64 = {bound_mb:.0})",
-            list(&private_mb)
-        );
-        println!(
-            "peak resident MB after each epoch: {}, of which mapped files (shards, this program) at the end: {}",
-            list(&rss_mb),
-            list(&mapped_mb)
-        );
+        print_bench(&b);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `run_epochs` measured, one entry per epoch.
-struct EpochFigures {
-    /// From starting the loader to its last batch.
-    seconds: f64,
-    /// Images and seconds of each epoch alone: the first one also fills the
-    /// pipeline, first touches the batch buffers and maps the shards' pages.
-    epochs: Vec<(u64, f64)>,
-    /// Peak resident set so far.
-    resident_mb: Vec<f64>,
-    /// Peak private memory so far (sampled at every batch).
-    private_mb: Vec<f64>,
-    /// Mapped file pages at the epoch's end.
-    mapped_mb: Vec<f64>,
-}
-
-/// Runs a loader for `epochs` epochs back to back and measures each.
-fn run_epochs(
-    dataset: &std::sync::Arc<Dataset>,
-    config: &LoaderConfig,
-    epochs: u64,
-) -> Result<EpochFigures> {
-    let run_started = std::time::Instant::now();
-    let pool = BufferPool::for_config(config);
-    let mut loader = Loader::with_pool(dataset.clone(), config.clone(), pool, 0, 0)?;
-    let mut f = EpochFigures {
-        seconds: 0.0,
-        epochs: Vec::new(),
-        resident_mb: Vec::new(),
-        private_mb: Vec::new(),
-        mapped_mb: Vec::new(),
+fn print_bench(b: &loader_bench::LoaderBench) {
+    let percent = |rate: f64| 100.0 * rate / b.ceiling_images_per_sec;
+    println!(
+        "loader: {:.0} images/s ({} images, {} threads, batch {}, read: {})",
+        b.images_per_sec, b.images, b.threads, b.batch_size, b.read
+    );
+    let each: Vec<String> = b
+        .images_per_sec_each_epoch
+        .iter()
+        .map(|&r| format!("{r:.0} ({:.1}%)", percent(r)))
+        .collect();
+    println!("each epoch: {}", each.join(", "));
+    if let Some(r) = b.steady_images_per_sec {
+        println!(
+            "after the first epoch: {r:.0} images/s ({:.1}% of the ceiling)",
+            percent(r)
+        );
+    }
+    println!(
+        "ceiling: {:.0} images/s ({} threads x {:.0} single-thread zstd); ratio {:.1}%",
+        b.ceiling_images_per_sec,
+        b.threads,
+        b.single_thread_zstd_images_per_sec,
+        100.0 * b.ratio
+    );
+    println!(
+        "with the read: {:.0} images/s ({} threads x {:.0} single-thread pread + zstd); ratio {:.1}%",
+        b.single_thread_read_and_zstd_images_per_sec * b.threads as f64,
+        b.threads,
+        b.single_thread_read_and_zstd_images_per_sec,
+        100.0 * b.ratio_to_read_and_zstd
+    );
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|m| format!("{m:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    let mut private_peak = 0f64;
-    for epoch in 0..epochs {
-        if epoch > 0 {
-            loader.advance_epoch();
-        }
-        // As the trainer does: no batches made for an epoch after the last.
-        loader.set_prefetch_next_epoch(epoch + 1 < epochs);
-        let (started, mut images) = (std::time::Instant::now(), 0u64);
-        for batch in loader.by_ref() {
-            images += batch?.records.len() as u64;
-            // /proc keeps no peak of private memory alone: sample it at
-            // every batch (~20 us; a batch takes ~25 ms here).
-            private_peak = private_peak.max(memory_mb("RssAnon:"));
-        }
-        f.epochs
-            .push((images, started.elapsed().as_secs_f64().max(1e-9)));
-        f.resident_mb.push(memory_mb("VmHWM:"));
-        f.private_mb.push(private_peak);
-        f.mapped_mb.push(memory_mb("RssFile:"));
-    }
-    // Before the drop, which waits for the batches made ahead.
-    f.seconds = run_started.elapsed().as_secs_f64().max(1e-9);
-    Ok(f)
+    println!(
+        "peak private MB after each epoch: {} (bound: (prefetch + threads) x batch + 64 = {:.0})",
+        list(&b.peak_private_mb_after_each_epoch),
+        b.memory_bound_mb
+    );
+    println!(
+        "peak resident MB after each epoch: {}, of which mapped files (shards, this program) at the end: {}",
+        list(&b.peak_resident_mb_after_each_epoch),
+        list(&b.mapped_file_mb_after_each_epoch)
+    );
 }
 
-impl EpochFigures {
-    fn images(&self) -> u64 {
-        self.epochs.iter().map(|&(images, _)| images).sum()
-    }
-
-    /// Images/s of each epoch alone.
-    fn rates(&self) -> Vec<f64> {
-        self.epochs.iter().map(|&(n, s)| n as f64 / s).collect()
-    }
-
-    /// Images/s of the epochs after the first, together: the steady state
-    /// (None with a single epoch).
-    fn steady_rate(&self) -> Option<f64> {
-        let later = self.epochs.get(1..).filter(|l| !l.is_empty())?;
-        let images: u64 = later.iter().map(|&(n, _)| n).sum();
-        let seconds: f64 = later.iter().map(|&(_, s)| s).sum();
-        Some(images as f64 / seconds)
-    }
-}
-
-/// One memory figure of this process from /proc/self/status, in MB; 0
-/// where there is none. `VmHWM:` is the peak resident memory so far;
-/// `RssAnon:` the resident private memory (heap, stacks: what the loader's
-/// configuration bounds); `RssFile:` resident pages of mapped files (the
-/// shards in map mode, and this program's code).
-fn memory_mb(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// A progress bar on a terminal, nothing otherwise.
-fn bar(len: u64, template: &str) -> ProgressBar {
+/// A progress bar on a terminal, nothing otherwise (notes still print).
+fn bar(len: u64, template: &str) -> Bar {
     if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
+        return Bar(ProgressBar::hidden());
     }
     let bar = ProgressBar::new(len);
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
-    bar
+    Bar(bar)
+}
+
+/// The library's progress reports drawn as an indicatif bar.
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn status(&self, text: String) {
+        self.0.set_message(text);
+    }
+    fn note(&self, text: &str) {
+        self.0.suspend(|| eprintln!("{text}"));
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
 }
 
 fn run_export(args: ExportArgs) -> Result<ExitCode> {
@@ -619,7 +586,7 @@ fn run_export(args: ExportArgs) -> Result<ExitCode> {
         (None, Some(name)) => Selector::Name(name),
         (None, None) => bail!("give --record N or --name FILE"),
     };
-    let found = inspect::locate(&args.shards, &manifest, args.split, &selector)?;
+    let found = inspect::locate(&args.shards, &manifest, args.split.into(), &selector)?;
     let header = *found.shard.header();
     let mut pixels = vec![0; header.image_len()];
     RecordDecoder::new().context("zstd")?.decode(
@@ -637,7 +604,7 @@ fn run_export(args: ExportArgs) -> Result<ExitCode> {
     let class = manifest.classes.get(entry.label as usize);
     println!(
         "split={} record={} label={} wnid={} class={:?} source={} shard={} png={}",
-        args.split.name(),
+        Split::from(args.split).name(),
         found.record,
         entry.label,
         class.map_or("?", |c| c.wnid.as_str()),

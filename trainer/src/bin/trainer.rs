@@ -8,17 +8,58 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use pipeline::augment::Mode;
 use pipeline::ingest::Split;
+use pipeline::loader::augment::Mode;
 use pipeline::loader::Dataset;
 use tch::Device;
 use trainer::bench::{bench, compare_lrn, BenchOptions};
 use trainer::checkpoint;
 use trainer::eval::{evaluate, EvalOptions};
 use trainer::input::InputNorm;
-use trainer::kernels::KernelChoice;
-use trainer::model::{AlexNet, Init, Placement, Precision};
-use trainer::train::{run, RunOptions, CROP};
+use trainer::learner::{run, RunOptions, CROP};
+use trainer::model::{AlexNet, Placement, Precision};
+
+/// The library's option enums as command-line values: the library has no
+/// clap, so each is mirrored here with its help text and turned into the
+/// library's own with `into()`.
+mod values {
+    macro_rules! value_enum {
+        ($name:ident => $lib:path { $($(#[$doc:meta])* $variant:ident,)+ }) => {
+            #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+            pub enum $name { $($(#[$doc])* $variant,)+ }
+
+            impl From<$name> for $lib {
+                fn from(value: $name) -> Self {
+                    match value { $($name::$variant => Self::$variant,)+ }
+                }
+            }
+        };
+    }
+
+    value_enum!(Init => trainer::model::Init {
+        /// N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6 and fc7.
+        Paper,
+        /// He et al. (2015) with unit-variance inputs: learns in short runs.
+        Kaiming,
+    });
+    value_enum!(KernelChoice => trainer::kernels::KernelChoice {
+        /// On with one CUDA device where they compile and pass their check.
+        Auto,
+        /// libtorch's operations only.
+        Off,
+        /// Ours, or an error where they cannot run.
+        On,
+    });
+    value_enum!(GraphChoice => trainer::step::GraphChoice {
+        /// On with one CUDA device where this build can capture.
+        Auto,
+        /// Replay, or an error where it cannot run.
+        On,
+        /// Eager steps.
+        Off,
+    });
+}
+use values::{GraphChoice, Init, KernelChoice};
 
 #[derive(Parser)]
 #[command(
@@ -84,7 +125,7 @@ struct RunArgs {
     /// [default: 0.9; with --resume, the run's own]
     #[arg(long)]
     momentum: Option<f64>,
-    /// Applied to weights, not biases (see trainer/src/sgd.rs)
+    /// Applied to weights, not biases (see trainer/src/optim/sgd.rs)
     /// [default: 5e-4; with --resume, the run's own].
     #[arg(long)]
     weight_decay: Option<f64>,
@@ -115,10 +156,11 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     kernels: KernelChoice,
     /// Capture one training step in a CUDA graph and replay it for the
-    /// others (one CUDA device): the host then issues one launch a step
-    /// instead of hundreds. Experimental: not yet run on a GPU.
-    #[arg(long)]
-    cuda_graph: bool,
+    /// others: the host then issues one launch a step instead of hundreds,
+    /// and the losses are the eager step's, bit for bit. `auto`: on with
+    /// one CUDA device; a bare `--cuda-graph` means `on`.
+    #[arg(long, value_enum, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
+    cuda_graph: GraphChoice,
     /// Seeds the weights, the data order, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -188,8 +230,8 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value = "auto")]
     kernels: KernelChoice,
     /// As in `trainer run --cuda-graph`.
-    #[arg(long)]
-    cuda_graph: bool,
+    #[arg(long, value_enum, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
+    cuda_graph: GraphChoice,
     /// First compare one step's loss and gradients with the fused LRN
     /// against the band LRN at these sizes (Kaiming init, dropout off).
     #[arg(long)]
@@ -261,8 +303,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval_cmd(args),
         Command::Bench(args) => bench_cmd(args),
         Command::Plot { run } => {
-            let path = trainer::plot::write_curves(&run)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", run.display()))?;
+            let path = trainer::metric::plot::write_curves(&run)?;
             println!("wrote {}", path.display());
             Ok(())
         }
@@ -315,12 +356,12 @@ fn run_cmd(args: RunArgs) -> Result<()> {
             .unwrap_or(5e-4),
         patience: args.patience,
         max_drops: args.max_drops,
-        init: args.init,
+        init: args.init.into(),
         width_mult: args.width_mult,
         max_steps: args.max_steps,
         precision: precision(args.amp),
-        kernels: args.kernels,
-        cuda_graph: args.cuda_graph,
+        kernels: args.kernels.into(),
+        cuda_graph: args.cuda_graph.into(),
         seed: args.seed,
         loader_threads: threads(args.loader_threads),
         resume: args.resume,
@@ -347,7 +388,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     }
     println!(
         "metrics: {}",
-        opts.out.join(trainer::metrics::FILE).display()
+        opts.out.join(trainer::metric::log::FILE).display()
     );
     if let Some(c) = &summary.curves {
         println!("curves: {}", c.display());
@@ -412,7 +453,7 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
             batch_size: args.batch_size,
             threads: threads(args.loader_threads),
         },
-        Some(&bar),
+        &Bar(bar.clone()),
     )?;
     bar.finish_and_clear();
     let crops = if args.ten_crop {
@@ -449,7 +490,8 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     if args.batch_size <= 0 || args.steps == 0 {
         bail!("--batch-size and --steps must be positive");
     }
-    let (kernels, warnings) = args.kernels.resolve(placement)?;
+    let (kernels, warnings) =
+        trainer::kernels::KernelChoice::from(args.kernels).resolve(placement.single())?;
     for w in warnings {
         eprintln!("warning: {w}");
     }
@@ -463,7 +505,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         steps: args.steps,
         kernels,
-        cuda_graph: args.cuda_graph,
+        cuda_graph: trainer::step::GraphChoice::from(args.cuda_graph).resolve(placement.single()),
     };
     if args.check_lrn {
         let Some(fused) = opts.kernels.lrn.clone() else {
@@ -487,7 +529,19 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     let amp = if args.amp.is_some() { "bf16" } else { "fp32" };
     println!(
         "BENCH paper-alexnet-2col devices={placement:?} bs={} {amp} kernels={label} graph={} width={} img/s={:.0} step_ms={:.2}",
-        args.batch_size, u8::from(args.cuda_graph), args.width_mult, result.img_per_sec, result.step_ms
+        args.batch_size, u8::from(opts.cuda_graph), args.width_mult, result.img_per_sec, result.step_ms
     );
     Ok(())
+}
+
+/// The library's progress reports drawn as an indicatif bar.
+struct Bar(ProgressBar);
+
+impl pipeline::progress::Progress for Bar {
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn note(&self, text: &str) {
+        self.0.suspend(|| eprintln!("{text}"));
+    }
 }

@@ -1,0 +1,12 @@
+//! The shard format: what the other stages write and read.
+//!
+//! - `shard`: the shard file (header, zstd frames, index, footer), read and
+//!   written.
+//! - `manifest`: what a shard folder holds (`manifest.json`).
+//! - `delta`: the left-neighbour delta filter and its fast undo.
+//! - `atomic`: files appear under their final name only when complete.
+
+pub mod atomic;
+pub mod delta;
+pub mod manifest;
+pub mod shard;

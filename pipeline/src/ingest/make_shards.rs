@@ -1,0 +1,724 @@
+//! `pipeline shards`: an ILSVRC tree becomes a shard folder.
+//!
+//! The run is planned first, then carried out shard by shard:
+//! - the plan fixes which source files go to which shard (train in a seeded
+//!   shuffled order, val in name order), and gives each shard a plan id, a hash
+//!   of everything its bytes depend on;
+//! - a shard file that already exists with the same plan id is finished work
+//!   and is kept (resume); anything else is (re)written;
+//! - the images of one shard are decoded in parallel, claimed in plan order
+//!   from a shared counter, and written in plan order as they complete, so
+//!   the bytes do not depend on the number of threads;
+//! - each shard appears under its final name only when complete, and the
+//!   manifest is written last.
+//!
+//! Memory: per thread, one decode and one file buffer; and a fixed window of
+//! `2 x jobs + 2` frame buffers (~200 KB each) that circulate between the
+//! workers and the writer, whatever the shard or data set size.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::format::manifest::{self, Geometry, Manifest, ManifestError, ShardInfo, SplitInfo};
+use crate::format::shard::{
+    MatchSearch, PixelFilter, RecordEncoder, ShardError, ShardHeader, ShardReader, ShardWriter,
+    Skipped,
+};
+use crate::ingest::codec::{DecodeError, PreprocessOptions, Preprocessor};
+use crate::ingest::{self, ClassInfo, IngestError, SourceFile, Split, ValLabelOptions};
+use crate::progress::Progress;
+use crate::rng::SplitMix64;
+
+#[derive(Debug, Clone)]
+pub struct ShardsConfig {
+    pub imagenet: PathBuf,
+    pub out: PathBuf,
+    pub jobs: usize,
+    pub zstd_level: i32,
+    /// zstd's match search; `None` means `MatchSearch::default_for(zstd_level)`.
+    pub zstd_search: Option<MatchSearch>,
+    pub pixel_filter: PixelFilter,
+    pub preprocess: PreprocessOptions,
+    /// Splits to write; `None` means train, and val when the tree has one.
+    pub splits: Option<Vec<Split>>,
+    pub per_class: Option<usize>,
+    pub shard_size: usize,
+    pub seed: u64,
+    pub val_labels: ValLabelOptions,
+}
+
+impl ShardsConfig {
+    /// The match search this run uses.
+    pub fn zstd_search(&self) -> MatchSearch {
+        self.zstd_search
+            .unwrap_or_else(|| MatchSearch::default_for(self.zstd_level))
+    }
+
+    pub fn new(imagenet: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        Self {
+            imagenet: imagenet.into(),
+            out: out.into(),
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            zstd_level: 1,
+            zstd_search: None,
+            pixel_filter: PixelFilter::Delta,
+            preprocess: PreprocessOptions::default(),
+            splits: None,
+            per_class: None,
+            shard_size: 1000,
+            seed: 0,
+            val_labels: ValLabelOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MakeShardsError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{path}: output folder is not writable: {source}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What a run did, for the closing summary.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Images stored by this run (not counting finished shards it kept).
+    pub written: u64,
+    /// Images in shards kept from an earlier run.
+    pub kept: u64,
+    pub skipped: u64,
+    /// Bytes of all shard files.
+    pub shard_bytes: u64,
+    /// Raw pixel bytes of all stored images.
+    pub raw_bytes: u64,
+    pub elapsed: Duration,
+    /// Things the user should know that are not errors.
+    pub notes: Vec<String>,
+}
+
+impl Summary {
+    pub fn compression_ratio(&self) -> f64 {
+        self.raw_bytes as f64 / self.shard_bytes.max(1) as f64
+    }
+}
+
+/// One planned shard.
+struct ShardPlan {
+    split: Split,
+    index: usize,
+    files: Vec<SourceFile>,
+    plan_id: u64,
+}
+
+impl ShardPlan {
+    fn file_name(&self) -> String {
+        format!("{}-{:05}.shard", self.split.name(), self.index)
+    }
+}
+
+/// Writes the shards `config` asks for, reporting each file to `progress`
+/// (skipped files as notes).
+pub fn make_shards(
+    config: &ShardsConfig,
+    progress: &dyn Progress,
+) -> Result<(Manifest, Summary), MakeShardsError> {
+    let started = Instant::now();
+    if config.shard_size == 0 || config.jobs == 0 {
+        return Err(MakeShardsError::Config(
+            "--shard-size and --jobs must be at least 1".into(),
+        ));
+    }
+    // Checked here too, so that the mistake stops the run before any work.
+    config
+        .zstd_search()
+        .check_level(config.zstd_level)
+        .map_err(|why| {
+            MakeShardsError::Config(format!(
+                "{why}: with --level {} use --zstd-search full",
+                config.zstd_level
+            ))
+        })?;
+    let mut summary = Summary::default();
+    let classes = ingest::discover_classes(&config.imagenet)?;
+    let mut listings = list_splits(config, &classes, &mut summary)?;
+    prepare_output(&config.out)?;
+
+    let header = ShardHeader {
+        height: config.preprocess.side as u32,
+        width: config.preprocess.side as u32,
+        channels: 3,
+        filter: config.pixel_filter,
+        zstd_level: config.zstd_level,
+        zstd_search: config.zstd_search(),
+        plan_id: 0,
+    };
+    let mut plans = Vec::new();
+    for (split, listing) in &mut listings {
+        // The plans own the files from here; the listing keeps what it could not read.
+        plans.extend(plan_split(
+            config,
+            *split,
+            std::mem::take(&mut listing.files),
+        ));
+    }
+    let total: u64 = plans.iter().map(|p| p.files.len() as u64).sum();
+    progress.start(total);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.jobs)
+        .build()
+        .map_err(|e| MakeShardsError::Config(format!("thread pool: {e}")))?;
+    let mut workers = (0..config.jobs)
+        .map(|_| Worker::new(config.preprocess, header))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| MakeShardsError::Config(format!("zstd compressor: {e}")))?;
+
+    let mut shard_infos: BTreeMap<Split, Vec<(ShardInfo, Vec<Skipped>)>> = BTreeMap::new();
+    for plan in &plans {
+        let path = config.out.join(plan.file_name());
+        let header = ShardHeader {
+            plan_id: plan.plan_id,
+            ..header
+        };
+        let (reader, kept) = match finished_shard(&path, plan.plan_id) {
+            Some(reader) => (reader, true),
+            None => {
+                write_shard(&pool, &mut workers, plan, header, &path, progress)?;
+                (ShardReader::open(&path)?, false)
+            }
+        };
+        let records = reader.len() as u64;
+        if kept {
+            summary.kept += records;
+            progress.advance(plan.files.len() as u64);
+        } else {
+            summary.written += records;
+        }
+        summary.shard_bytes += reader.file_len();
+        summary.raw_bytes += records * header.image_len() as u64;
+        shard_infos.entry(plan.split).or_default().push((
+            ShardInfo {
+                file: plan.file_name(),
+                records,
+                bytes: reader.file_len(),
+            },
+            reader.skipped().to_vec(),
+        ));
+    }
+    progress.finish();
+
+    let manifest = build_manifest(config, classes, &plans, listings, shard_infos, &mut summary);
+    manifest.write(&config.out)?;
+    summary.elapsed = started.elapsed();
+    Ok((manifest, summary))
+}
+
+fn list_splits(
+    config: &ShardsConfig,
+    classes: &[ClassInfo],
+    summary: &mut Summary,
+) -> Result<Vec<(Split, ingest::SplitListing)>, MakeShardsError> {
+    let splits = config
+        .splits
+        .clone()
+        .unwrap_or_else(|| vec![Split::Train, Split::Val]);
+    let mut listings = Vec::new();
+    for split in splits {
+        let listing = match split {
+            Split::Train => ingest::list_train(&config.imagenet, classes, config.per_class),
+            Split::Val => {
+                match ingest::list_val(
+                    &config.imagenet,
+                    classes,
+                    config.per_class,
+                    &config.val_labels,
+                ) {
+                    Err(IngestError::NoVal(root)) if config.splits.is_none() => {
+                        summary.notes.push(format!(
+                            "{}: no val/ folder, wrote train only",
+                            root.display()
+                        ));
+                        continue;
+                    }
+                    other => other?,
+                }
+            }
+        };
+        listings.push((split, listing));
+    }
+    Ok(listings)
+}
+
+/// Creates the output folder, proves it writable, and removes partial files
+/// that an interrupted run left behind.
+fn prepare_output(out: &Path) -> Result<(), MakeShardsError> {
+    let err = |source| MakeShardsError::Output {
+        path: out.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(out).map_err(err)?;
+    let probe = out.join(".write-probe");
+    std::fs::write(&probe, b"").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)?;
+    for entry in std::fs::read_dir(out).map_err(err)?.flatten() {
+        if crate::format::atomic::is_partial(&entry.file_name().to_string_lossy()) {
+            std::fs::remove_file(entry.path()).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Train: a seeded shuffle, so that every shard holds a mix of classes;
+/// val: name order. Then cut into shards of `shard_size` files.
+fn plan_split(config: &ShardsConfig, split: Split, mut files: Vec<SourceFile>) -> Vec<ShardPlan> {
+    if split == Split::Train {
+        SplitMix64::new(config.seed).shuffle(&mut files);
+    }
+    let mut files = files.into_iter();
+    let mut plans = Vec::new();
+    loop {
+        let chunk: Vec<SourceFile> = files.by_ref().take(config.shard_size).collect();
+        if chunk.is_empty() {
+            return plans;
+        }
+        plans.push(ShardPlan {
+            split,
+            index: plans.len(),
+            plan_id: plan_id(config, split, &chunk),
+            files: chunk,
+        });
+    }
+}
+
+/// The settings part of a plan id.
+fn plan_settings(config: &ShardsConfig, split: Split) -> serde_json::Value {
+    let mut settings = serde_json::json!({
+        "format": crate::format::shard::VERSION,
+        "split": split,
+        "preprocess": config.preprocess,
+        "zstd_level": config.zstd_level,
+        "pixel_filter": config.pixel_filter,
+    });
+    // Only when not `Full`, so shards written before the choice existed
+    // keep their ids and are still found finished.
+    if config.zstd_search() != MatchSearch::Full {
+        settings["zstd_search"] = serde_json::json!(config.zstd_search());
+    }
+    settings
+}
+
+/// Everything a shard's bytes depend on.
+fn plan_id(config: &ShardsConfig, split: Split, files: &[SourceFile]) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(plan_settings(config, split).to_string().as_bytes());
+    for f in files {
+        h.update(f.name.as_bytes());
+        h.update(&[0]);
+        h.update(&f.label.to_le_bytes());
+        h.update(&f.bytes.to_le_bytes());
+    }
+    h.digest()
+}
+
+/// An existing, intact shard made from the same plan.
+fn finished_shard(path: &Path, plan_id: u64) -> Option<ShardReader> {
+    let reader = ShardReader::open(path).ok()?;
+    (reader.header().plan_id == plan_id).then_some(reader)
+}
+
+/// Per-thread state: decoder, compressor, and the buffers of one image.
+struct Worker {
+    preprocessor: Preprocessor,
+    encoder: RecordEncoder,
+    /// The source file's bytes.
+    file: Vec<u8>,
+    pixels: Vec<u8>,
+}
+
+impl Worker {
+    fn new(preprocess: PreprocessOptions, header: ShardHeader) -> std::io::Result<Self> {
+        let preprocessor = Preprocessor::new(preprocess);
+        let pixels = vec![0; preprocessor.output_len()];
+        Ok(Self {
+            preprocessor,
+            encoder: RecordEncoder::new(header)?,
+            file: Vec::new(),
+            pixels,
+        })
+    }
+
+    /// Reads, decodes and compresses one source file into `frame`; returns
+    /// the pixels' checksum, or why the file is skipped.
+    fn encode(&mut self, file: &SourceFile, frame: &mut Vec<u8>) -> Result<u64, SkipReason> {
+        read_into(&file.path, &mut self.file).map_err(SkipReason::Read)?;
+        self.preprocessor.process(&self.file, &mut self.pixels)?;
+        self.encoder
+            .encode(&self.pixels, frame)
+            .map_err(SkipReason::Compress)
+    }
+}
+
+/// Why a source file is not stored; its text goes into the manifest.
+#[derive(Debug, thiserror::Error)]
+enum SkipReason {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("zstd: {0}")]
+    Compress(#[source] std::io::Error),
+    /// A panic while encoding (a bug, in a decoder for instance).
+    #[error("internal error while encoding (please report it): {0}")]
+    Panic(String),
+}
+
+/// `std::fs::read` into a buffer kept from file to file: a fresh buffer per
+/// file took page faults on every image.
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    std::fs::File::open(path)?.read_to_end(buf)?;
+    Ok(())
+}
+
+/// One encoded file on its way to the writer: its place in the plan, the
+/// frame buffer (returned to the workers once written) and the checksum or
+/// the reason to skip it.
+struct Encoded {
+    index: usize,
+    frame: Vec<u8>,
+    result: Result<u64, SkipReason>,
+}
+
+/// Workers claim the plan's files in order from a shared counter and send
+/// each frame to this thread, which writes them in plan order. Frame buffers
+/// circulate: a fixed set of them bounds memory and how far ahead of the
+/// writer the workers can get.
+fn write_shard(
+    pool: &rayon::ThreadPool,
+    workers: &mut [Worker],
+    plan: &ShardPlan,
+    header: ShardHeader,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<(), MakeShardsError> {
+    let mut writer = ShardWriter::create(path, header)?;
+    let next_file = AtomicUsize::new(0);
+    let (free_tx, free_rx) = crossbeam_channel::unbounded();
+    for _ in 0..2 * workers.len() + 2 {
+        let _ = free_tx.send(Vec::new()); // cannot fail: we hold the receiver
+    }
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    // The body runs on this thread, not in the pool, so that it can wait for
+    // frames while every pool thread encodes.
+    pool.in_place_scope(|scope| {
+        for worker in workers.iter_mut() {
+            let (free, done, next_file) = (free_rx.clone(), done_tx.clone(), &next_file);
+            scope
+                .spawn(move |_| encode_files(worker, &plan.files, next_file, free, done, progress));
+        }
+        drop(done_tx);
+        let written = write_in_order(&mut writer, &plan.files, done_rx, free_tx, progress);
+        if written.is_err() {
+            // Stop claiming files; the closed channels release waiting workers.
+            next_file.store(plan.files.len(), Ordering::Relaxed);
+        }
+        written
+    })?;
+    writer.finish()?;
+    Ok(())
+}
+
+fn encode_files(
+    worker: &mut Worker,
+    files: &[SourceFile],
+    next_file: &AtomicUsize,
+    free: Receiver<Vec<u8>>,
+    done: Sender<Encoded>,
+    progress: &dyn Progress,
+) {
+    // A buffer is taken before a file is claimed: the file the writer waits
+    // for is then always in the hands of a worker that can finish it.
+    while let Ok(mut frame) = free.recv() {
+        let index = next_file.fetch_add(1, Ordering::Relaxed);
+        let Some(file) = files.get(index) else {
+            return;
+        };
+        let result = guarded(|| worker.encode(file, &mut frame));
+        progress.advance(1);
+        if done
+            .send(Encoded {
+                index,
+                frame,
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Runs `encode`, turning a panic (a bug, in a decoder for instance) into
+/// the file's skip reason. The run goes on; and without this, the writer
+/// would wait for that file for ever while the other workers wait for
+/// buffers.
+fn guarded(encode: impl FnOnce() -> Result<u64, SkipReason>) -> Result<u64, SkipReason> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode)).unwrap_or_else(|panic| {
+        let text = crate::panics::message(&*panic).unwrap_or_default();
+        Err(SkipReason::Panic(text))
+    })
+}
+
+/// Writes the frames in plan order as they arrive, hands each buffer back,
+/// and returns when every worker has finished.
+fn write_in_order(
+    writer: &mut ShardWriter,
+    files: &[SourceFile],
+    done: Receiver<Encoded>,
+    free: Sender<Vec<u8>>,
+    progress: &dyn Progress,
+) -> Result<(), MakeShardsError> {
+    let mut early = BTreeMap::new();
+    let mut next = 0;
+    for encoded in done {
+        early.insert(encoded.index, encoded);
+        while let Some(Encoded { frame, result, .. }) = early.remove(&next) {
+            let file = &files[next];
+            match result {
+                Ok(checksum) => writer.add(file.label, &file.name, &frame, checksum)?,
+                Err(reason) => {
+                    progress.note(&format!("skipped {}: {reason}", file.path.display()));
+                    writer.skip(Skipped {
+                        path: file.path.display().to_string(),
+                        reason: reason.to_string(),
+                    });
+                }
+            }
+            let _ = free.send(frame); // fails only once every worker is gone
+            next += 1;
+        }
+    }
+    if next != files.len() {
+        return Err(MakeShardsError::Config(format!(
+            "a worker stopped early: {next} of {} files written",
+            files.len()
+        )));
+    }
+    Ok(())
+}
+
+fn build_manifest(
+    config: &ShardsConfig,
+    classes: Vec<ClassInfo>,
+    plans: &[ShardPlan],
+    listings: Vec<(Split, ingest::SplitListing)>,
+    mut shard_infos: BTreeMap<Split, Vec<(ShardInfo, Vec<Skipped>)>>,
+    summary: &mut Summary,
+) -> Manifest {
+    let mut id = Xxh3::new();
+    for plan in plans {
+        id.update(&plan.plan_id.to_le_bytes());
+    }
+    let mut splits = BTreeMap::new();
+    for (split, listing) in listings {
+        let infos = shard_infos.remove(&split).unwrap_or_default();
+        let mut skipped = listing.unreadable;
+        let mut shards = Vec::new();
+        for (info, shard_skipped) in infos {
+            skipped.extend(shard_skipped);
+            shards.push(info);
+        }
+        summary.skipped += skipped.len() as u64;
+        splits.insert(
+            split,
+            SplitInfo {
+                images: shards.iter().map(|s| s.records).sum(),
+                shards,
+                skipped,
+            },
+        );
+    }
+    let side = config.preprocess.side as u32;
+    Manifest {
+        format: manifest::FORMAT.into(),
+        version: 1,
+        id: format!("{:016x}", id.digest()),
+        created_by: format!("pipeline {}", env!("CARGO_PKG_VERSION")),
+        source: config.imagenet.display().to_string(),
+        geometry: Geometry {
+            height: side,
+            width: side,
+            channels: 3,
+        },
+        preprocess: config.preprocess,
+        zstd_level: config.zstd_level,
+        zstd_search: config.zstd_search(),
+        pixel_filter: config.pixel_filter,
+        seed: config.seed,
+        classes,
+        splits,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+
+    fn files(n: usize) -> Vec<SourceFile> {
+        (0..n)
+            .map(|i| SourceFile {
+                path: PathBuf::from(format!("/tree/train/c/{i}.JPEG")),
+                name: format!("c/{i}.JPEG"),
+                label: i as u32,
+                bytes: 1,
+            })
+            .collect()
+    }
+
+    fn header() -> ShardHeader {
+        ShardHeader {
+            height: 1,
+            width: 2,
+            channels: 3,
+            filter: PixelFilter::None,
+            zstd_level: 1,
+            zstd_search: MatchSearch::Full,
+            plan_id: 7,
+        }
+    }
+
+    /// Sends the frames of `order` (file index, frame byte; `None` = skipped)
+    /// to the writer as workers finishing in that order would.
+    fn write(
+        path: &Path,
+        files: &[SourceFile],
+        order: &[(usize, Option<u8>)],
+    ) -> Result<(), MakeShardsError> {
+        let mut writer = ShardWriter::create(path, header())?;
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let (free_tx, free_rx) = crossbeam_channel::unbounded();
+        for &(index, byte) in order {
+            let result = byte
+                .map(u64::from)
+                .ok_or(SkipReason::Decode(DecodeError::Empty));
+            let frame = vec![byte.unwrap_or(0); 3];
+            let _ = done_tx.send(Encoded {
+                index,
+                frame,
+                result,
+            });
+        }
+        drop(done_tx);
+        write_in_order(&mut writer, files, done_rx, free_tx, &Silent)?;
+        assert_eq!(free_rx.len(), order.len(), "every buffer handed back");
+        writer.finish()?;
+        Ok(())
+    }
+
+    #[test]
+    fn frames_arriving_out_of_order_are_written_in_plan_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.shard");
+        let files = files(5);
+        let order = [
+            (3, Some(30)),
+            (1, None),
+            (0, Some(0)),
+            (4, Some(40)),
+            (2, Some(20)),
+        ];
+        write(&path, &files, &order).expect("write");
+        let reader = ShardReader::open(&path).expect("open");
+        let names: Vec<&str> = reader.records().iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["c/0.JPEG", "c/2.JPEG", "c/3.JPEG", "c/4.JPEG"]);
+        let checksums: Vec<u64> = reader.records().iter().map(|r| r.checksum).collect();
+        assert_eq!(checksums, [0, 20, 30, 40]);
+        let labels: Vec<u32> = reader.records().iter().map(|r| r.label).collect();
+        assert_eq!(labels, [0, 2, 3, 4]);
+        assert_eq!(reader.skipped().len(), 1);
+        assert_eq!(reader.skipped()[0].path, "/tree/train/c/1.JPEG");
+        assert_eq!(reader.skipped()[0].reason, DecodeError::Empty.to_string());
+    }
+
+    #[test]
+    fn a_panic_while_encoding_becomes_the_files_skip_reason() {
+        assert_eq!(guarded(|| Ok(7)).ok(), Some(7));
+        let empty = guarded(|| Err(DecodeError::Empty.into())).expect_err("an error");
+        assert!(
+            matches!(empty, SkipReason::Decode(DecodeError::Empty)),
+            "{empty}"
+        );
+        let reason = guarded(|| panic!("index {} out of range", 3))
+            .expect_err("panicked")
+            .to_string();
+        assert!(
+            reason.contains("internal error") && reason.contains("index 3 out of range"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn the_match_search_enters_the_plan_id_only_when_not_full() {
+        let mut config = ShardsConfig::new("/tree", "/out");
+        let files = files(3);
+        assert_eq!(
+            config.zstd_search(),
+            MatchSearch::Sparse,
+            "level 1's default"
+        );
+        let sparse = plan_id(&config, Split::Train, &files);
+        config.zstd_search = Some(MatchSearch::Full);
+        let full = plan_id(&config, Split::Train, &files);
+        assert_ne!(
+            sparse, full,
+            "a resumed run with the other search redoes the shard"
+        );
+        // The settings of a `full` shard are what they were before the
+        // choice existed, so shards written then are still found finished.
+        let before = serde_json::json!({
+            "format": crate::format::shard::VERSION,
+            "split": Split::Train,
+            "preprocess": config.preprocess,
+            "zstd_level": 1,
+            "pixel_filter": config.pixel_filter,
+        });
+        assert_eq!(plan_settings(&config, Split::Train), before);
+    }
+
+    #[test]
+    fn sparse_search_at_another_level_is_a_clear_error() {
+        let mut config = ShardsConfig::new("/nonexistent-tree", "/nonexistent-out");
+        config.zstd_level = 3;
+        assert_eq!(config.zstd_search(), MatchSearch::Full, "level 3's default");
+        config.zstd_search = Some(MatchSearch::Sparse);
+        let err = make_shards(&config, &Silent).expect_err("refused");
+        assert!(err.to_string().contains("--zstd-search full"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_frame_fails_the_shard_instead_of_shortening_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.shard");
+        let err = write(&path, &files(3), &[(0, Some(1)), (2, Some(3))]).expect_err("a gap");
+        assert!(err.to_string().contains("1 of 3 files written"), "{err}");
+        assert!(!path.exists(), "no shard under the final name");
+    }
+}

@@ -1,0 +1,1033 @@
+//! The prefetching loader: batches of augmented crops from a shard folder.
+//!
+//! Design (after FFCV's loader): the sampler fixes the epoch's batches up
+//! front; the consumer hands out batch jobs, at most `prefetch` ahead of the
+//! batch it is waiting for; each of `threads` workers builds whole batches
+//! (read frame, decompress, undo filter, crop/mirror/light straight into the
+//! batch buffer) and returns them over a crossbeam channel; the consumer puts
+//! them back in order. Every image's random draws come from (seed, epoch,
+//! rank, position), so batches are identical for any thread count.
+//!
+//! With `prefetch_next_epoch`, the jobs do not stop at the end of an epoch:
+//! once the last batch of epoch e is handed out, the workers go on with the
+//! first batches of e + 1, and `advance_epoch` carries on from there. A new
+//! loader per epoch leaves a worker idle while another finishes the last
+//! batch, and restarts the pipeline (~20-30 ms an epoch here; the trainer's
+//! eval between epochs then also waits for a first batch).
+//!
+//! Memory is bounded by configuration: at most `prefetch` batches exist
+//! besides the ones the caller holds, and their buffers are recycled when a
+//! `Batch` is dropped. Dropping the loader stops and joins every worker. A
+//! worker's error, or panic, reaches the caller as that batch's error.
+//!
+//! `sampler`: which records make which batch, per epoch and rank;
+//! `augment`: crops, mirrors, PCA lighting and mean (paper 4.1);
+//! `aligned`: page-aligned buffers for images and batches.
+
+pub mod aligned;
+pub mod augment;
+pub mod sampler;
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::format::manifest::{Manifest, ManifestError};
+use crate::format::shard::{ReadMode, RecordDecoder, ShardError, ShardReader};
+use crate::ingest::Split;
+use crate::loader::aligned::AlignedBuf;
+use crate::loader::sampler::{mix, Order, RecordId, Sampler, SamplerError};
+use crate::rng::SplitMix64;
+use crate::stats::{self, Stats, StatsError};
+use augment::{Lighting, Mode, View};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error(transparent)]
+    Stats(#[from] StatsError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error("{0}")]
+    Config(String),
+    #[error("loader worker failed: {0}")]
+    Worker(String),
+}
+
+/// How batches are handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// uint8 HWC crops (mirror applied) plus each view's parameters: the
+    /// trainer subtracts the mean and adds the lighting on the GPU.
+    U8,
+    /// float32 CHW with mean and lighting applied.
+    F32,
+}
+
+/// The open shards of one split, with the statistics the transforms need.
+pub struct Dataset {
+    shards: Vec<ShardReader>,
+    side: usize,
+    mean: Option<Vec<f32>>,
+    stats: Option<Stats>,
+    pub manifest: Manifest,
+}
+
+impl Dataset {
+    /// Opens `split` of the shard folder `dir`, mapping the shards if they
+    /// fit in memory (`ReadMode::Auto`); reads mean.npy and stats.json when
+    /// they are there (`pipeline stats` writes them).
+    pub fn open(dir: &Path, split: Split) -> Result<Self, LoaderError> {
+        Self::open_with(dir, split, ReadMode::Auto)
+    }
+
+    /// As `open`, reading frames as `read` says.
+    pub fn open_with(dir: &Path, split: Split, read: ReadMode) -> Result<Self, LoaderError> {
+        let manifest = Manifest::load(dir)?;
+        let info = manifest.split(split).ok_or_else(|| {
+            LoaderError::Config(format!("{}: no {} split", dir.display(), split.name()))
+        })?;
+        let g = manifest.geometry;
+        if g.height != g.width || g.channels != 3 {
+            return Err(LoaderError::Config(format!(
+                "{}: images are {}x{}x{}; the loader takes square RGB",
+                dir.display(),
+                g.height,
+                g.width,
+                g.channels
+            )));
+        }
+        let mut shards = info
+            .shards
+            .iter()
+            .map(|s| ShardReader::open(&dir.join(&s.file)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bytes = shards.iter().map(ShardReader::file_len).sum();
+        if read.resolve(bytes) == ReadMode::Map {
+            shards = shards
+                .into_iter()
+                .map(ShardReader::map_frames)
+                .collect::<Result<_, _>>()?;
+        }
+        let side = g.width as usize;
+        let stats_path = dir.join(stats::STATS_FILE);
+        let stats = if stats_path.is_file() {
+            let text = std::fs::read_to_string(&stats_path).map_err(|source| StatsError::Io {
+                path: stats_path.clone(),
+                source,
+            })?;
+            Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| LoaderError::Config(format!("{}: {e}", stats_path.display())))?,
+            )
+        } else {
+            None
+        };
+        let mean_path = dir.join(stats::MEAN_FILE);
+        let mean = if mean_path.is_file() {
+            Some(stats::read_npy_f32(&mean_path, &[side, side, 3])?)
+        } else {
+            None
+        };
+        Ok(Self {
+            shards,
+            side,
+            mean,
+            stats,
+            manifest,
+        })
+    }
+
+    pub fn side(&self) -> usize {
+        self.side
+    }
+
+    /// How frames are read: `Map` or `Pread`.
+    pub fn read_mode(&self) -> ReadMode {
+        match self.shards.first() {
+            Some(s) if s.is_mapped() => ReadMode::Map,
+            _ => ReadMode::Pread,
+        }
+    }
+
+    pub fn shard_lens(&self) -> Vec<u32> {
+        self.shards.iter().map(|s| s.len() as u32).collect()
+    }
+
+    pub fn mean(&self) -> Option<&[f32]> {
+        self.mean.as_deref()
+    }
+
+    /// stats.json, when `pipeline stats` has been run.
+    pub fn stats(&self) -> Option<&Stats> {
+        self.stats.as_ref()
+    }
+
+    /// Records in this split.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decodes one stored image (side x side x 3) into `out`.
+    pub fn decode(
+        &self,
+        id: RecordId,
+        decoder: &mut RecordDecoder,
+        out: &mut [u8],
+    ) -> Result<(), LoaderError> {
+        let shard = &self.shards[id.shard as usize];
+        Ok(decoder.decode(shard, id.index as usize, out, false)?)
+    }
+
+    pub fn label(&self, id: RecordId) -> u32 {
+        self.shards[id.shard as usize].records()[id.index as usize].label
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub threads: usize,
+    /// Batches in flight ahead of the one the caller waits for.
+    pub prefetch: usize,
+    pub mode: Mode,
+    pub output: Output,
+    /// Side of the crop (224 in the paper).
+    pub crop: usize,
+    pub seed: u64,
+    pub order: Order,
+    pub rank: usize,
+    pub world: usize,
+    pub drop_last: bool,
+    /// Check every record's pixel checksum as it is read.
+    pub verify: bool,
+    /// Standard deviation of the PCA lighting alphas (0.1; 0 turns it off).
+    pub lighting_std: f32,
+    /// Start on the next epoch's batches while this one's last are still
+    /// being made; for callers that go on with `advance_epoch` (else that
+    /// work is thrown away).
+    pub prefetch_next_epoch: bool,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            batch_size: 128,
+            threads,
+            prefetch: 2 * threads,
+            mode: Mode::Train,
+            output: Output::U8,
+            crop: 224,
+            seed: 0,
+            order: Order::Random,
+            rank: 0,
+            world: 1,
+            drop_last: false,
+            verify: false,
+            lighting_std: 0.1,
+            prefetch_next_epoch: false,
+        }
+    }
+}
+
+/// The pixels of a batch.
+#[derive(Debug)]
+pub enum BatchData {
+    /// views x crop x crop x 3, starting on a 4 KiB boundary.
+    U8(AlignedBuf),
+    /// views x 3 x crop x crop.
+    F32(Vec<f32>),
+}
+
+/// Idle batch buffers, shared by the loaders of successive epochs so that
+/// each epoch does not allocate and zero its buffers anew (at 256 x 224 x
+/// 224 x 3 bytes a batch, that costs about as much as decoding the images).
+#[derive(Clone)]
+pub struct BufferPool {
+    tx: Sender<BatchData>,
+    rx: Receiver<BatchData>,
+}
+
+impl BufferPool {
+    /// Keeps at most `capacity` idle buffers; more are freed.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        Self { tx, rx }
+    }
+
+    /// A pool sized for one loader configuration.
+    pub fn for_config(config: &LoaderConfig) -> Self {
+        Self::new(config.prefetch + config.threads)
+    }
+}
+
+/// One batch. Its buffer goes back to the pool when it is dropped.
+pub struct Batch {
+    pub epoch: u64,
+    /// Position in the epoch (counting from batch 0, also when resumed).
+    pub index: usize,
+    pub records: Vec<RecordId>,
+    pub labels: Vec<u32>,
+    /// `views_per_image` views per record, record by record.
+    pub views: Vec<View>,
+    pub views_per_image: usize,
+    pub data: BatchData,
+    recycle: Option<Sender<BatchData>>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(recycle) = self.recycle.take() {
+            let data = std::mem::replace(&mut self.data, BatchData::U8(AlignedBuf::default()));
+            let _ = recycle.try_send(data); // a full pool just frees it
+        }
+    }
+}
+
+/// A batch to make: (epoch, position in the epoch, records).
+type Job = (u64, usize, Vec<RecordId>);
+type Done = ((u64, usize), Result<Batch, LoaderError>);
+
+/// Batches of one epoch, in order. Iterate it; drop it to stop; with
+/// `prefetch_next_epoch`, `advance_epoch` moves on to the next epoch.
+pub struct Loader {
+    sampler: Sampler,
+    epoch: u64,
+    batches: Vec<Vec<RecordId>>,
+    next: usize,
+    issued: usize,
+    /// The next epoch's batches, once its first jobs are out.
+    ahead: Option<Vec<Vec<RecordId>>>,
+    issued_ahead: usize,
+    prefetch: usize,
+    prefetch_next_epoch: bool,
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    /// Finished batches by (epoch, position), until their turn.
+    ready: BTreeMap<(u64, usize), Result<Batch, LoaderError>>,
+    workers: Vec<JoinHandle<()>>,
+    live: Arc<AtomicUsize>,
+}
+
+/// What every worker shares.
+struct Shared {
+    dataset: Arc<Dataset>,
+    config: LoaderConfig,
+    lighting: Option<Lighting>,
+    pool: BufferPool,
+}
+
+impl Loader {
+    /// The batches of `epoch` for this rank, from `start_batch` on.
+    pub fn new(
+        dataset: Arc<Dataset>,
+        config: LoaderConfig,
+        epoch: u64,
+        start_batch: usize,
+    ) -> Result<Self, LoaderError> {
+        let pool = BufferPool::for_config(&config);
+        Self::with_pool(dataset, config, pool, epoch, start_batch)
+    }
+
+    /// As `new`, taking batch buffers from (and returning them to) `pool`:
+    /// pass the same pool to every epoch's loader.
+    pub fn with_pool(
+        dataset: Arc<Dataset>,
+        config: LoaderConfig,
+        pool: BufferPool,
+        epoch: u64,
+        start_batch: usize,
+    ) -> Result<Self, LoaderError> {
+        if config.threads == 0 || config.prefetch == 0 || config.crop > dataset.side {
+            return Err(LoaderError::Config(format!(
+                "threads and prefetch must be at least 1 and the crop ({}) at most the stored side ({})",
+                config.crop, dataset.side
+            )));
+        }
+        let lighting = lighting_for(&dataset, &config)?;
+        if config.output == Output::F32 && dataset.mean.is_none() {
+            return Err(LoaderError::Config(
+                "float32 output subtracts the mean image: run `pipeline stats` first (no mean.npy)"
+                    .into(),
+            ));
+        }
+        let sampler = Sampler::new(
+            dataset.shard_lens(),
+            config.seed,
+            config.order,
+            (config.rank, config.world),
+            config.batch_size,
+            config.drop_last,
+        )?;
+        let batches = sampler.batches(epoch, 0);
+        // At most `prefetch` jobs are out at once (see `issue`), so neither
+        // channel ever blocks its sender; the bounds make that a property of
+        // the types rather than of the bookkeeping.
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(config.prefetch);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<Done>(config.prefetch);
+        let shared = Arc::new(Shared {
+            dataset,
+            lighting,
+            pool,
+            config: config.clone(),
+        });
+        let live = Arc::new(AtomicUsize::new(0));
+        let workers = (0..config.threads)
+            .map(|i| {
+                let (shared, jobs, done, live) = (
+                    shared.clone(),
+                    jobs_rx.clone(),
+                    done_tx.clone(),
+                    live.clone(),
+                );
+                live.fetch_add(1, Ordering::SeqCst);
+                std::thread::Builder::new()
+                    .name(format!("loader-{i}"))
+                    .spawn(move || {
+                        worker(&shared, &jobs, &done);
+                        live.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .map_err(|e| LoaderError::Worker(format!("cannot start a thread: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut loader = Self {
+            sampler,
+            epoch,
+            next: start_batch.min(batches.len()),
+            issued: start_batch.min(batches.len()),
+            batches,
+            ahead: None,
+            issued_ahead: 0,
+            prefetch: config.prefetch,
+            prefetch_next_epoch: config.prefetch_next_epoch,
+            jobs: Some(jobs_tx),
+            done: done_rx,
+            ready: BTreeMap::new(),
+            workers,
+            live,
+        };
+        loader.issue();
+        Ok(loader)
+    }
+
+    /// Batches left in this epoch.
+    pub fn remaining(&self) -> usize {
+        self.batches.len() - self.next
+    }
+
+    /// Worker threads still running (for tests of shutdown).
+    pub fn live_workers(&self) -> Arc<AtomicUsize> {
+        self.live.clone()
+    }
+
+    /// The epoch whose batches `next` hands out.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Moves on to batch 0 of the next epoch. Batches of this epoch not yet
+    /// taken are skipped (those already being made are waited for and
+    /// dropped). With `prefetch_next_epoch`, the first batches of the next
+    /// epoch are typically made already.
+    pub fn advance_epoch(&mut self) {
+        self.batches.truncate(self.issued);
+        while self.next().is_some() {}
+        let ahead = match self.ahead.take() {
+            Some(batches) => batches,
+            None => self.sampler.batches(self.epoch + 1, 0),
+        };
+        self.epoch += 1;
+        self.batches = ahead;
+        self.next = 0;
+        self.issued = self.issued_ahead;
+        self.issued_ahead = 0;
+        self.issue();
+    }
+
+    /// Turns `LoaderConfig::prefetch_next_epoch` on or off from now on.
+    /// Turn it off when this epoch is the last, so that no work goes into
+    /// batches nobody will take (at the end of training, that work would
+    /// compete with the final evaluation).
+    pub fn set_prefetch_next_epoch(&mut self, on: bool) {
+        self.prefetch_next_epoch = on;
+        self.issue();
+    }
+
+    /// Hands out jobs up to `prefetch` ahead of the batch awaited: this
+    /// epoch's, then (with `prefetch_next_epoch`) the next one's.
+    fn issue(&mut self) {
+        let Some(jobs) = &self.jobs else { return };
+        while (self.issued - self.next) + self.issued_ahead < self.prefetch {
+            let job = if self.issued < self.batches.len() {
+                self.issued += 1;
+                (
+                    self.epoch,
+                    self.issued - 1,
+                    self.batches[self.issued - 1].clone(),
+                )
+            } else if self.prefetch_next_epoch {
+                let ahead = self
+                    .ahead
+                    .get_or_insert_with(|| self.sampler.batches(self.epoch + 1, 0));
+                let Some(records) = ahead.get(self.issued_ahead) else {
+                    return;
+                };
+                self.issued_ahead += 1;
+                (self.epoch + 1, self.issued_ahead - 1, records.clone())
+            } else {
+                return;
+            };
+            if jobs.send(job).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch, LoaderError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.batches.len() {
+            return None;
+        }
+        let result = loop {
+            if let Some(result) = self.ready.remove(&(self.epoch, self.next)) {
+                break result;
+            }
+            match self.done.recv() {
+                Ok((key, result)) => {
+                    self.ready.insert(key, result);
+                }
+                Err(_) => break Err(LoaderError::Worker("every worker has stopped".into())),
+            }
+        };
+        self.next += 1;
+        self.issue();
+        Some(result)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.jobs = None; // workers see the channel close and return
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn lighting_for(dataset: &Dataset, config: &LoaderConfig) -> Result<Option<Lighting>, LoaderError> {
+    if config.mode != Mode::Train || config.lighting_std == 0.0 {
+        return Ok(None);
+    }
+    let stats = dataset.stats.as_ref().ok_or_else(|| {
+        LoaderError::Config(
+            "PCA lighting needs the RGB eigen pairs: run `pipeline stats` first (no stats.json), \
+             or set the lighting std to 0"
+                .into(),
+        )
+    })?;
+    Ok(Some(Lighting::from_stats(stats, config.lighting_std)))
+}
+
+fn worker(shared: &Shared, jobs: &Receiver<Job>, done: &Sender<Done>) {
+    let mut decoder = match RecordDecoder::new() {
+        Ok(d) => d,
+        Err(e) => {
+            // Report on every job we take, so that no batch is waited for in vain.
+            for (epoch, index, _) in jobs.iter() {
+                let error = LoaderError::Worker(format!("zstd: {e}"));
+                let _ = done.send(((epoch, index), Err(error)));
+            }
+            return;
+        }
+    };
+    // Decoded images land on a page boundary (see aligned.rs).
+    let mut image = AlignedBuf::zeroed(shared.dataset.side * shared.dataset.side * 3);
+    for (epoch, index, records) in jobs.iter() {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            build_batch(shared, &mut decoder, &mut image, epoch, index, records)
+        }))
+        .unwrap_or_else(|panic| {
+            let text = crate::panics::message(&*panic).unwrap_or_else(|| "panic".into());
+            Err(LoaderError::Worker(text))
+        });
+        if done.send(((epoch, index), result)).is_err() {
+            return;
+        }
+    }
+}
+
+fn build_batch(
+    shared: &Shared,
+    decoder: &mut RecordDecoder,
+    image: &mut [u8],
+    epoch: u64,
+    index: usize,
+    records: Vec<RecordId>,
+) -> Result<Batch, LoaderError> {
+    let config = &shared.config;
+    let dataset = &shared.dataset;
+    let (side, crop) = (dataset.side, config.crop);
+    let per_image = config.mode.views_per_image();
+    let views_total = records.len() * per_image;
+    let mut data = take_buffer(shared, views_total * crop * crop * 3);
+    let mut views = Vec::with_capacity(views_total);
+    let mut labels = Vec::with_capacity(records.len());
+    let epoch_seed = mix(mix(config.seed, epoch), config.rank as u64);
+    // One uint8 view per image and no checksum: unfilter only what the crop
+    // reads, while copying it (augment::crop_u8_filtered).
+    let fused = per_image == 1 && !config.verify && matches!(data, BatchData::U8(_));
+    for (i, &id) in records.iter().enumerate() {
+        let shard = &dataset.shards[id.shard as usize];
+        let filter = if fused {
+            Some(decoder.decode_filtered(shard, id.index as usize, image)?)
+        } else {
+            decoder.decode(shard, id.index as usize, image, config.verify)?;
+            None
+        };
+        labels.push(shard.records()[id.index as usize].label);
+        let position = (index * config.batch_size + i) as u64;
+        let mut rng = SplitMix64::new(mix(epoch_seed, position));
+        for view in augment::views(config.mode, side, crop, shared.lighting.as_ref(), &mut rng) {
+            let slot = views.len() * crop * crop * 3;
+            match &mut data {
+                BatchData::U8(d) => {
+                    let dst = &mut d[slot..][..crop * crop * 3];
+                    match filter {
+                        Some(f) => augment::crop_u8_filtered(image, f, side, &view, crop, dst),
+                        None => augment::crop_u8(image, side, &view, crop, dst),
+                    }
+                }
+                BatchData::F32(d) => {
+                    let mean = dataset.mean.as_deref().unwrap_or_default();
+                    augment::to_f32_chw(
+                        image,
+                        mean,
+                        side,
+                        &view,
+                        crop,
+                        &mut d[slot..][..crop * crop * 3],
+                    );
+                }
+            }
+            views.push(view);
+        }
+    }
+    Ok(Batch {
+        epoch,
+        index,
+        records,
+        labels,
+        views,
+        views_per_image: per_image,
+        data,
+        recycle: Some(shared.pool.tx.clone()),
+    })
+}
+
+/// A recycled buffer of the right kind, or a new one; sized to `len` values.
+fn take_buffer(shared: &Shared, len: usize) -> BatchData {
+    let wanted_f32 = shared.config.output == Output::F32;
+    let mut data = match shared.pool.rx.try_recv() {
+        Ok(data) => data,
+        Err(_) if wanted_f32 => BatchData::F32(Vec::new()),
+        Err(_) => BatchData::U8(AlignedBuf::default()),
+    };
+    match &mut data {
+        BatchData::U8(v) if !wanted_f32 => v.resize(len),
+        BatchData::F32(v) if wanted_f32 => v.resize(len, 0.0),
+        _ => {
+            data = if wanted_f32 {
+                BatchData::F32(vec![0.0; len])
+            } else {
+                BatchData::U8(AlignedBuf::zeroed(len))
+            }
+        }
+    }
+    data
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::ingest::codec::PreprocessOptions;
+    use crate::ingest::make_shards::{make_shards, ShardsConfig};
+
+    pub(crate) const SIDE: usize = 32;
+    pub(crate) const CROP: usize = 24;
+
+    /// A shard folder of 3 classes x 9 textured PNGs (side 32), with stats.
+    pub(crate) fn dataset() -> (tempfile::TempDir, Arc<Dataset>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for class in 0..3u32 {
+            let d = dir.path().join("tree/train").join(format!("n{class}"));
+            std::fs::create_dir_all(&d).expect("mkdir");
+            for k in 0..9u32 {
+                let img = image::RgbImage::from_fn(40, 32, |x, y| {
+                    image::Rgb([
+                        (x * 6 + k * 9) as u8,
+                        (y * 7 + class * 50) as u8,
+                        ((x ^ y) * 5) as u8,
+                    ])
+                });
+                img.save(d.join(format!("{k}.png"))).expect("png");
+            }
+        }
+        let mut config = ShardsConfig::new(dir.path().join("tree"), dir.path().join("shards"));
+        config.shard_size = 4;
+        config.jobs = 1;
+        config.preprocess = PreprocessOptions {
+            side: SIDE,
+            ..Default::default()
+        };
+        make_shards(&config, &crate::progress::Silent).expect("shards");
+        let (stats, mean) =
+            crate::stats::compute(&config.out, &crate::progress::Silent).expect("stats");
+        crate::stats::write(&config.out, &stats, &mean).expect("write stats");
+        let data = Arc::new(Dataset::open(&config.out, Split::Train).expect("open"));
+        (dir, data)
+    }
+
+    fn config(threads: usize, output: Output) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: 5,
+            threads,
+            prefetch: 3,
+            output,
+            crop: CROP,
+            seed: 7,
+            ..Default::default()
+        }
+    }
+
+    fn collect(loader: Loader) -> Vec<Batch> {
+        loader.map(|b| b.expect("batch")).collect()
+    }
+
+    fn u8_data(b: &Batch) -> &[u8] {
+        match &b.data {
+            BatchData::U8(d) => d,
+            BatchData::F32(_) => panic!("expected u8"),
+        }
+    }
+
+    fn f32_data(b: &Batch) -> &[f32] {
+        match &b.data {
+            BatchData::F32(d) => d,
+            BatchData::U8(_) => panic!("expected f32"),
+        }
+    }
+
+    /// Also with frames read by pread instead of from the memory map.
+    #[test]
+    fn batches_are_the_same_for_any_thread_count_and_follow_the_sampler() {
+        let (dir, data) = dataset();
+        let pread = Dataset::open_with(&dir.path().join("shards"), Split::Train, ReadMode::Pread);
+        let pread = Arc::new(pread.expect("open"));
+        assert_eq!(
+            (data.read_mode(), pread.read_mode()),
+            (ReadMode::Map, ReadMode::Pread)
+        );
+        let one = collect(Loader::new(data.clone(), config(1, Output::U8), 2, 0).expect("loader"));
+        let three =
+            collect(Loader::new(data.clone(), config(3, Output::U8), 2, 0).expect("loader"));
+        let three_pread = collect(Loader::new(pread, config(3, Output::U8), 2, 0).expect("loader"));
+        assert_eq!(one.len(), 6); // 27 records in batches of 5
+        for b in [&three, &three_pread] {
+            for (a, b) in one.iter().zip(b) {
+                assert_eq!(
+                    (a.index, &a.records, &a.labels, &a.views),
+                    (b.index, &b.records, &b.labels, &b.views)
+                );
+                assert_eq!(u8_data(a), u8_data(b));
+            }
+        }
+        let sampler =
+            Sampler::new(data.shard_lens(), 7, Order::Random, (0, 1), 5, false).expect("s");
+        let expected: Vec<Vec<RecordId>> = sampler.batches(2, 0);
+        assert_eq!(
+            one.iter().map(|b| b.records.clone()).collect::<Vec<_>>(),
+            expected
+        );
+        for b in &one {
+            assert_eq!(
+                b.labels,
+                b.records.iter().map(|&r| data.label(r)).collect::<Vec<_>>()
+            );
+        }
+        let next_epoch = collect(Loader::new(data, config(2, Output::U8), 3, 0).expect("loader"));
+        assert_ne!(next_epoch[0].records, one[0].records);
+    }
+
+    /// The uint8 crops (unfiltered only where the crop reads) are the crops
+    /// of the fully decoded images, and float32 output is those crops
+    /// normalised.
+    #[test]
+    fn u8_crops_are_crops_of_the_decoded_images() {
+        let (_dir, data) = dataset();
+        let u8s = collect(Loader::new(data.clone(), config(2, Output::U8), 1, 0).expect("loader"));
+        let f32s =
+            collect(Loader::new(data.clone(), config(2, Output::F32), 1, 0).expect("loader"));
+        let mut decoder = RecordDecoder::new().expect("decoder");
+        let mut image = vec![0u8; SIDE * SIDE * 3];
+        let (mut want, mut norm) = (vec![0u8; CROP * CROP * 3], vec![0f32; CROP * CROP * 3]);
+        for (b, f) in u8s.iter().zip(&f32s) {
+            let BatchData::F32(fdata) = &f.data else {
+                panic!("f32")
+            };
+            for (i, (&id, view)) in b.records.iter().zip(&b.views).enumerate() {
+                data.decode(id, &mut decoder, &mut image).expect("decode");
+                augment::crop_u8(&image, SIDE, view, CROP, &mut want);
+                let got = &u8_data(b)[i * CROP * CROP * 3..][..CROP * CROP * 3];
+                assert_eq!(got, &want[..], "batch {} view {i}", b.index);
+                let mean = data.mean().expect("mean");
+                augment::u8_crop_to_f32_chw(got, mean, SIDE, view, CROP, &mut norm);
+                assert_eq!(&fdata[i * CROP * CROP * 3..][..CROP * CROP * 3], &norm[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_shared_pool_hands_buffers_to_the_next_epoch() {
+        let (_dir, data) = dataset();
+        let c = config(2, Output::U8);
+        let pool = BufferPool::for_config(&c);
+        let first =
+            collect(Loader::with_pool(data.clone(), c.clone(), pool.clone(), 0, 0).expect("l"));
+        let addresses: Vec<*const u8> = first.iter().map(|b| u8_data(b).as_ptr()).collect();
+        drop(first);
+        let second = collect(Loader::with_pool(data.clone(), c.clone(), pool, 1, 0).expect("l"));
+        let reused = second
+            .iter()
+            .filter(|b| addresses.contains(&u8_data(b).as_ptr()))
+            .count();
+        assert!(reused >= 1, "no buffer came back from epoch 0");
+        let fresh = collect(Loader::new(data, c, 1, 0).expect("l"));
+        for (a, b) in second.iter().zip(&fresh) {
+            assert_eq!(
+                u8_data(a),
+                u8_data(b),
+                "recycled buffers hold nothing stale"
+            );
+        }
+    }
+
+    #[test]
+    fn resuming_mid_epoch_gives_the_same_remaining_batches() {
+        let (_dir, data) = dataset();
+        let whole =
+            collect(Loader::new(data.clone(), config(2, Output::U8), 1, 0).expect("loader"));
+        let rest = collect(Loader::new(data, config(2, Output::U8), 1, 4).expect("loader"));
+        assert_eq!(rest.len(), 2);
+        for (a, b) in whole[4..].iter().zip(&rest) {
+            assert_eq!(
+                (a.index, &a.records, &a.views),
+                (b.index, &b.records, &b.views)
+            );
+            assert_eq!(u8_data(a), u8_data(b));
+        }
+    }
+
+    #[test]
+    fn u8_hand_over_with_its_views_gives_the_f32_batch() {
+        let (_dir, data) = dataset();
+        let bytes =
+            collect(Loader::new(data.clone(), config(2, Output::U8), 0, 0).expect("loader"));
+        let floats =
+            collect(Loader::new(data.clone(), config(2, Output::F32), 0, 0).expect("loader"));
+        let mean = data.mean().expect("mean");
+        let (n3, n) = (CROP * CROP * 3, CROP * CROP * 3);
+        for (b, f) in bytes.iter().zip(&floats) {
+            assert_eq!(b.views, f.views);
+            assert!(
+                b.views.iter().any(|v| v.light != [0.0; 3]),
+                "lighting is on"
+            );
+            for (k, view) in b.views.iter().enumerate() {
+                let mut out = vec![0f32; n];
+                augment::u8_crop_to_f32_chw(
+                    &u8_data(b)[k * n3..][..n3],
+                    mean,
+                    SIDE,
+                    view,
+                    CROP,
+                    &mut out,
+                );
+                assert_eq!(out, f32_data(f)[k * n..][..n]);
+            }
+        }
+    }
+
+    #[test]
+    fn ten_crop_keeps_ten_views_per_image_together() {
+        let (_dir, data) = dataset();
+        let c = LoaderConfig {
+            mode: Mode::Tencrop,
+            order: Order::Sequential,
+            ..config(2, Output::U8)
+        };
+        let batches = collect(Loader::new(data, c, 0, 0).expect("loader"));
+        let b = &batches[0];
+        assert_eq!(b.views.len(), 50);
+        assert_eq!(u8_data(b).len(), 50 * CROP * CROP * 3);
+        // View 5 is view 0 mirrored: the same pixels, columns reversed.
+        let n = CROP * CROP * 3;
+        let (v0, v5) = (&u8_data(b)[..n], &u8_data(b)[5 * n..][..n]);
+        for row in 0..CROP {
+            for col in 0..CROP {
+                let a = &v0[(row * CROP + col) * 3..][..3];
+                let m = &v5[(row * CROP + CROP - 1 - col) * 3..][..3];
+                assert_eq!(a, m);
+            }
+        }
+    }
+
+    /// One loader run through epochs with `advance_epoch`, the next epoch's
+    /// jobs starting before this one ends (or not, when turned off for an
+    /// epoch), gives the batches (records, views, pixels) of a fresh loader
+    /// per epoch, for 1 and 3 threads.
+    #[test]
+    fn advancing_epochs_equals_a_fresh_loader_per_epoch() {
+        let (_dir, data) = dataset();
+        for threads in [1, 3] {
+            let c = LoaderConfig {
+                prefetch_next_epoch: true,
+                ..config(threads, Output::U8)
+            };
+            let mut loader = Loader::new(data.clone(), c.clone(), 1, 0).expect("loader");
+            for epoch in 1..4u64 {
+                assert_eq!(loader.epoch(), epoch);
+                // Epoch 2 runs as if it were the last: nothing is made ahead.
+                loader.set_prefetch_next_epoch(epoch != 2);
+                let got: Vec<Batch> = loader.by_ref().map(|b| b.expect("batch")).collect();
+                let ahead = if epoch == 2 { 0 } else { c.prefetch };
+                assert_eq!(loader.issued_ahead, ahead, "epoch {epoch}");
+                let want = collect(
+                    Loader::new(data.clone(), config(2, Output::U8), epoch, 0).expect("loader"),
+                );
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!((g.epoch, g.index), (w.epoch, w.index));
+                    assert_eq!(g.records, w.records, "epoch {epoch}");
+                    assert_eq!(g.views, w.views);
+                    assert_eq!(u8_data(g), u8_data(w));
+                }
+                loader.advance_epoch();
+            }
+        }
+    }
+
+    /// `advance_epoch` before the end skips the rest of the epoch; with a
+    /// resumed start too. The work ahead stays within `prefetch` jobs, so
+    /// the workers still stop when the loader is dropped mid-way.
+    #[test]
+    fn advancing_mid_epoch_skips_the_rest_and_drop_still_joins() {
+        let (_dir, data) = dataset();
+        let c = LoaderConfig {
+            prefetch_next_epoch: true,
+            ..config(3, Output::U8)
+        };
+        let mut loader = Loader::new(data.clone(), c, 0, 2).expect("loader");
+        let live = loader.live_workers();
+        let first = loader.next().expect("one").expect("ok");
+        assert_eq!((first.epoch, first.index), (0, 2));
+        loader.advance_epoch();
+        let next: Vec<Batch> = loader.by_ref().map(|b| b.expect("batch")).collect();
+        let want = collect(Loader::new(data.clone(), config(1, Output::U8), 1, 0).expect("loader"));
+        assert_eq!(
+            next.iter().map(|b| &b.records).collect::<Vec<_>>(),
+            want.iter().map(|b| &b.records).collect::<Vec<_>>()
+        );
+        assert_eq!(live.load(Ordering::SeqCst), 3);
+        drop(loader); // jobs of epoch 2 are out by now
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn dropping_the_loader_mid_epoch_stops_every_worker() {
+        let (_dir, data) = dataset();
+        let mut loader = Loader::new(data, config(3, Output::F32), 0, 0).expect("loader");
+        let live = loader.live_workers();
+        let first = loader.next().expect("one").expect("ok");
+        assert_eq!(live.load(Ordering::SeqCst), 3);
+        drop(loader);
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+        drop(first); // its buffer's way home is closed: no panic, no hang
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_naming_shard_and_record() {
+        let (dir, _) = dataset();
+        let shards = dir.path().join("shards");
+        let path = shards.join("train-00001.shard");
+        let reader = ShardReader::open(&path).expect("open");
+        let rec = reader.records()[2].clone();
+        drop(reader);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[rec.offset as usize + rec.len as usize / 2] ^= 0x55;
+        std::fs::write(&path, bytes).expect("write");
+        for read in [ReadMode::Map, ReadMode::Pread] {
+            let data = Arc::new(Dataset::open_with(&shards, Split::Train, read).expect("open"));
+            let c = LoaderConfig {
+                verify: true,
+                order: Order::Sequential,
+                ..config(2, Output::U8)
+            };
+            let results: Vec<_> = Loader::new(data, c, 0, 0).expect("loader").collect();
+            assert_eq!(results.len(), 6, "every batch is delivered, good or bad");
+            let errors: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .map(|e| e.to_string())
+                .collect();
+            assert_eq!(errors.len(), 1, "{read:?}: {errors:?}");
+            assert!(
+                errors[0].contains("train-00001.shard: record 2"),
+                "{read:?}: {}",
+                errors[0]
+            );
+        }
+    }
+
+    #[test]
+    fn missing_statistics_are_named() {
+        let (dir, _) = dataset();
+        let shards = dir.path().join("shards");
+        std::fs::remove_file(shards.join("mean.npy")).expect("rm");
+        std::fs::remove_file(shards.join("stats.json")).expect("rm");
+        let data = Arc::new(Dataset::open(&shards, Split::Train).expect("open"));
+        let err = Loader::new(data.clone(), config(1, Output::U8), 0, 0)
+            .err()
+            .expect("no stats");
+        assert!(err.to_string().contains("stats.json"), "{err}");
+        let c = LoaderConfig {
+            mode: Mode::Center,
+            ..config(1, Output::F32)
+        };
+        let err = Loader::new(data.clone(), c, 0, 0).err().expect("no mean");
+        assert!(err.to_string().contains("mean.npy"), "{err}");
+        let c = LoaderConfig {
+            mode: Mode::Center,
+            ..config(1, Output::U8)
+        };
+        assert_eq!(
+            collect(Loader::new(data, c, 0, 0).expect("centre u8 needs neither")).len(),
+            6
+        );
+    }
+}

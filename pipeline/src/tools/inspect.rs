@@ -1,0 +1,251 @@
+//! Looking into a shard folder: `pipeline verify` and `pipeline export`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use crate::format::manifest::{Manifest, ManifestError};
+use crate::format::shard::{RecordDecoder, ShardError, ShardReader};
+use crate::ingest::Split;
+use crate::progress::Progress;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("zstd: {0}")]
+    Zstd(#[from] std::io::Error),
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub shards: usize,
+    pub records: u64,
+    /// One line per problem, naming shard and record.
+    pub problems: Vec<String>,
+}
+
+/// Decodes every record of every shard in the manifest and checks it against
+/// its checksum. Problems are collected, not fatal, so one run lists them all.
+pub fn verify(dir: &Path, progress: &dyn Progress) -> Result<VerifyReport, InspectError> {
+    let manifest = Manifest::load(dir)?;
+    let files: Vec<String> = manifest
+        .splits
+        .values()
+        .flat_map(|s| s.shards.iter().map(|i| i.file.clone()))
+        .collect();
+    let image_len = manifest.image_len();
+    let found = AtomicUsize::new(0);
+    let per_shard: Vec<(u64, Vec<String>)> = files
+        .par_iter()
+        .map(|file| {
+            let result = verify_shard(&dir.join(file), image_len);
+            let so_far = found.fetch_add(result.1.len(), Ordering::Relaxed) + result.1.len();
+            progress.status(format!("{so_far} problems"));
+            progress.advance(1);
+            result
+        })
+        .collect();
+    let mut report = VerifyReport {
+        shards: files.len(),
+        ..Default::default()
+    };
+    for (records, problems) in per_shard {
+        report.records += records;
+        report.problems.extend(problems);
+    }
+    Ok(report)
+}
+
+fn verify_shard(path: &Path, image_len: usize) -> (u64, Vec<String>) {
+    let shard = match ShardReader::open(path) {
+        Ok(shard) => shard,
+        Err(e) => return (0, vec![e.to_string()]),
+    };
+    if shard.header().image_len() != image_len {
+        return (
+            0,
+            vec![format!(
+                "{}: geometry differs from the manifest",
+                path.display()
+            )],
+        );
+    }
+    let mut decoder = match RecordDecoder::new() {
+        Ok(d) => d,
+        Err(e) => return (0, vec![format!("zstd: {e}")]),
+    };
+    let mut pixels = vec![0; image_len];
+    let mut problems = Vec::new();
+    for i in 0..shard.len() {
+        if let Err(e) = decoder.decode(&shard, i, &mut pixels, true) {
+            problems.push(e.to_string());
+        }
+    }
+    (shard.len() as u64, problems)
+}
+
+/// Which record to look at.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// Position in the split, counting through its shards in order.
+    Record(u64),
+    /// Source file name as stored (e.g. `n01440764/n01440764_10026.JPEG`), or
+    /// its last path component.
+    Name(String),
+}
+
+/// One record, found.
+pub struct Located {
+    pub shard: ShardReader,
+    pub index_in_shard: usize,
+    /// Position in the split.
+    pub record: u64,
+}
+
+pub fn locate(
+    dir: &Path,
+    manifest: &Manifest,
+    split: Split,
+    selector: &Selector,
+) -> Result<Located, InspectError> {
+    let info = manifest.split(split).ok_or_else(|| {
+        InspectError::NotFound(format!(
+            "{}: no {} split in the manifest",
+            dir.display(),
+            split.name()
+        ))
+    })?;
+    let mut first = 0u64;
+    for shard_info in &info.shards {
+        let may_hold_it = match selector {
+            Selector::Record(n) => *n < first + shard_info.records,
+            Selector::Name(_) => true,
+        };
+        if may_hold_it {
+            let shard = ShardReader::open(&dir.join(&shard_info.file))?;
+            let index = match selector {
+                Selector::Record(n) => Some((n - first) as usize),
+                Selector::Name(name) => shard.records().iter().position(|r| {
+                    r.name == *name || r.name.rsplit('/').next() == Some(name.as_str())
+                }),
+            };
+            if let Some(index) = index {
+                return Ok(Located {
+                    shard,
+                    index_in_shard: index,
+                    record: first + index as u64,
+                });
+            }
+        }
+        first += shard_info.records;
+    }
+    Err(InspectError::NotFound(match selector {
+        Selector::Record(n) => format!(
+            "record {n} is out of range: the {} split holds {first} records",
+            split.name()
+        ),
+        Selector::Name(name) => format!("no record named {name} in the {} split", split.name()),
+    }))
+}
+
+/// Single-thread rates (images/s) that passes over the shards are measured
+/// against, each the median of five passes over the same records.
+#[derive(Debug, Clone, Copy)]
+pub struct Ceilings {
+    /// zstd decompression alone, frames already in memory: the loader's and
+    /// the stats pass's ceiling.
+    pub zstd: f64,
+    /// Reading each frame with pread (from the page cache) and then
+    /// decompressing it: what any reader of the shards must do at least.
+    pub read_and_zstd: f64,
+}
+
+/// The `Ceilings` over up to `limit` records of the train split. Frames are
+/// first read into memory for the zstd-only rate; the median of five passes
+/// is kept, because one short pass on a shared machine varies by a third.
+pub fn ceilings(dir: &Path, manifest: &Manifest, limit: usize) -> Result<Ceilings, InspectError> {
+    let info = manifest
+        .split(Split::Train)
+        .ok_or_else(|| InspectError::NotFound("no train split".into()))?;
+    let mut shards = Vec::new();
+    let mut records = Vec::new();
+    for shard_info in &info.shards {
+        if records.len() == limit {
+            break;
+        }
+        let shard = ShardReader::open(&dir.join(&shard_info.file))?;
+        let take = shard.len().min(limit - records.len());
+        records.extend((0..take).map(|i| (shards.len(), i)));
+        shards.push(shard);
+    }
+    let mut zstd = zstd::bulk::Decompressor::new()?;
+    let mut out = vec![0u8; manifest.image_len()];
+    let mut buffer = Vec::new();
+    let mut frames = Vec::with_capacity(records.len());
+    for &(s, i) in &records {
+        frames.push(shards[s].read_frame(i, &mut buffer)?.to_vec());
+    }
+    let zstd_rate = median_rate(records.len(), || {
+        for frame in &frames {
+            zstd.decompress_to_buffer(frame, &mut out)?;
+        }
+        Ok(())
+    })?;
+    drop(frames);
+    let read_rate = median_rate(records.len(), || {
+        for &(s, i) in &records {
+            let frame = shards[s].read_frame(i, &mut buffer)?;
+            zstd.decompress_to_buffer(frame, &mut out)?;
+        }
+        Ok(())
+    })?;
+    Ok(Ceilings {
+        zstd: zstd_rate,
+        read_and_zstd: read_rate,
+    })
+}
+
+/// Images/s of `pass` over `images` images, the median of five passes.
+fn median_rate(
+    images: usize,
+    mut pass: impl FnMut() -> Result<(), InspectError>,
+) -> Result<f64, InspectError> {
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        pass()?;
+        rates.push(images as f64 / started.elapsed().as_secs_f64().max(1e-9));
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Limits that end inside a shard, at a shard's end, and past the
+    /// split: every record counted is read from the shard it names.
+    #[test]
+    fn ceilings_take_records_up_to_the_limit_across_shards() {
+        let (dir, data) = crate::loader::tests::dataset();
+        let out = dir.path().join("shards");
+        let manifest = Manifest::load(&out).expect("manifest");
+        let lens: Vec<usize> = data.shard_lens().iter().map(|&n| n as usize).collect();
+        assert!(lens.len() > 2 && lens[0] > 1, "several shards: {lens:?}");
+        for limit in [1, lens[0] - 1, lens[0], lens[0] + 1, data.len() + 5] {
+            let c = ceilings(&out, &manifest, limit).expect("ceilings");
+            assert!(
+                c.zstd > 0.0 && c.read_and_zstd > 0.0,
+                "limit {limit}: {c:?}"
+            );
+        }
+    }
+}

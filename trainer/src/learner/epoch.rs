@@ -1,0 +1,148 @@
+//! One epoch of training steps, and the end of an epoch: centre-crop
+//! top-1/top-5 on val, the lr schedule, a checkpoint and the curves PNG.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use pipeline::loader::augment::Mode;
+use pipeline::loader::sampler::mix;
+
+use super::setup::Run;
+use super::stop::StopReason;
+use super::TrainError;
+use crate::checkpoint;
+use crate::eval::{evaluate, EvalOptions, EvalResult};
+use crate::input::{batch_labels, batch_pixels};
+use crate::metric::log::{EpochLine, Line, StepLine};
+use crate::metric::plot;
+
+impl Run<'_> {
+    /// Trains the rest of the current epoch; stops early (returning why)
+    /// on Ctrl-C or at `--max-steps`.
+    pub fn train_epoch(&mut self, stop: &AtomicBool) -> Result<Option<StopReason>, TrainError> {
+        if self.loader.epoch() < self.state.epoch {
+            self.loader.advance_epoch();
+        }
+        // Nothing to make ahead after the last epoch.
+        self.loader
+            .set_prefetch_next_epoch(self.state.epoch + 1 < self.opts.epochs);
+        self.rec.start_epoch();
+        let params = self.net.named_parameters();
+        let mut waited = Instant::now();
+        for batch in self.loader.by_ref() {
+            let batch = batch?;
+            let loader_wait = waited.elapsed().as_secs_f64();
+            let x = self.norm.apply(batch_pixels(&batch)?, &batch.views);
+            let labels = batch_labels(&batch, self.norm.device());
+            drop(batch);
+            // Dropout's randomness is a function of (seed, step): a resumed
+            // run draws exactly what the uninterrupted run would have.
+            tch::manual_seed(mix(self.state.seed, self.state.step) as i64);
+            let lr = self.state.schedule.lr;
+            let loss = self
+                .steps
+                .run(&self.net, &mut self.sgd, &params, &x, &labels, lr)?;
+            self.state.step += 1;
+            self.state.batch += 1;
+            let line = StepLine {
+                step: self.state.step,
+                epoch: self.state.epoch,
+                loss: f64::NAN, // read with the rest of its window
+                lr,
+                img_per_sec: f64::NAN, // the window's rate
+                loader_wait,
+            };
+            self.rec.push(loss.detach(), line, self.state.batch_size)?;
+            if let Some(reason) = StopReason::check(stop, self.opts.max_steps, self.state.step) {
+                return Ok(Some(reason));
+            }
+            waited = Instant::now();
+        }
+        Ok(None)
+    }
+
+    /// After an epoch's last step: the val evaluation, the schedule, a
+    /// checkpoint and (but after the last epoch) the curves.
+    pub fn end_epoch(&mut self) -> Result<(), TrainError> {
+        self.rec.settle()?;
+        let eval = self.eval_line(false)?;
+        if let Some(line) = &eval {
+            self.rec.write(&Line::Epoch(line.clone()))?;
+            if self.state.schedule.observe(1.0 - line.val_top1) {
+                let lr = self.state.schedule.lr;
+                self.rec.println(format!("lr divided by 10: now {lr}"));
+            }
+        }
+        self.summary.last_eval = eval;
+        self.state.epoch += 1;
+        self.state.batch = 0;
+        self.save_checkpoint()?;
+        self.rec.flush()?;
+        if self.state.epoch < self.opts.epochs {
+            self.summary.curves = plot_curves(&self.opts.out); // the last epoch's: in finish
+        }
+        Ok(())
+    }
+
+    pub fn save_checkpoint(&mut self) -> Result<(), TrainError> {
+        let path = checkpoint::save(
+            &self.checkpoints,
+            &self.state,
+            &self.net,
+            &self.sgd,
+            self.opts.keep_checkpoints,
+        )?;
+        self.summary.checkpoint = Some(path);
+        Ok(())
+    }
+
+    /// Centre-crop evaluation on val as an epoch line (None without val);
+    /// `partial` when the epoch was cut short.
+    pub fn eval_line(&self, partial: bool) -> Result<Option<EpochLine>, TrainError> {
+        let Some(val) = &self.data.val else {
+            return Ok(None);
+        };
+        let EvalResult {
+            top1, top5, loss, ..
+        } = evaluate(
+            &self.net,
+            &self.norm,
+            val.clone(),
+            &EvalOptions {
+                mode: Mode::Center,
+                batch_size: self.state.batch_size,
+                threads: self.opts.loader_threads,
+            },
+            &pipeline::progress::Silent,
+        )?;
+        Ok(Some(EpochLine {
+            epoch: self.state.epoch,
+            step: self.state.step,
+            val_top1: top1,
+            val_top5: top5,
+            val_loss: loss,
+            lr: self.state.schedule.lr,
+            train_loss: self.rec.epoch_loss(),
+            partial,
+        }))
+    }
+
+    /// The end of the run: pending lines written, the final curves drawn.
+    pub fn finish(mut self) -> Result<super::RunSummary, TrainError> {
+        self.rec.finish()?;
+        self.summary.steps = self.state.step;
+        self.summary.curves = plot_curves(&self.opts.out);
+        Ok(self.summary)
+    }
+}
+
+fn plot_curves(run: &Path) -> Option<PathBuf> {
+    match plot::write_curves(run) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            eprintln!("warning: no curves PNG: {e}");
+            None
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Everything a run holds, and how it starts: the shards, the state (fresh
+//! or the latest checkpoint), the network, optimiser, kernels and loader.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pipeline::ingest::Split;
+use pipeline::loader::augment::Mode;
+use pipeline::loader::sampler::{mix, Order, Sampler};
+use pipeline::loader::{BufferPool, Dataset, Loader, LoaderConfig, LoaderError, Output};
+
+use super::recorder::Recorder;
+use super::{RunOptions, RunSummary, TrainError};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, RunSettings, TrainState};
+use crate::input::{unit_variance_scale, InputNorm};
+use crate::kernels::Kernels;
+use crate::metric::log::{self, MetricsLog};
+use crate::model::{AlexNet, Init, ModelConfig};
+use crate::optim::schedule::Schedule;
+use crate::optim::sgd::Sgd;
+use crate::step::Steps;
+
+/// The side of the crops the network sees (paper: 224).
+pub const CROP: usize = 224;
+
+/// The shard set's splits.
+pub(super) struct Data {
+    pub train: Arc<Dataset>,
+    pub val: Option<Arc<Dataset>>,
+    pub classes: i64,
+}
+
+/// A run in progress: what `epoch` and `stop` work on.
+pub(super) struct Run<'a> {
+    pub opts: &'a RunOptions,
+    pub data: Data,
+    pub state: TrainState,
+    pub net: AlexNet,
+    pub sgd: Sgd,
+    pub steps: Steps,
+    pub norm: InputNorm,
+    pub loader: Loader,
+    pub rec: Recorder,
+    pub summary: RunSummary,
+    pub checkpoints: PathBuf,
+}
+
+impl<'a> Run<'a> {
+    /// Opens the data, restores or creates the state, and builds the rest.
+    pub fn start(opts: &'a RunOptions) -> Result<Self, TrainError> {
+        let data = open_data(&opts.shards)?;
+        std::fs::create_dir_all(&opts.out).map_err(|source| TrainError::Io {
+            path: opts.out.clone(),
+            source,
+        })?;
+        let (state, resumed) = start_state(opts, &data)?;
+        let (net, sgd, kernels) = build_model(opts, &state, resumed.as_ref())?;
+        let log = MetricsLog::open(&opts.out, resumed.as_ref().map(|c| c.state.step)).map_err(
+            |source| TrainError::Io {
+                path: opts.out.join(log::FILE),
+                source,
+            },
+        )?;
+        let mean = data.train.mean().ok_or_else(|| no_stats(opts))?;
+        let norm = InputNorm::new(
+            mean,
+            data.train.side(),
+            CROP,
+            state.input_scale,
+            opts.placement.first(),
+        );
+        let steps_per_epoch = steps_per_epoch(opts, &data, &state)?;
+        let total = (opts.epochs * steps_per_epoch).min(opts.max_steps.unwrap_or(u64::MAX));
+        let rec = Recorder::new(log, opts.progress, total, state.step);
+        rec.announce(|| {
+            format!(
+                "{}: train {} images ({steps_per_epoch} steps of {} an epoch), val {}; \
+                 AlexNet {:.1}M parameters (width {}, {:?} init, {:?}) on {:?}; {}; {}; step {} of {total}",
+                opts.shards.display(),
+                data.train.len(),
+                state.batch_size,
+                data.val
+                    .as_ref()
+                    .map_or("none".to_string(), |v| format!("{} images", v.len())),
+                net.parameter_count() as f64 / 1e6,
+                state.model.width_mult,
+                state.init,
+                state.precision,
+                opts.placement,
+                kernels.describe(),
+                if opts.cuda_graph.resolve(opts.placement.single()) {
+                    "steps replayed from a CUDA graph"
+                } else {
+                    "eager steps"
+                },
+                state.step,
+            )
+        });
+        let graph = opts.cuda_graph.resolve(opts.placement.single());
+        let steps = Steps::new(graph, opts.placement.first())?;
+        let loader = train_loader(opts, &data, &state)?;
+        Ok(Self {
+            opts,
+            data,
+            summary: RunSummary {
+                steps: state.step,
+                last_eval: None,
+                interrupted: false,
+                checkpoint: None,
+                curves: None,
+            },
+            state,
+            net,
+            sgd,
+            steps,
+            norm,
+            loader,
+            rec,
+            checkpoints: opts.out.join("checkpoints"),
+        })
+    }
+}
+
+fn no_stats(opts: &RunOptions) -> TrainError {
+    TrainError::NoStats {
+        shards: opts.shards.clone(),
+    }
+}
+
+fn open_data(shards: &Path) -> Result<Data, TrainError> {
+    let train = Dataset::open(shards, Split::Train)?;
+    if train.mean().is_none() || train.stats().is_none() {
+        return Err(TrainError::NoStats {
+            shards: shards.to_path_buf(),
+        });
+    }
+    let val = match train.manifest.split(Split::Val) {
+        Some(_) => Some(Arc::new(Dataset::open(shards, Split::Val)?)),
+        None => None,
+    };
+    let classes = train.manifest.classes.len() as i64;
+    Ok(Data {
+        train: Arc::new(train),
+        val,
+        classes,
+    })
+}
+
+/// The state a run starts from: fresh, or the latest checkpoint.
+fn start_state(
+    opts: &RunOptions,
+    data: &Data,
+) -> Result<(TrainState, Option<Checkpoint>), TrainError> {
+    let ckpt_dir = opts.out.join("checkpoints");
+    let manifest_id = data.train.manifest.id.clone();
+    if opts.resume {
+        let ck = checkpoint::load(&ckpt_dir)?;
+        if ck.state.manifest_id != manifest_id {
+            return Err(TrainError::OtherShardSet {
+                checkpoint: ck.path.clone(),
+                trained_on: ck.state.manifest_id.clone(),
+                shards: opts.shards.clone(),
+                shard_set: manifest_id,
+            });
+        }
+        let mut state = ck.state.clone();
+        // `opts` holds the run's own settings unless some were given again
+        // (trainer.rs fills the rest from this checkpoint): those are now the
+        // run's. Checkpoints from before settings were kept get them too.
+        state.settings = Some(settings_of(opts));
+        return Ok((state, Some(ck)));
+    }
+    if checkpoint::latest(&ckpt_dir)?.is_some() {
+        return Err(TrainError::RunExists(opts.out.clone()));
+    }
+    let stats = data.train.stats().ok_or_else(|| no_stats(opts))?;
+    let input_scale = match opts.init {
+        Init::Paper => None,
+        Init::Kaiming => Some(unit_variance_scale(stats)),
+    };
+    let state = TrainState {
+        step: 0,
+        epoch: 0,
+        batch: 0,
+        schedule: Schedule::new(opts.lr, opts.patience, opts.max_drops),
+        seed: opts.seed,
+        model: ModelConfig {
+            width_mult: opts.width_mult,
+            ..ModelConfig::paper(data.classes)
+        },
+        init: opts.init,
+        precision: opts.precision,
+        batch_size: opts.batch_size,
+        input_scale,
+        manifest_id,
+        settings: Some(settings_of(opts)),
+    };
+    Ok((state, None))
+}
+
+/// What `--resume` reuses of this run's flags.
+fn settings_of(opts: &RunOptions) -> RunSettings {
+    RunSettings {
+        shards: std::fs::canonicalize(&opts.shards).unwrap_or_else(|_| opts.shards.clone()),
+        epochs: opts.epochs,
+        momentum: opts.momentum,
+        weight_decay: opts.weight_decay,
+    }
+}
+
+/// The network and optimiser with the kernels `--kernels` asks for, from
+/// `resumed` where given.
+fn build_model(
+    opts: &RunOptions,
+    state: &TrainState,
+    resumed: Option<&Checkpoint>,
+) -> Result<(AlexNet, Sgd, Kernels), TrainError> {
+    let mut net = AlexNet::new(
+        state.model,
+        state.init,
+        mix(state.seed, 0x1417) as i64,
+        opts.placement,
+        state.precision,
+    );
+    // After the weights are drawn: the kernels' start-up checks draw from
+    // the generators that `AlexNet::new` seeded.
+    let (kernels, warnings) = opts.kernels.resolve(opts.placement.single())?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    net.set_fused_lrn(kernels.lrn.clone())?;
+    let mut sgd = Sgd::new(&net.named_parameters(), opts.momentum, opts.weight_decay);
+    sgd.set_kernel(kernels.sgd.clone());
+    if let Some(ck) = resumed {
+        let mismatch = |source| CheckpointError::Mismatch {
+            path: ck.path.clone(),
+            source,
+        };
+        net.load(&ck.weights).map_err(mismatch)?;
+        sgd.load(&net.named_parameters(), &ck.momentum)
+            .map_err(mismatch)?;
+    }
+    Ok((net, sgd, kernels))
+}
+
+fn steps_per_epoch(opts: &RunOptions, data: &Data, state: &TrainState) -> Result<u64, TrainError> {
+    let sampler = Sampler::new(
+        data.train.shard_lens(),
+        state.seed,
+        Order::Random,
+        (0, 1),
+        state.batch_size,
+        true,
+    )
+    .map_err(LoaderError::from)?;
+    match sampler.batches_per_epoch() {
+        0 => Err(TrainError::TooFewImages {
+            shards: opts.shards.clone(),
+            images: data.train.len(),
+            batch_size: state.batch_size,
+        }),
+        n => Ok(n as u64),
+    }
+}
+
+/// The training loader, positioned at the state's epoch and batch.
+fn train_loader(opts: &RunOptions, data: &Data, state: &TrainState) -> Result<Loader, TrainError> {
+    let config = LoaderConfig {
+        batch_size: state.batch_size,
+        threads: opts.loader_threads.max(1),
+        prefetch: 2 * opts.loader_threads.max(1),
+        mode: Mode::Train,
+        output: Output::U8,
+        crop: CROP,
+        seed: state.seed,
+        order: Order::Random,
+        drop_last: true,
+        // The workers start the next epoch while this one's last batches
+        // train and the eval runs.
+        prefetch_next_epoch: true,
+        ..LoaderConfig::default()
+    };
+    let pool = BufferPool::for_config(&config);
+    Ok(Loader::with_pool(
+        data.train.clone(),
+        config,
+        pool,
+        state.epoch,
+        state.batch,
+    )?)
+}
