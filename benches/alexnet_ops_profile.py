@@ -1,10 +1,13 @@
 """Where the trainer's GPU time goes, kernel by kernel.
 
 `trainer bench` gives one number per configuration. This script runs the
-same sequence of ATen operations as trainer/src/model.rs and sgd.rs (the
+same sequence of ATen operations as trainer/src/model.rs and optim/sgd.rs (the
 grouped two-column net, LRN as a banded 1x1 convolution, FC halves joined by
 cat, explicit bf16 casts, the paper's SGD rule per parameter), so the CUDA
 kernels it launches are the trainer's, and PyTorch's profiler can name them.
+(That is why it does not build tests/reference/paper_alexnet.py, the nn.Module
+net the tests and the eager reference share: it replays the trainer's
+operations, not PyTorch's modules.)
 It also times variants of single pieces, to decide what to change in Rust
 before changing it:
 
