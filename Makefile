@@ -1,4 +1,4 @@
-# alexnet-rs: `make demo` (arrives with the demo issue), `make test`, and the
+# alexnet-rs: `make demo`, `make test`, and the
 # ImageNet workflow (`make shards IMAGENET=...`). `make setup` installs what the
 # build and the tests need; it is idempotent and quick once done.
 

@@ -1,4 +1,4 @@
-"""User mistakes: one clear line and a non-zero exit (issue 2)."""
+"""User mistakes: one clear line and a non-zero exit."""
 import os
 import subprocess
 

@@ -1,4 +1,4 @@
-"""`pipeline bench`: the loader end to end on the test tree (issue 4)."""
+"""`pipeline bench`: the loader end to end on the test tree."""
 import json
 import shutil
 

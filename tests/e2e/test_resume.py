@@ -1,5 +1,5 @@
 """A killed `pipeline shards` leaves no finished-looking partial shard, and a
-second run completes it to the same bytes as an uninterrupted run (issue 2)."""
+second run completes it to the same bytes as an uninterrupted run."""
 import os
 import signal
 import subprocess

@@ -1,4 +1,4 @@
-"""`pipeline shards` end to end on a real mini ILSVRC tree (issue 2)."""
+"""`pipeline shards` end to end on a real mini ILSVRC tree."""
 import os
 
 import numpy as np
@@ -101,7 +101,7 @@ def test_any_thread_count_gives_identical_bytes(tmp_path, tree):
     assert names == sorted(os.listdir(outs[1])) and len(names) > 3
     for n in names:
         assert open(outs[0] / n, "rb").read() == open(outs[1] / n, "rb").read(), n
-    # And the same as the session tree's run, made with --jobs 2 earlier.
+    # And the same as the shared test tree's run, made with --jobs 2 earlier.
     for n in names:
         assert open(outs[0] / n, "rb").read() == open(tree["out"] / n, "rb").read(), n
 

@@ -1,5 +1,5 @@
 """`pipeline stats` against an independent numpy float64 computation on the
-same decoded pixels (issue 3)."""
+same decoded pixels."""
 import json
 import shutil
 
