@@ -201,10 +201,11 @@ if want scale; then
   python3 -c 'import sys; sys.path.insert(0, "benches"); import sample_tree; \
     sample_tree.link_tree(sys.argv[1], sys.argv[2], copies=335)' "$STAGE/sample" "$W/big-tree"
   "$P" shards --imagenet "$W/big-tree" --out "$W/big" 2>&1 | tail -1 | tee -a "$OUT/pipeline.txt"
+  # The stats first: the loader's train mode needs them (PCA lighting).
+  timeout 90 "$P" stats --shards "$W/big" --jobs 16 --bench 2>&1 | tail -4 | tee -a "$OUT/pipeline.txt"
   for t in 1 16; do
     timeout 90 "$P" bench --shards "$W/big" --threads $t --epochs 2 --json 2>&1 | tee -a "$OUT/pipeline.txt"
   done
-  timeout 90 "$P" stats --shards "$W/big" --jobs 16 --bench 2>&1 | tail -4 | tee -a "$OUT/pipeline.txt"
   timeout 150 python3 benches/shards_scaling.py --pipeline "$P" --sample "$STAGE/sample" --copies 40 \
     --jobs 1 16 2>&1 | tee -a "$OUT/pipeline.txt"
 fi
