@@ -104,7 +104,16 @@ def test_resume_refuses_to_overwrite_and_continues(fashion, tmp_path):
     out = tmp_path / "r"
     args = ["run", "--shards", fashion / "shards", "--out", out, "--width-mult", "0.0625",
             "--batch-size", "16", "--quiet", "--init", "kaiming"]
+    p = trainer(*args, "--max-steps", "0", check=False)
+    assert p.returncode != 0 and "--max-steps must be at least 1" in p.stderr, p.stderr
+    assert not (out / "checkpoints").exists()
     trainer(*args, "--max-steps", "2")
+    # Resumed at its --max-steps already: no further step, the same checkpoint.
+    p = trainer(*args, "--max-steps", "2", "--resume")
+    assert "nothing to train" in p.stderr, p.stderr
+    steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
+    assert steps == [1, 2]
+    assert (out / "checkpoints" / "LATEST").read_text().strip() == "step-00000002"
     p = trainer(*args, "--max-steps", "3", check=False)
     assert p.returncode != 0 and "--resume" in p.stderr
     trainer(*args, "--max-steps", "3", "--resume")
@@ -190,3 +199,51 @@ def test_ctrl_c_checkpoints_and_resume_continues(fashion, tmp_path):
     trainer("run", *map(str, args[2:-2]), "--max-steps", stopped + 2, "--resume")
     steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
     assert steps == list(range(1, stopped + 3))
+
+
+def spoiled_copy(fashion, tmp_path, name):
+    """A copy of the Fashion-MNIST shard folder to damage."""
+    bad = tmp_path / name
+    shutil.copytree(fashion / "shards", bad)
+    return bad
+
+
+def test_damaged_statistics_are_refused_naming_the_file(fashion, tmp_path):
+    """stats.json and mean.npy are checked when the shards are opened: a
+    negative eigenvalue, statistics of another shard set, a mean image full
+    of NaN each stop the run with the file and the problem, before a step."""
+    args = ["--width-mult", "0.0625", "--batch-size", "16", "--quiet", "--max-steps", "1"]
+    cases = [
+        ("negative", lambda s: s["eigenvalues"].__setitem__(0, -5.0), "eigenvalue -5 is negative"),
+        ("other-set", lambda s: s.__setitem__("manifest_id", "0" * 16), "computed from shard set"),
+    ]
+    for name, spoil, message in cases:
+        bad = spoiled_copy(fashion, tmp_path, name)
+        stats = json.load(open(bad / "stats.json"))
+        spoil(stats)
+        json.dump(stats, open(bad / "stats.json", "w"))
+        p = trainer("run", "--shards", bad, "--out", tmp_path / f"run-{name}", *args, check=False)
+        assert p.returncode == 1, p.stderr
+        assert "stats.json" in p.stderr and message in p.stderr, p.stderr
+        assert "pipeline stats" in p.stderr, p.stderr
+    bad = spoiled_copy(fashion, tmp_path, "nan-mean")
+    raw = bytearray(open(bad / "mean.npy", "rb").read())
+    header = raw.index(b"\n") + 1  # .npy: magic, header, then little-endian float32 data
+    raw[header:header + 16] = struct.pack("<4f", *[float("nan")] * 4)
+    open(bad / "mean.npy", "wb").write(bytes(raw))
+    p = trainer("run", "--shards", bad, "--out", tmp_path / "run-nan", *args, check=False)
+    assert p.returncode == 1 and "mean.npy" in p.stderr and "not finite" in p.stderr, p.stderr
+
+
+def test_labels_past_the_class_list_are_refused_naming_the_shard(fashion, tmp_path):
+    """A manifest whose class list is shorter than the labels in its shards
+    is refused when the data is opened, naming the shard and the record (it
+    used to panic inside libtorch's loss, exit 101)."""
+    bad = spoiled_copy(fashion, tmp_path, "few-classes")
+    manifest = json.load(open(bad / "manifest.json"))
+    manifest["classes"] = manifest["classes"][:3]
+    json.dump(manifest, open(bad / "manifest.json", "w"))
+    p = trainer("run", "--shards", bad, "--out", tmp_path / "run", "--width-mult", "0.0625",
+                "--batch-size", "16", "--quiet", "--max-steps", "1", check=False)
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert ".shard: record" in p.stderr and "manifest.json lists 3 classes" in p.stderr, p.stderr

@@ -60,6 +60,15 @@ pub enum LoaderError {
     Config(String),
     #[error("loader worker failed: {0}")]
     Worker(String),
+    #[error(
+        "{path}: record {record} has label {label}, but manifest.json lists {classes} classes"
+    )]
+    Label {
+        path: std::path::PathBuf,
+        record: usize,
+        label: u32,
+        classes: usize,
+    },
 }
 
 /// How batches are handed over.
@@ -70,6 +79,33 @@ pub enum Output {
     U8,
     /// float32 CHW with mean and lighting applied.
     F32,
+}
+
+/// Every record's label must name one of the manifest's classes: a label
+/// past the class list would only fail deep inside training (an index out
+/// of bounds in the loss), far from the file that holds it.
+fn check_labels(
+    dir: &Path,
+    infos: &[crate::format::manifest::ShardInfo],
+    shards: &[ShardReader],
+    classes: usize,
+) -> Result<(), LoaderError> {
+    for (info, shard) in infos.iter().zip(shards) {
+        if let Some((record, entry)) = shard
+            .records()
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.label as usize >= classes)
+        {
+            return Err(LoaderError::Label {
+                path: dir.join(&info.file),
+                record,
+                label: entry.label,
+                classes,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The open shards of one split, with the statistics the transforms need.
@@ -117,6 +153,7 @@ impl Dataset {
                 .map(ShardReader::map_frames)
                 .collect::<Result<_, _>>()?;
         }
+        check_labels(dir, &info.shards, &shards, manifest.classes.len())?;
         let side = g.width as usize;
         let stats_path = dir.join(stats::STATS_FILE);
         let stats = if stats_path.is_file() {
@@ -124,16 +161,26 @@ impl Dataset {
                 path: stats_path.clone(),
                 source,
             })?;
-            Some(
-                serde_json::from_str(&text)
-                    .map_err(|e| LoaderError::Config(format!("{}: {e}", stats_path.display())))?,
-            )
+            let stats: Stats = serde_json::from_str(&text)
+                .map_err(|e| LoaderError::Config(format!("{}: {e}", stats_path.display())))?;
+            stats
+                .check(&manifest.id)
+                .map_err(|problem| StatsError::Invalid {
+                    path: stats_path.clone(),
+                    problem,
+                })?;
+            Some(stats)
         } else {
             None
         };
         let mean_path = dir.join(stats::MEAN_FILE);
         let mean = if mean_path.is_file() {
-            Some(stats::read_npy_f32(&mean_path, &[side, side, 3])?)
+            let mean = stats::read_npy_f32(&mean_path, &[side, side, 3])?;
+            stats::check_mean(&mean).map_err(|problem| StatsError::Invalid {
+                path: mean_path.clone(),
+                problem,
+            })?;
+            Some(mean)
         } else {
             None
         };

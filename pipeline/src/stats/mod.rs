@@ -49,6 +49,83 @@ pub enum StatsError {
         #[source]
         source: std::io::Error,
     },
+    /// stats.json or mean.npy that cannot be what `pipeline stats` wrote
+    /// for these shards.
+    #[error("{path}: {problem} (run `pipeline stats` again)")]
+    Invalid {
+        path: std::path::PathBuf,
+        problem: StatsProblem,
+    },
+}
+
+/// What is wrong with a stats.json or mean.npy.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StatsProblem {
+    #[error("a value is not finite")]
+    NotFinite,
+    #[error("eigenvalue {0} is negative")]
+    NegativeEigenvalue(f64),
+    #[error("the eigenvalues are not in descending order")]
+    NotDescending,
+    #[error("eigenvector {index} has length {length}, not 1")]
+    NotUnit { index: usize, length: f64 },
+    #[error("computed from shard set {stats}, but these shards are {shards}")]
+    OtherShardSet { stats: String, shards: String },
+    #[error("mean value {index} is {value}, outside 0..=255")]
+    MeanOutOfRange { index: usize, value: f32 },
+}
+
+impl Stats {
+    /// Checks what the loader relies on: finite values, eigenvalues
+    /// descending and not below zero (beyond rounding: a grey data set has
+    /// two that are zero up to float error), unit eigenvectors, and the
+    /// shard set they were computed from.
+    pub fn check(&self, manifest_id: &str) -> Result<(), StatsProblem> {
+        let values = self
+            .channel_mean
+            .iter()
+            .chain(self.covariance.iter().flatten())
+            .chain(&self.eigenvalues)
+            .chain(self.eigenvectors.iter().flatten());
+        if values.clone().any(|v| !v.is_finite()) {
+            return Err(StatsProblem::NotFinite);
+        }
+        let rounding = 1e-6 * self.eigenvalues[0].abs().max(1.0);
+        if let Some(&v) = self.eigenvalues.iter().find(|&&v| v < -rounding) {
+            return Err(StatsProblem::NegativeEigenvalue(v));
+        }
+        if self.eigenvalues.windows(2).any(|w| w[1] > w[0] + rounding) {
+            return Err(StatsProblem::NotDescending);
+        }
+        for (index, v) in self.eigenvectors.iter().enumerate() {
+            let length = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if (length - 1.0).abs() > 1e-4 {
+                return Err(StatsProblem::NotUnit { index, length });
+            }
+        }
+        if self.manifest_id != manifest_id {
+            return Err(StatsProblem::OtherShardSet {
+                stats: self.manifest_id.clone(),
+                shards: manifest_id.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A mean image's values must be pixel means: finite, within 0..=255.
+pub fn check_mean(mean: &[f32]) -> Result<(), StatsProblem> {
+    match mean
+        .iter()
+        .position(|v| !v.is_finite() || !(0.0..=255.0).contains(v))
+    {
+        Some(index) if !mean[index].is_finite() => Err(StatsProblem::NotFinite),
+        Some(index) => Err(StatsProblem::MeanOutOfRange {
+            index,
+            value: mean[index],
+        }),
+        None => Ok(()),
+    }
 }
 
 /// What `stats.json` holds. Pixel units 0..255; the covariance is the
@@ -481,6 +558,74 @@ pub fn read_npy_f32(path: &Path, shape: &[usize]) -> Result<Vec<f32>, StatsError
 mod tests {
     use super::*;
     use crate::progress::Silent;
+
+    fn valid_stats() -> Stats {
+        let r = std::f64::consts::FRAC_1_SQRT_2;
+        Stats {
+            images: 10,
+            pixels: 640,
+            channel_mean: [120.0, 110.0, 100.0],
+            covariance: [[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]],
+            eigenvalues: [3.0, 2.0, 0.0],
+            eigenvectors: [[1.0, 0.0, 0.0], [0.0, r, r], [0.0, r, -r]],
+            manifest_id: "set-a".into(),
+            height: 8,
+            width: 8,
+        }
+    }
+
+    #[test]
+    fn stats_files_that_cannot_be_ours_are_named_by_their_problem() {
+        assert_eq!(valid_stats().check("set-a"), Ok(()));
+        // A grey set's zero eigenvalues come out a hair below zero.
+        let mut grey = valid_stats();
+        grey.eigenvalues[2] = -1e-9;
+        assert_eq!(grey.check("set-a"), Ok(()));
+        type Spoil = fn(&mut Stats);
+        let cases: [(Spoil, StatsProblem); 5] = [
+            (
+                |s| s.eigenvalues[2] = -0.5,
+                StatsProblem::NegativeEigenvalue(-0.5),
+            ),
+            (
+                |s| s.eigenvalues = [1.0, 2.0, 0.0],
+                StatsProblem::NotDescending,
+            ),
+            (|s| s.covariance[1][2] = f64::NAN, StatsProblem::NotFinite),
+            (
+                |s| s.eigenvectors[1] = [0.0, 1.0, 1.0],
+                StatsProblem::NotUnit {
+                    index: 1,
+                    length: 2f64.sqrt(),
+                },
+            ),
+            (
+                |s| s.manifest_id = "set-b".into(),
+                StatsProblem::OtherShardSet {
+                    stats: "set-b".into(),
+                    shards: "set-a".into(),
+                },
+            ),
+        ];
+        for (spoil, problem) in cases {
+            let mut stats = valid_stats();
+            spoil(&mut stats);
+            assert_eq!(stats.check("set-a"), Err(problem));
+        }
+    }
+
+    #[test]
+    fn a_mean_image_must_hold_pixel_means() {
+        assert_eq!(check_mean(&[0.0, 127.5, 255.0]), Ok(()));
+        assert_eq!(check_mean(&[1.0, f32::NAN]), Err(StatsProblem::NotFinite));
+        assert_eq!(
+            check_mean(&[1.0, 2.0, -3.0]),
+            Err(StatsProblem::MeanOutOfRange {
+                index: 2,
+                value: -3.0
+            })
+        );
+    }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-12 * (1.0 + b.abs())

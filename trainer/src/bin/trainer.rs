@@ -315,6 +315,9 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     if args.batch_size == 0 || args.width_mult <= 0.0 || args.lr <= 0.0 {
         bail!("--batch-size, --width-mult and --lr must be positive");
     }
+    if args.max_steps == Some(0) {
+        bail!("--max-steps must be at least 1 (it counts steps from the start of the run)");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {

@@ -122,6 +122,15 @@ pub struct RunSummary {
 /// (set by Ctrl-C), and returns what the run did.
 pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainError> {
     let mut run = setup::Run::start(opts)?;
+    if let Some(max) = opts.max_steps.filter(|&m| run.state.step >= m) {
+        // A resumed run already there: no step, no new checkpoint.
+        eprintln!(
+            "{}: at step {} already (--max-steps {max}): nothing to train",
+            opts.out.display(),
+            run.state.step
+        );
+        return run.finish();
+    }
     while run.state.epoch < opts.epochs {
         if let Some(reason) = run.train_epoch(stop)? {
             return run.stop(reason);
