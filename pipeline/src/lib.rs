@@ -11,7 +11,8 @@
 //!   augmentation, batch buffers).
 //! - [`tools`]: `pipeline verify`, `pipeline export`, `pipeline sheet` and
 //!   the zstd ceilings the benchmarks use.
-//! - [`progress`]: how long calls report progress (the binaries draw it).
+//! - [`progress`]: how long calls report progress (the binaries draw it);
+//!   `value_enum!`: a library enum as a binary's command-line value.
 //! - [`rng`]: the seeded generator behind every order and augmentation;
 //!   `cpu`: which SIMD kernels this CPU runs; `panics`: a worker's panic as
 //!   the text of its error.
@@ -28,3 +29,4 @@ mod cpu;
 mod panics;
 pub mod progress;
 pub mod rng;
+mod value_enum;

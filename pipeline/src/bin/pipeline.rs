@@ -20,25 +20,11 @@ use pipeline::tools::inspect::{self, Selector};
 use pipeline::tools::loader_bench;
 
 /// The library's option enums as command-line values: the library has no
-/// clap, so each is mirrored here with its help text and turned into the
-/// library's own with `into()`.
+/// clap, so each is mirrored here (`pipeline::value_enum!`) with its help
+/// text and turned into the library's own with `into()`.
 mod values {
-    macro_rules! value_enum {
-        ($(#[$meta:meta])* $name:ident => $lib:path { $($(#[$doc:meta])* $variant:ident,)+ }) => {
-            $(#[$meta])*
-            #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-            pub enum $name { $($(#[$doc])* $variant,)+ }
-
-            impl From<$name> for $lib {
-                fn from(value: $name) -> Self {
-                    match value { $($name::$variant => Self::$variant,)+ }
-                }
-            }
-        };
-    }
-
-    value_enum!(Split => pipeline::ingest::Split { Train, Val, });
-    value_enum!(Mode => pipeline::loader::augment::Mode {
+    pipeline::value_enum!(Split => pipeline::ingest::Split { Train, Val, });
+    pipeline::value_enum!(Mode => pipeline::loader::augment::Mode {
         /// Random crop, mirror and lighting.
         Train,
         /// The centre window.
@@ -46,13 +32,13 @@ mod values {
         /// Four corners and centre, and their mirrors, kept together per image.
         Tencrop,
     });
-    value_enum!(Output => pipeline::loader::Output {
+    pipeline::value_enum!(Output => pipeline::loader::Output {
         /// uint8 HWC crops plus each view's parameters.
         U8,
         /// float32 CHW with mean and lighting applied.
         F32,
     });
-    value_enum!(ReadMode => pipeline::format::shard::ReadMode {
+    pipeline::value_enum!(ReadMode => pipeline::format::shard::ReadMode {
         /// `map` while the shards fit in half of this machine's memory.
         Auto,
         /// Map each shard file: frames decompressed from the page cache.
@@ -60,7 +46,7 @@ mod values {
         /// Copy each frame out of the file with one pread.
         Pread,
     });
-    value_enum!(ResizeFilter => pipeline::ingest::codec::ResizeFilter {
+    pipeline::value_enum!(ResizeFilter => pipeline::ingest::codec::ResizeFilter {
         /// Triangle (Pillow BILINEAR): torchvision's default for ImageNet.
         Bilinear,
         /// Catmull-Rom (Pillow BICUBIC).
@@ -68,13 +54,13 @@ mod values {
         /// Lanczos, a = 3 (Pillow LANCZOS).
         Lanczos3,
     });
-    value_enum!(PixelFilter => pipeline::format::shard::PixelFilter {
+    pipeline::value_enum!(PixelFilter => pipeline::format::shard::PixelFilter {
         /// Bytes as they are.
         None,
         /// Each byte minus its left neighbour.
         Delta,
     });
-    value_enum!(MatchSearch => pipeline::format::shard::MatchSearch {
+    pipeline::value_enum!(MatchSearch => pipeline::format::shard::MatchSearch {
         /// zstd's own search for the level.
         Full,
         /// Few, long matches and literal Huffman coding kept (level 1 only).

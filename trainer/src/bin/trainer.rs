@@ -20,29 +20,16 @@ use trainer::learner::{run, RunOptions, CROP};
 use trainer::model::{AlexNet, Placement, Precision};
 
 /// The library's option enums as command-line values: the library has no
-/// clap, so each is mirrored here with its help text and turned into the
-/// library's own with `into()`.
+/// clap, so each is mirrored here (`pipeline::value_enum!`) with its help
+/// text and turned into the library's own with `into()`.
 mod values {
-    macro_rules! value_enum {
-        ($name:ident => $lib:path { $($(#[$doc:meta])* $variant:ident,)+ }) => {
-            #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-            pub enum $name { $($(#[$doc])* $variant,)+ }
-
-            impl From<$name> for $lib {
-                fn from(value: $name) -> Self {
-                    match value { $($name::$variant => Self::$variant,)+ }
-                }
-            }
-        };
-    }
-
-    value_enum!(Init => trainer::model::Init {
+    pipeline::value_enum!(Init => trainer::model::Init {
         /// N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6 and fc7.
         Paper,
         /// He et al. (2015) with unit-variance inputs: learns in short runs.
         Kaiming,
     });
-    value_enum!(KernelChoice => trainer::kernels::KernelChoice {
+    pipeline::value_enum!(KernelChoice => trainer::kernels::KernelChoice {
         /// On with one CUDA device where they compile and pass their check.
         Auto,
         /// libtorch's operations only.
@@ -50,7 +37,7 @@ mod values {
         /// Ours, or an error where they cannot run.
         On,
     });
-    value_enum!(GraphChoice => trainer::step::GraphChoice {
+    pipeline::value_enum!(GraphChoice => trainer::step::GraphChoice {
         /// On with one CUDA device where this build can capture.
         Auto,
         /// Replay, or an error where it cannot run.
