@@ -23,7 +23,8 @@ use crate::step::Steps;
 /// The side of the crops the network sees (paper: 224).
 pub const CROP: usize = 224;
 
-/// The shard set's splits.
+/// The shard set's splits; train has its mean.npy and stats.json (checked
+/// in `open_data`).
 pub(super) struct Data {
     pub train: Arc<Dataset>,
     pub val: Option<Arc<Dataset>>,
@@ -61,7 +62,7 @@ impl<'a> Run<'a> {
                 source,
             },
         )?;
-        let mean = data.train.mean().ok_or_else(|| no_stats(opts))?;
+        let mean = data.train.mean().expect("checked in open_data");
         let norm = InputNorm::new(
             mean,
             data.train.side(),
@@ -72,6 +73,7 @@ impl<'a> Run<'a> {
         let steps_per_epoch = steps_per_epoch(opts, &data, &state)?;
         let total = (opts.epochs * steps_per_epoch).min(opts.max_steps.unwrap_or(u64::MAX));
         let rec = Recorder::new(log, opts.progress, total, state.step);
+        let graph = opts.cuda_graph.resolve(opts.placement.single());
         rec.announce(|| {
             format!(
                 "{}: train {} images ({steps_per_epoch} steps of {} an epoch), val {}; \
@@ -88,7 +90,7 @@ impl<'a> Run<'a> {
                 state.precision,
                 opts.placement,
                 kernels.describe(),
-                if opts.cuda_graph.resolve(opts.placement.single()) {
+                if graph {
                     "steps replayed from a CUDA graph"
                 } else {
                     "eager steps"
@@ -96,7 +98,6 @@ impl<'a> Run<'a> {
                 state.step,
             )
         });
-        let graph = opts.cuda_graph.resolve(opts.placement.single());
         let steps = Steps::new(graph, opts.placement.first())?;
         let loader = train_loader(opts, &data, &state)?;
         Ok(Self {
@@ -118,12 +119,6 @@ impl<'a> Run<'a> {
             rec,
             checkpoints: opts.out.join("checkpoints"),
         })
-    }
-}
-
-fn no_stats(opts: &RunOptions) -> TrainError {
-    TrainError::NoStats {
-        shards: opts.shards.clone(),
     }
 }
 
@@ -173,7 +168,7 @@ fn start_state(
     if checkpoint::latest(&ckpt_dir)?.is_some() {
         return Err(TrainError::RunExists(opts.out.clone()));
     }
-    let stats = data.train.stats().ok_or_else(|| no_stats(opts))?;
+    let stats = data.train.stats().expect("checked in open_data");
     let input_scale = match opts.init {
         Init::Paper => None,
         Init::Kaiming => Some(unit_variance_scale(stats)),
