@@ -81,13 +81,13 @@ impl Stats {
     /// two that are zero up to float error), unit eigenvectors, and the
     /// shard set they were computed from.
     pub fn check(&self, manifest_id: &str) -> Result<(), StatsProblem> {
-        let values = self
+        let mut values = self
             .channel_mean
             .iter()
             .chain(self.covariance.iter().flatten())
             .chain(&self.eigenvalues)
             .chain(self.eigenvectors.iter().flatten());
-        if values.clone().any(|v| !v.is_finite()) {
+        if values.any(|v| !v.is_finite()) {
             return Err(StatsProblem::NotFinite);
         }
         let rounding = 1e-6 * self.eigenvalues[0].abs().max(1.0);
@@ -115,17 +115,15 @@ impl Stats {
 
 /// A mean image's values must be pixel means: finite, within 0..=255.
 pub fn check_mean(mean: &[f32]) -> Result<(), StatsProblem> {
-    match mean
-        .iter()
-        .position(|v| !v.is_finite() || !(0.0..=255.0).contains(v))
-    {
-        Some(index) if !mean[index].is_finite() => Err(StatsProblem::NotFinite),
-        Some(index) => Err(StatsProblem::MeanOutOfRange {
-            index,
-            value: mean[index],
-        }),
-        None => Ok(()),
+    for (index, &value) in mean.iter().enumerate() {
+        if !value.is_finite() {
+            return Err(StatsProblem::NotFinite);
+        }
+        if !(0.0..=255.0).contains(&value) {
+            return Err(StatsProblem::MeanOutOfRange { index, value });
+        }
     }
+    Ok(())
 }
 
 /// What `stats.json` holds. Pixel units 0..255; the covariance is the
