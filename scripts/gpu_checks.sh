@@ -89,13 +89,17 @@ if want ceiling; then
   done
 fi
 
+# An ILSVRC-style tree at $1 of the staged photos, each linked $2 times
+# (benches/sample_tree.py, as the CPU benchmarks make theirs).
+link_sample() {
+  python3 -c 'import sys; sys.path.insert(0, "benches"); import sample_tree; \
+    sample_tree.link_tree(sys.argv[1], sys.argv[2], copies=int(sys.argv[3]))' "$STAGE/sample" "$1" "$2"
+}
+
 # The 120 staged photos linked 67 times: an 8,040-image train split.
 sample_shards() {
   [ -f "$W/sample/stats.json" ] && return
-  for f in "$STAGE"/sample/*.JPEG; do
-    b=$(basename "$f"); d="$W/sample-tree/train/${b%%_*}"; mkdir -p "$d"
-    for k in $(seq 67); do ln -s "$f" "$d/$k-$b"; done
-  done
+  link_sample "$W/sample-tree" 67
   "$P" shards --imagenet "$W/sample-tree" --out "$W/sample" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
   "$P" stats --shards "$W/sample" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
 }
@@ -198,8 +202,7 @@ fi
 
 if want scale; then
   log "scale: loader and stats at 16 threads on 40,200 images; shards at 1 and 16 jobs on 4,800"
-  python3 -c 'import sys; sys.path.insert(0, "benches"); import sample_tree; \
-    sample_tree.link_tree(sys.argv[1], sys.argv[2], copies=335)' "$STAGE/sample" "$W/big-tree"
+  link_sample "$W/big-tree" 335
   "$P" shards --imagenet "$W/big-tree" --out "$W/big" 2>&1 | tail -1 | tee -a "$OUT/pipeline.txt"
   # The stats first: the loader's train mode needs them (PCA lighting).
   timeout 90 "$P" stats --shards "$W/big" --jobs 16 --bench 2>&1 | tail -4 | tee -a "$OUT/pipeline.txt"
