@@ -33,9 +33,9 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch env build test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader learn-fashion gpu-stage demo clean
+.PHONY: setup setup-apt setup-python setup-torch setup-gloo env build test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader learn-fashion gpu-stage demo clean
 
-setup: setup-apt setup-python setup-torch
+setup: setup-apt setup-python setup-torch setup-gloo
 
 # cmake + nasm build the vendored libjpeg-turbo (SIMD) behind turbojpeg-sys;
 # libopenblas-dev is the LAPACK behind ndarray-linalg (stats); libopenblas0-serial
@@ -81,18 +81,43 @@ $(TORCH_VENV)/.cuda-headers: $(TORCH_VENV)/.installed
 	$(TORCH_VENV)/bin/python -m pip install -q "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
 	touch $@
 
+# Gloo's headers, which libtorch's ProcessGroupGloo.hpp includes and the
+# PyTorch wheel leaves out: the trainer's data-parallel shim
+# (trainer/src/sys/dist_shim.cpp) compiles against them. They come from
+# Debian's libgloo-dev (BSD licence, in $(GLOO)/copyright), the gloo of
+# 2025-09-12, three commits before the one torch 2.11 links; those commits
+# change only gloo/common/logging.h's macros, so the classes and their
+# vtables match the library inside libtorch_cpu.so. Pinned by SHA-256.
+GLOO     ?= $(CACHE)/gloo
+GLOO_DEB := libgloo-dev_0.0~git20250912.d97133a-2_amd64.deb
+GLOO_SHA := 2ee01a68afe26991fbb7c5ead2815f113d37da20e2587cd339408030df7d2e2a
+export TRAINER_GLOO_INCLUDE := $(GLOO)/include
+
+setup-gloo: $(GLOO)/.installed
+
+$(GLOO)/.installed:
+	rm -rf $(GLOO) && mkdir -p $(GLOO)/deb
+	curl -fsSL --retry 3 -o $(GLOO)/deb/$(GLOO_DEB) \
+	  "http://deb.debian.org/debian/pool/main/g/gloo/$(GLOO_DEB)"
+	echo "$(GLOO_SHA)  $(GLOO)/deb/$(GLOO_DEB)" | sha256sum -c --quiet
+	dpkg-deb -x $(GLOO)/deb/$(GLOO_DEB) $(GLOO)/deb/root
+	mv $(GLOO)/deb/root/usr/include $(GLOO)/include
+	mv $(GLOO)/deb/root/usr/share/doc/libgloo-dev/copyright $(GLOO)/copyright
+	rm -rf $(GLOO)/deb
+	touch $@
+
 # For cargo outside make: eval "$$(make -s env)" exports what the tch build needs.
 env:
-	@echo "export VIRTUAL_ENV=$(TORCH_VENV) LIBTORCH_USE_PYTORCH=1 PATH=$(TORCH_VENV)/bin:\$$PATH"
+	@echo "export VIRTUAL_ENV=$(TORCH_VENV) LIBTORCH_USE_PYTORCH=1 TRAINER_GLOO_INCLUDE=$(TRAINER_GLOO_INCLUDE) PATH=$(TORCH_VENV)/bin:\$$PATH"
 
-build: setup-apt setup-torch
+build: setup-apt setup-torch setup-gloo
 	$(CARGO) build --release --workspace
 
-lint: setup-apt setup-torch
+lint: setup-apt setup-torch setup-gloo
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-unit: setup-apt setup-torch
+unit: setup-apt setup-torch setup-gloo
 	$(CARGO) test --release --workspace
 
 # End-to-end tests against independent references (Pillow, numpy, a Python

@@ -8,12 +8,15 @@
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(trainer_cuda_graphs)");
+    println!("cargo::rustc-check-cfg=cfg(trainer_c10d)");
+    println!("cargo::rustc-check-cfg=cfg(trainer_nccl)");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
     compile_grad_shim(std::path::Path::new(&lib));
     compile_graph_shim(std::path::Path::new(&lib));
+    compile_dist_shim(std::path::Path::new(&lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     // Where to look for the NVRTC that matches this libtorch when the
     // process has not mapped libtorch from elsewhere (sys/cuda.rs).
@@ -96,4 +99,51 @@ fn cuda_include(torch: &std::path::Path) -> Option<std::path::PathBuf> {
                 .iter()
                 .all(|f| i.join(f).exists())
         })
+}
+
+/// `src/sys/dist_shim.cpp` (+ `nccl_shim.cpp`): c10d's TCPStore and process
+/// groups (src/sys/dist.rs). libtorch's ProcessGroupGloo.hpp includes Gloo's
+/// headers, which the PyTorch wheel leaves out: `make setup-gloo` installs
+/// them and names the folder in TRAINER_GLOO_INCLUDE. Without them the
+/// trainer builds for one process only (a distributed launch then says
+/// so). NCCL needs CUDA's headers (as the graph shim) and the wheel's nccl.h.
+fn compile_dist_shim(lib: &std::path::Path) {
+    println!("cargo:rerun-if-changed=src/sys/dist_shim.cpp");
+    println!("cargo:rerun-if-changed=src/sys/nccl_shim.cpp");
+    println!("cargo:rerun-if-changed=src/sys/nccl_stub.cpp");
+    println!("cargo:rerun-if-env-changed=TRAINER_GLOO_INCLUDE");
+    let torch = lib.parent().expect("torch/lib has a parent");
+    let gloo = std::env::var_os("TRAINER_GLOO_INCLUDE").map(std::path::PathBuf::from);
+    let Some(gloo) = gloo.filter(|g| g.join("gloo/algorithm.h").exists()) else {
+        println!("cargo:warning=no Gloo headers (make setup-gloo): building without data-parallel training");
+        return;
+    };
+    let mut build = libtorch_cpp(torch);
+    build
+        .include(&gloo)
+        .define("USE_C10D_GLOO", None)
+        .file("src/sys/dist_shim.cpp");
+    let nccl = cuda_include(torch).zip(nccl_include(torch));
+    match &nccl {
+        Some((cuda, nccl)) => {
+            build
+                .include(cuda)
+                .include(nccl)
+                .define("USE_C10D_NCCL", None)
+                .flag("-Wno-interference-size")
+                .file("src/sys/nccl_shim.cpp");
+            println!("cargo:rustc-cfg=trainer_nccl");
+        }
+        None => {
+            build.file("src/sys/nccl_stub.cpp");
+        }
+    }
+    build.compile("trainer_dist_shim");
+    println!("cargo:rustc-cfg=trainer_c10d");
+}
+
+/// `site-packages/nvidia/nccl/include` (nccl.h) for a PyTorch wheel's libtorch.
+fn nccl_include(torch: &std::path::Path) -> Option<std::path::PathBuf> {
+    let include = torch.parent()?.join("nvidia/nccl/include");
+    include.join("nccl.h").exists().then_some(include)
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Layers, lowest first; a module is named by its path under `crate::`.
 const LAYERS: &[&[&str]] = &[
-    &["sys::stream", "sys::autograd", "named_tensors", "lrn"],
+    &["sys::stream", "sys::autograd", "sys::dist", "named_tensors", "lrn"],
     &["sys::cuda"],
     &["sys::graph", "sys"],
     &["kernels::lrn", "kernels::sgd"],
