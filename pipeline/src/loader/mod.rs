@@ -6,7 +6,8 @@
 //! (read frame, decompress, undo filter, crop/mirror/light straight into the
 //! batch buffer) and returns them over a crossbeam channel; the consumer puts
 //! them back in order. Every image's random draws come from (seed, epoch,
-//! rank, position), so batches are identical for any thread count.
+//! position in the epoch), so batches are identical for any thread count,
+//! and data-parallel ranks draw what one process would.
 //!
 //! With `prefetch_next_epoch`, the jobs do not stop at the end of an epoch:
 //! once the last batch of epoch e is handed out, the workers go on with the
@@ -635,7 +636,10 @@ fn build_batch(
     let mut data = take_buffer(shared, views_total * crop * crop * 3);
     let mut views = Vec::with_capacity(views_total);
     let mut labels = Vec::with_capacity(records.len());
-    let epoch_seed = mix(mix(config.seed, epoch), config.rank as u64);
+    // Each image's draws are keyed by its position in the whole epoch's
+    // order (rank r's j-th record is the epoch's record r + world j), so
+    // that data-parallel ranks augment each record as one process would.
+    let epoch_seed = mix(mix(config.seed, epoch), 0);
     // One uint8 view per image and no checksum: unfilter only what the crop
     // reads, while copying it (augment::crop_u8_filtered).
     let fused = per_image == 1 && !config.verify && matches!(data, BatchData::U8(_));
@@ -648,7 +652,7 @@ fn build_batch(
             None
         };
         labels.push(shard.records()[id.index as usize].label);
-        let position = (index * config.batch_size + i) as u64;
+        let position = ((index * config.batch_size + i) * config.world + config.rank) as u64;
         let mut rng = SplitMix64::new(mix(epoch_seed, position));
         for view in augment::views(config.mode, side, crop, shared.lighting.as_ref(), &mut rng) {
             let slot = views.len() * crop * crop * 3;
@@ -871,6 +875,47 @@ pub(crate) mod tests {
                 u8_data(b),
                 "recycled buffers hold nothing stale"
             );
+        }
+    }
+
+    /// Data-parallel ranks: batch k of 3 ranks of batch 2, together, holds
+    /// the records, views (crop, mirror, lighting) and pixels of batch k of
+    /// one process of batch 6; and each rank has that process's batch count.
+    #[test]
+    fn ranks_batches_together_are_one_processs_batches_pixel_for_pixel() {
+        let (_dir, data) = dataset();
+        let with = |rank, world, batch_size| LoaderConfig {
+            rank,
+            world,
+            batch_size,
+            drop_last: true,
+            ..config(2, Output::U8)
+        };
+        let one = collect(Loader::new(data.clone(), with(0, 1, 6), 1, 0).expect("loader"));
+        let ranks: Vec<Vec<Batch>> = (0..3)
+            .map(|r| collect(Loader::new(data.clone(), with(r, 3, 2), 1, 0).expect("loader")))
+            .collect();
+        assert_eq!(one.len(), 4); // 27 records in batches of 6
+        let view_bytes = CROP * CROP * 3;
+        for (k, whole) in one.iter().enumerate() {
+            let mut want: Vec<(RecordId, augment::View, Vec<u8>)> = (0..whole.records.len())
+                .map(|i| {
+                    let px = u8_data(whole)[i * view_bytes..][..view_bytes].to_vec();
+                    (whole.records[i], whole.views[i], px)
+                })
+                .collect();
+            let mut got = Vec::new();
+            for part in &ranks {
+                assert_eq!(part.len(), one.len());
+                let b = &part[k];
+                for i in 0..b.records.len() {
+                    let px = u8_data(b)[i * view_bytes..][..view_bytes].to_vec();
+                    got.push((b.records[i], b.views[i], px));
+                }
+            }
+            want.sort_by_key(|w| w.0);
+            got.sort_by_key(|g| g.0);
+            assert!(want == got, "batch {k} differs");
         }
     }
 

@@ -15,6 +15,11 @@
 //! positions p of the epoch's order with p mod world == r. The parts are
 //! disjoint and together cover the epoch; when the record count N is not a
 //! multiple of `world`, ranks below N mod world hold one record more.
+//! So batch k of every rank together is batch k of one process whose batch
+//! is `world` times larger. With `drop_last` (training) every rank takes the
+//! same number of batches, N / (world x batch), that one process's count:
+//! data-parallel ranks step together, and a rank with one record more does
+//! not wait in a collective for ranks that have finished.
 
 use crate::rng::SplitMix64;
 
@@ -92,10 +97,11 @@ impl Sampler {
         n / w + usize::from(self.rank < n % w)
     }
 
-    /// Batches this rank sees in an epoch.
+    /// Batches this rank sees in an epoch (with `drop_last`, the same on
+    /// every rank).
     pub fn batches_per_epoch(&self) -> usize {
         if self.drop_last {
-            self.rank_len() / self.batch_size
+            self.total() / (self.world * self.batch_size)
         } else {
             self.rank_len().div_ceil(self.batch_size)
         }
@@ -227,6 +233,29 @@ mod tests {
         }
         assert_eq!(total, 30);
         assert_eq!(union, all_ids());
+    }
+
+    /// Batch k of each of `world` ranks, together, is batch k of one
+    /// process with a batch `world` times larger, and with `drop_last` every
+    /// rank has that process's number of batches, even where ranks hold
+    /// different numbers of records.
+    #[test]
+    fn ranks_batches_together_are_one_processs_larger_batches() {
+        // 30 records, 4 ranks of batch 2: one process of batch 8 has 3
+        // batches; ranks 0 and 1 hold 8 records (4 batches' worth) but take 3.
+        let one = sampler(Order::Random, 0, 1, 8, true).batches(3, 0);
+        assert_eq!(one.len(), 3);
+        let parts: Vec<Vec<Vec<RecordId>>> = (0..4)
+            .map(|rank| sampler(Order::Random, rank, 4, 2, true).batches(3, 0))
+            .collect();
+        for (k, batch) in one.iter().enumerate() {
+            let mut union: Vec<RecordId> = parts.iter().flat_map(|p| p[k].clone()).collect();
+            let mut want = batch.clone();
+            union.sort();
+            want.sort();
+            assert_eq!(union, want, "batch {k}");
+        }
+        assert!(parts.iter().all(|p| p.len() == 3));
     }
 
     #[test]
