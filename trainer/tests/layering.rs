@@ -8,11 +8,17 @@ use std::path::{Path, PathBuf};
 
 /// Layers, lowest first; a module is named by its path under `crate::`.
 const LAYERS: &[&[&str]] = &[
-    &["sys::stream", "sys::autograd", "sys::dist", "named_tensors", "lrn"],
+    &[
+        "sys::stream",
+        "sys::autograd",
+        "sys::dist",
+        "named_tensors",
+        "lrn",
+    ],
     &["sys::cuda"],
     &["sys::graph", "sys"],
     &["kernels::lrn", "kernels::sgd"],
-    &["kernels"],
+    &["kernels", "dist"],
     &[
         "model",
         "optim::sgd",
@@ -22,7 +28,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["optim", "metric::plot"],
     &["step", "checkpoint", "eval", "metric"],
-    &["bench", "learner"],
+    &["bench", "learner", "launch"],
 ];
 
 /// The module a file defines: `src/kernels/lrn/mod.rs` -> `kernels::lrn`.

@@ -38,7 +38,9 @@ impl std::fmt::Display for Backend {
 /// What a c10d call reported.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CommError {
-    #[error("this trainer was built without c10d (no Gloo headers: make setup-gloo, then rebuild)")]
+    #[error(
+        "this trainer was built without c10d (no Gloo headers: make setup-gloo, then rebuild)"
+    )]
     Unavailable,
     #[error("{0}")]
     Bad(String),
@@ -157,10 +159,13 @@ pub struct ProcessGroup {
     world: usize,
 }
 
-// SAFETY: c10d's process groups and stores are made to be used from any
-// thread (PyTorch calls them from its Python threads and its reducer); we
-// only move the handle, and take &mut for nothing.
+// SAFETY: c10d's process groups and stores are made to be called from any
+// thread, concurrently (PyTorch calls one group from its Python threads and
+// from DDP's reducer; each guards its state with its own locks). Which
+// collective comes first must still agree across ranks: callers issue
+// them from one thread.
 unsafe impl Send for ProcessGroup {}
+unsafe impl Sync for ProcessGroup {}
 
 impl ProcessGroup {
     /// Meets the other ranks at `rv` and connects `backend`'s group. Blocks
@@ -247,7 +252,10 @@ impl Drop for ProcessGroup {
 }
 
 fn handles(tensors: &[&Tensor]) -> Vec<*mut C_tensor> {
-    tensors.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+    tensors
+        .iter()
+        .map(|t| t.as_ptr() as *mut C_tensor)
+        .collect()
 }
 
 fn to_i32(value: usize, what: &str) -> Result<i32, CommError> {
@@ -326,7 +334,8 @@ mod tests {
             let ok = on_ranks(world, move |rank, pg| {
                 let scale = (rank + 1) as f64;
                 let a = Tensor::arange_start(1, 1001, (Kind::Float, Device::Cpu)) * scale;
-                let b = Tensor::arange_start(1, 13, (Kind::Double, Device::Cpu)).view([3, 4]) * scale;
+                let b =
+                    Tensor::arange_start(1, 13, (Kind::Double, Device::Cpu)).view([3, 4]) * scale;
                 let big = Tensor::full([6_000_000], scale, (Kind::Float, Device::Cpu));
                 pg.all_reduce_sum(&[&a, &b, &big]).expect("all-reduce");
                 let total = (world * (world + 1) / 2) as f64;
