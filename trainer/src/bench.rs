@@ -99,7 +99,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchResult, StepError> {
         .collect();
     let labels = Tensor::randint(1000, [b], (Kind::Int64, device));
     sgd.set_kernel(opts.kernels.sgd.clone());
-    let mut steps = Steps::new(opts.cuda_graph, device)?;
+    let mut steps = Steps::new(opts.cuda_graph, device, None)?;
     let mut step = |i: usize| -> Result<(), StepError> {
         let _loss = steps.run(&net, &mut sgd, &params, &inputs[i % 2], &labels, 0.01)?;
         Ok(())

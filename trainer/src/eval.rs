@@ -1,6 +1,10 @@
 //! Top-1 / top-5 on a split: the centre crop (every epoch) or the paper's
 //! ten crops (four corners and centre, and their mirrors) with the softmax
 //! averaged over the ten.
+//!
+//! Data-parallel, each rank scores its part of the split (`EvalOptions::part`)
+//! and the ranks' `EvalSums` are added up: counts add exactly, so the
+//! numbers are the one process's.
 
 use std::sync::Arc;
 
@@ -27,6 +31,44 @@ pub struct EvalOptions {
     /// Images per batch (ten-crop batches hold ten views per image).
     pub batch_size: usize,
     pub threads: usize,
+    /// This rank's part of the split: (rank, world); (0, 1) is all of it.
+    pub part: (usize, usize),
+}
+
+/// What an evaluation adds up: images, top-1 and top-5 hits, and summed
+/// cross-entropy. Sums of parts are the sums of the whole.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct EvalSums {
+    pub images: f64,
+    pub hit1: f64,
+    pub hit5: f64,
+    pub loss: f64,
+}
+
+impl EvalSums {
+    pub fn to_array(self) -> [f64; 4] {
+        [self.images, self.hit1, self.hit5, self.loss]
+    }
+
+    pub fn from_array([images, hit1, hit5, loss]: [f64; 4]) -> Self {
+        Self {
+            images,
+            hit1,
+            hit5,
+            loss,
+        }
+    }
+
+    /// The rates of these sums.
+    pub fn result(self) -> EvalResult {
+        let d = self.images.max(1.0);
+        EvalResult {
+            images: self.images as usize,
+            top1: self.hit1 / d,
+            top5: self.hit5 / d,
+            loss: self.loss / d,
+        }
+    }
 }
 
 pub fn evaluate(
@@ -35,7 +77,7 @@ pub fn evaluate(
     dataset: Arc<Dataset>,
     options: &EvalOptions,
     progress: &dyn Progress,
-) -> Result<EvalResult, LoaderError> {
+) -> Result<EvalSums, LoaderError> {
     let config = LoaderConfig {
         batch_size: options.batch_size,
         threads: options.threads.max(1),
@@ -45,10 +87,12 @@ pub fn evaluate(
         order: Order::Sequential,
         drop_last: false,
         lighting_std: 0.0,
+        rank: options.part.0,
+        world: options.part.1,
         ..LoaderConfig::default()
     };
     let loader = Loader::new(dataset, config, 0, 0)?;
-    let (mut images, mut hit1, mut hit5, mut loss_sum) = (0usize, 0f64, 0f64, 0f64);
+    let mut sums = EvalSums::default();
     for batch in loader {
         let batch = batch?;
         let pixels = crate::input::batch_pixels(&batch)?;
@@ -63,19 +107,13 @@ pub fn evaluate(
                 .mean_dim(1, false, Kind::Float);
             score(&probs, &labels)
         });
-        images += n as usize;
-        hit1 += h1;
-        hit5 += h5;
-        loss_sum += loss;
+        sums.images += n as f64;
+        sums.hit1 += h1;
+        sums.hit5 += h5;
+        sums.loss += loss;
         progress.advance(n as u64);
     }
-    let d = images.max(1) as f64;
-    Ok(EvalResult {
-        images,
-        top1: hit1 / d,
-        top5: hit5 / d,
-        loss: loss_sum / d,
-    })
+    Ok(sums)
 }
 
 /// (top-1 hits, top-5 hits, summed cross-entropy) of class probabilities.

@@ -15,8 +15,11 @@
 //! a new lr is a new capture (the update's factors are recorded in the
 //! graph).
 
+use std::sync::Arc;
+
 use tch::{Device, Tensor};
 
+use crate::dist::{Dist, DistError};
 use crate::kernels::lrn::FusedLrnError;
 use crate::model::AlexNet;
 use crate::optim::sgd::Sgd;
@@ -38,12 +41,20 @@ pub enum GraphChoice {
 }
 
 impl GraphChoice {
-    /// Whether to replay, for a network on `device` (None: two devices).
-    pub fn resolve(self, device: Option<Device>) -> bool {
+    /// Whether to replay, for a network on `device` (None: two devices),
+    /// trained by one process (`data_parallel` false) or by several. The
+    /// collectives of data-parallel steps are not captured (yet): `auto` is
+    /// then eager, and `on` an error.
+    pub fn resolve(self, device: Option<Device>, data_parallel: bool) -> Result<bool, GraphError> {
         match self {
-            Self::On => true,
-            Self::Off => false,
-            Self::Auto => crate::sys::graph::AVAILABLE && matches!(device, Some(Device::Cuda(_))),
+            Self::On if data_parallel => Err(GraphError::Unavailable(
+                "--cuda-graph on: steps of data-parallel training are not captured; use auto or off".into(),
+            )),
+            Self::On => Ok(true),
+            Self::Off => Ok(false),
+            Self::Auto => Ok(crate::sys::graph::AVAILABLE
+                && !data_parallel
+                && matches!(device, Some(Device::Cuda(_)))),
         }
     }
 }
@@ -57,6 +68,8 @@ pub enum StepError {
     Update(#[source] CudaError),
     #[error(transparent)]
     Graph(#[from] GraphError),
+    #[error(transparent)]
+    Dist(#[from] DistError),
 }
 
 /// Eager steps before the capture.
@@ -74,7 +87,10 @@ struct Captured {
 }
 
 /// One training step as written: the loss and gradients of a batch, then
-/// the update. Returns the loss and the gradients.
+/// the update. Data-parallel (`dist`), the gradients and the loss are
+/// averaged over the ranks first: every rank then makes the same update,
+/// the one process's on the global batch. Returns the loss and the
+/// gradients.
 fn eager_step(
     net: &AlexNet,
     sgd: &mut Sgd,
@@ -82,8 +98,14 @@ fn eager_step(
     x: &Tensor,
     labels: &Tensor,
     lr: f64,
+    dist: Option<&Dist>,
 ) -> Result<(Tensor, Vec<Tensor>), StepError> {
     let (loss, grads) = net.loss_and_gradients(x, labels)?;
+    if let Some(dist) = dist {
+        let mut reduced: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
+        reduced.push(&loss);
+        dist.average(&reduced)?;
+    }
     sgd.step(params, &grads, lr).map_err(StepError::Update)?;
     Ok((loss, grads))
 }
@@ -92,17 +114,28 @@ fn eager_step(
 /// `--cuda-graph` replayed from a capture.
 pub struct Steps {
     graphed: Option<GraphedSteps>,
+    dist: Option<Arc<Dist>>,
 }
 
 impl Steps {
-    /// Eager steps, or replayed ones (`cuda_graph`) for a network on `device`.
-    pub fn new(cuda_graph: bool, device: Device) -> Result<Self, GraphError> {
+    /// Eager steps, or replayed ones (`cuda_graph`) for a network on
+    /// `device`; with `dist`, data-parallel (eager) steps.
+    pub fn new(
+        cuda_graph: bool,
+        device: Device,
+        dist: Option<Arc<Dist>>,
+    ) -> Result<Self, GraphError> {
+        if cuda_graph && dist.is_some() {
+            return Err(GraphError::Unavailable(
+                "steps of data-parallel training are not captured".into(),
+            ));
+        }
         let graphed = if cuda_graph {
             Some(GraphedSteps::new(device)?)
         } else {
             None
         };
-        Ok(Self { graphed })
+        Ok(Self { graphed, dist })
     }
 
     /// One step; returns the loss.
@@ -117,7 +150,7 @@ impl Steps {
     ) -> Result<Tensor, StepError> {
         match self.graphed.as_mut() {
             Some(g) => g.step(net, sgd, params, x, labels, lr),
-            None => Ok(eager_step(net, sgd, params, x, labels, lr)?.0),
+            None => Ok(eager_step(net, sgd, params, x, labels, lr, self.dist.as_deref())?.0),
         }
     }
 }
@@ -158,7 +191,7 @@ impl GraphedSteps {
         lr: f64,
     ) -> Result<Tensor, StepError> {
         let eager = |sgd: &mut Sgd, x: &Tensor, labels: &Tensor| {
-            eager_step(net, sgd, params, x, labels, lr)
+            eager_step(net, sgd, params, x, labels, lr, None)
         };
         if self.eager_left > 0 {
             self.eager_left -= 1;

@@ -59,6 +59,7 @@ fn options(shards: &Path, out: &Path, max_steps: u64, resume: bool) -> RunOption
         patience: 1,
         max_drops: 3,
         init: Init::Kaiming,
+        dropout: 0.5,
         width_mult: 0.0625,
         max_steps: Some(max_steps),
         precision: Precision::F32,
@@ -71,6 +72,7 @@ fn options(shards: &Path, out: &Path, max_steps: u64, resume: bool) -> RunOption
         resume,
         keep_checkpoints: 2,
         progress: false,
+        dist: None,
     }
 }
 

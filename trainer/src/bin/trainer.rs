@@ -1,8 +1,10 @@
-//! `trainer`: AlexNet training (`run`), the paper's evaluation (`eval`) and
-//! a training-speed benchmark (`bench`).
+//! `trainer`: AlexNet training (`run`), the paper's evaluation (`eval`), a
+//! training-speed benchmark (`bench`), and the ranks of a data-parallel run
+//! (`launch`).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -14,8 +16,10 @@ use pipeline::loader::Dataset;
 use tch::Device;
 use trainer::bench::{bench, compare_lrn, BenchOptions};
 use trainer::checkpoint;
-use trainer::eval::{evaluate, EvalOptions};
+use trainer::dist::{Dist, WorldEnv};
+use trainer::eval::{evaluate, EvalOptions, EvalSums};
 use trainer::input::InputNorm;
+use trainer::launch::{launch, LaunchOptions};
 use trainer::learner::{run, RunOptions, CROP};
 use trainer::model::{AlexNet, Placement, Precision};
 
@@ -45,8 +49,16 @@ mod values {
         /// Eager steps.
         Off,
     });
+    pipeline::value_enum!(DistBackend => trainer::dist::BackendChoice {
+        /// NCCL when the devices are CUDA devices, else Gloo.
+        Auto,
+        /// CUDA tensors over NVLink, PCIe or the network.
+        Nccl,
+        /// CPU tensors over TCP (CPU training, tests).
+        Gloo,
+    });
 }
-use values::{GraphChoice, Init, KernelChoice};
+use values::{DistBackend, GraphChoice, Init, KernelChoice};
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +79,11 @@ enum Command {
     Eval(EvalArgs),
     /// Training images per second on synthetic data (no loader).
     Bench(BenchArgs),
+    /// Start this node's ranks of a data-parallel run, as torchrun does:
+    /// `trainer launch --nproc-per-node 8 -- run --shards shards --out runs/dp8`.
+    /// torchrun and SLURM's srun work as well: `run` and `eval` read
+    /// their variables (see docs/distributed.md).
+    Launch(LaunchArgs),
     /// Redraw a run folder's curves.png from its metrics.jsonl.
     Plot {
         /// The run folder (--out of `trainer run`).
@@ -98,14 +115,24 @@ struct RunArgs {
     #[arg(long, default_value = "runs/alexnet")]
     out: PathBuf,
     /// `auto` (cuda:0 when libtorch sees a GPU, else cpu), `cpu`, `cuda:0`,
-    /// or `cuda:0,cuda:1` for the paper's two-GPU split.
+    /// or `cuda:0,cuda:1` for the paper's two-GPU split. Data-parallel,
+    /// `auto` is cuda:LOCAL_RANK, and `pairs` the two-GPU split on GPUs
+    /// 2 LOCAL_RANK and 2 LOCAL_RANK + 1.
     #[arg(long, default_value = "auto")]
     devices: String,
+    /// Data-parallel runs: how gradients are averaged over the ranks.
+    #[arg(long, value_enum, default_value = "auto")]
+    dist_backend: DistBackend,
     /// Epochs to train [default: 90; with --resume, the run's own].
     #[arg(long)]
     epochs: Option<u64>,
+    /// Images per step, over all data-parallel ranks together (each rank
+    /// takes batch-size / ranks).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Dropout on fc6's and fc7's inputs (the paper: 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    dropout: f64,
     /// Initial learning rate.
     #[arg(long, default_value_t = 0.01)]
     lr: f64,
@@ -180,10 +207,14 @@ struct EvalArgs {
     /// The paper's test: softmax averaged over 4 corners + centre and mirrors.
     #[arg(long)]
     ten_crop: bool,
-    /// `auto`, `cpu`, `cuda:N`, or two devices for the two-column split.
+    /// `auto`, `cpu`, `cuda:N`, or two devices for the two-column split
+    /// (data-parallel: as in `trainer run`).
     #[arg(long, default_value = "auto")]
     devices: String,
-    /// Images per batch.
+    /// Data-parallel evaluation: how the ranks' counts are summed.
+    #[arg(long, value_enum, default_value = "auto")]
+    dist_backend: DistBackend,
+    /// Images per batch (per rank).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     #[arg(long)]
@@ -191,6 +222,29 @@ struct EvalArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct LaunchArgs {
+    /// Ranks on this node: one per GPU (or per GPU pair with `--devices pairs`).
+    #[arg(long, default_value_t = 1)]
+    nproc_per_node: usize,
+    /// Nodes in the run; start `trainer launch` on each.
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This node's index, 0 to nnodes - 1 (node 0 hosts the ranks' store).
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Address of node 0, where the ranks meet.
+    #[arg(long, default_value = "127.0.0.1")]
+    master_addr: String,
+    /// Port on node 0 [default: a free port when there is one node; give it
+    /// with more].
+    #[arg(long)]
+    master_port: Option<u16>,
+    /// The trainer command each rank runs, after `--`: `run ...` or `eval ...`.
+    #[arg(last = true, required = true)]
+    command: Vec<OsString>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -227,15 +281,16 @@ struct BenchArgs {
     warmup: usize,
 }
 
-/// `auto`, `cpu`, `cuda`, `cuda:N`, or two of them separated by a comma.
-fn parse_devices(text: &str) -> Result<Placement> {
-    if text.trim() == "auto" {
-        return Ok(Placement::One(if tch::Cuda::is_available() {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }));
-    }
+/// `auto`, `cpu`, `cuda`, `cuda:N`, `pairs`, or two devices separated by a
+/// comma; `auto` and `pairs` pick the GPUs of local rank `local`.
+fn parse_devices(text: &str, local: usize) -> Result<Placement> {
+    let text = match text.trim() {
+        "auto" if tch::Cuda::is_available() => format!("cuda:{local}"),
+        "auto" => "cpu".to_string(),
+        "pairs" => format!("cuda:{},cuda:{}", 2 * local, 2 * local + 1),
+        other => other.to_string(),
+    };
+    let text = text.as_str();
     let devices = text
         .split(',')
         .map(|d| match d.trim() {
@@ -270,8 +325,11 @@ fn parse_devices(text: &str) -> Result<Placement> {
     }
 }
 
-fn threads(arg: Option<usize>) -> usize {
-    arg.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+/// Loader threads: as given, else the cores shared among this node's ranks.
+fn threads(arg: Option<usize>, dist: Option<&Dist>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ranks_here = dist.map_or(1, |d| d.env.local_world);
+    arg.unwrap_or((cores / ranks_here).max(1))
 }
 
 /// float32 matrix products (the FC layers) may use TF32 tensor cores, as
@@ -289,6 +347,7 @@ fn main() -> Result<()> {
         Command::Run(args) => run_cmd(args),
         Command::Eval(args) => eval_cmd(args),
         Command::Bench(args) => bench_cmd(args),
+        Command::Launch(args) => launch_cmd(args),
         Command::Plot { run } => {
             let path = trainer::metric::plot::write_curves(&run)?;
             println!("wrote {}", path.display());
@@ -297,10 +356,24 @@ fn main() -> Result<()> {
     }
 }
 
+/// This process's placement, and its rank's group when a launcher
+/// (`trainer launch`, torchrun, srun) started it as one of several.
+fn join_ranks(devices: &str, backend: DistBackend) -> Result<(Placement, Option<Arc<Dist>>)> {
+    let env = WorldEnv::from_process().context("reading the launcher's environment")?;
+    let placement = parse_devices(devices, env.as_ref().map_or(0, |e| e.local_rank))?;
+    let Some(env) = env else {
+        return Ok((placement, None));
+    };
+    let dist = Dist::connect(env, backend.into(), placement.first())?;
+    Ok((placement, Some(Arc::new(dist))))
+}
+
 fn run_cmd(args: RunArgs) -> Result<()> {
-    let placement = parse_devices(&args.devices)?;
     if args.batch_size == 0 || args.width_mult <= 0.0 || args.lr <= 0.0 {
         bail!("--batch-size, --width-mult and --lr must be positive");
+    }
+    if !(0.0..1.0).contains(&args.dropout) {
+        bail!("--dropout must be at least 0 and below 1");
     }
     if args.max_steps == Some(0) {
         bail!("--max-steps must be at least 1 (it counts steps from the start of the run)");
@@ -326,6 +399,8 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         .shards
         .or_else(|| stored.as_ref().map(|s| s.shards.clone()))
         .unwrap_or_else(|| PathBuf::from("shards"));
+    let (placement, dist) = join_ranks(&args.devices, args.dist_backend)?;
+    let root = dist.as_ref().is_none_or(|d| d.is_root());
     let opts = RunOptions {
         shards,
         out: args.out,
@@ -347,21 +422,30 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         patience: args.patience,
         max_drops: args.max_drops,
         init: args.init.into(),
+        dropout: args.dropout,
         width_mult: args.width_mult,
         max_steps: args.max_steps,
         precision: precision(args.amp),
         kernels: args.kernels.into(),
         cuda_graph: args.cuda_graph.into(),
         seed: args.seed,
-        loader_threads: threads(args.loader_threads),
+        loader_threads: threads(args.loader_threads, dist.as_deref()),
         resume: args.resume,
         keep_checkpoints: args.keep_checkpoints,
         progress: !args.quiet,
+        dist,
     };
     if placement.first().is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let summary = run(&opts, &stop)?;
+    if !root {
+        // Rank 0 reports for all.
+        if summary.interrupted {
+            std::process::exit(130);
+        }
+        return Ok(());
+    }
     println!("steps: {}", summary.steps);
     if let Some(e) = &summary.last_eval {
         println!(
@@ -384,8 +468,12 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         println!("curves: {}", c.display());
     }
     if summary.interrupted {
+        let how = match opts.dist {
+            Some(_) => "launch the same ranks with",
+            None => "continue with",
+        };
         println!(
-            "interrupted: continue with `trainer run --resume --out {}`",
+            "interrupted: {how} `trainer run --resume --out {}`",
             opts.out.display()
         );
         std::process::exit(130);
@@ -394,7 +482,8 @@ fn run_cmd(args: RunArgs) -> Result<()> {
 }
 
 fn eval_cmd(args: EvalArgs) -> Result<()> {
-    let placement = parse_devices(&args.devices)?;
+    let (placement, dist) = join_ranks(&args.devices, args.dist_backend)?;
+    let (rank, world) = dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world()));
     let ck = checkpoint::load(&args.checkpoint)?;
     let split = match args.split {
         SplitArg::Train => Split::Train,
@@ -429,23 +518,38 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
     } else {
         Mode::Center
     };
-    let bar = ProgressBar::new(dataset.len() as u64);
+    // This rank's part of the split (the sampler's: N / world, and one more
+    // below N mod world).
+    let part = dataset.len() / world + usize::from(rank < dataset.len() % world);
+    let bar = match rank {
+        0 => ProgressBar::new(part as u64),
+        _ => ProgressBar::hidden(),
+    };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed_precise}, ETA {eta}]")
             .expect("valid template"),
     );
-    let result = evaluate(
+    let mut sums = evaluate(
         &net,
         &norm,
         dataset,
         &EvalOptions {
             mode,
             batch_size: args.batch_size,
-            threads: threads(args.loader_threads),
+            threads: threads(args.loader_threads, dist.as_deref()),
+            part: (rank, world),
         },
         &Bar(bar.clone()),
     )?;
     bar.finish_and_clear();
+    if let Some(dist) = &dist {
+        let total = dist.sum(&sums.to_array())?;
+        sums = EvalSums::from_array([total[0], total[1], total[2], total[3]]);
+        if !dist.is_root() {
+            return Ok(());
+        }
+    }
+    let result = sums.result();
     let crops = if args.ten_crop {
         "ten-crop"
     } else {
@@ -475,8 +579,33 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn launch_cmd(args: LaunchArgs) -> Result<()> {
+    let program = std::env::current_exe().context("finding the trainer's own path")?;
+    let opts = LaunchOptions {
+        program,
+        args: args.command,
+        nproc_per_node: args.nproc_per_node,
+        nnodes: args.nnodes,
+        node_rank: args.node_rank,
+        master_addr: args.master_addr,
+        master_port: args.master_port,
+    };
+    // Each Ctrl-C is counted here and forwarded to the ranks by `launch`.
+    let interrupts = Arc::new(AtomicUsize::new(0));
+    let counter = interrupts.clone();
+    ctrlc::set_handler(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    if let Err(e) = launch(&opts, &interrupts) {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
+    Ok(())
+}
+
 fn bench_cmd(args: BenchArgs) -> Result<()> {
-    let placement = parse_devices(&args.devices)?;
+    let placement = parse_devices(&args.devices, 0)?;
     if args.batch_size <= 0 || args.steps == 0 {
         bail!("--batch-size and --steps must be positive");
     }
@@ -495,7 +624,8 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         steps: args.steps,
         kernels,
-        cuda_graph: trainer::step::GraphChoice::from(args.cuda_graph).resolve(placement.single()),
+        cuda_graph: trainer::step::GraphChoice::from(args.cuda_graph)
+            .resolve(placement.single(), false)?,
     };
     if args.check_lrn {
         let Some(fused) = opts.kernels.lrn.clone() else {

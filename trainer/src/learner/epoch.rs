@@ -2,7 +2,7 @@
 //! top-1/top-5 on val, the lr schedule, a checkpoint and the curves PNG.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use pipeline::loader::augment::Mode;
@@ -12,7 +12,8 @@ use super::setup::Run;
 use super::stop::StopReason;
 use super::TrainError;
 use crate::checkpoint;
-use crate::eval::{evaluate, EvalOptions, EvalResult};
+use crate::dist::Dist;
+use crate::eval::{evaluate, EvalOptions, EvalResult, EvalSums};
 use crate::input::{batch_labels, batch_pixels};
 use crate::metric::log::{EpochLine, Line, StepLine};
 use crate::metric::plot;
@@ -36,9 +37,15 @@ impl Run<'_> {
             let x = self.norm.apply(batch_pixels(&batch)?, &batch.views);
             let labels = batch_labels(&batch, self.norm.device());
             drop(batch);
-            // Dropout's randomness is a function of (seed, step): a resumed
-            // run draws exactly what the uninterrupted run would have.
-            tch::manual_seed(mix(self.state.seed, self.state.step) as i64);
+            // Dropout's randomness is a function of (seed, step, rank): a
+            // resumed run draws exactly what the uninterrupted run would
+            // have, and each rank draws its own masks (rank 0 those of one
+            // process).
+            tch::manual_seed(dropout_seed(
+                self.state.seed,
+                self.state.step,
+                self.part.rank,
+            ));
             let lr = self.state.schedule.lr;
             let loss = self
                 .steps
@@ -54,7 +61,10 @@ impl Run<'_> {
                 loader_wait,
             };
             self.rec.push(loss.detach(), line, self.state.batch_size)?;
-            if let Some(reason) = StopReason::check(stop, self.opts.max_steps, self.state.step) {
+            let interrupted = interrupted(stop, self.opts.dist.as_deref(), self.state.step)?;
+            if let Some(reason) =
+                StopReason::check(interrupted, self.opts.max_steps, self.state.step)
+            {
                 return Ok(Some(reason));
             }
             waited = Instant::now();
@@ -79,13 +89,17 @@ impl Run<'_> {
         self.state.batch = 0;
         self.save_checkpoint()?;
         self.rec.flush()?;
-        if self.state.epoch < self.opts.epochs {
+        if self.state.epoch < self.opts.epochs && self.part.root {
             self.summary.curves = plot_curves(&self.opts.out); // the last epoch's: in finish
         }
         Ok(())
     }
 
+    /// Writes a checkpoint (rank 0 only: the others hold the same state).
     pub fn save_checkpoint(&mut self) -> Result<(), TrainError> {
+        if !self.part.root {
+            return Ok(());
+        }
         let path = checkpoint::save(
             &self.checkpoints,
             &self.state,
@@ -103,19 +117,25 @@ impl Run<'_> {
         let Some(val) = &self.data.val else {
             return Ok(None);
         };
-        let EvalResult {
-            top1, top5, loss, ..
-        } = evaluate(
+        let mut sums = evaluate(
             &self.net,
             &self.norm,
             val.clone(),
             &EvalOptions {
                 mode: Mode::Center,
-                batch_size: self.state.batch_size,
+                batch_size: self.part.batch_size,
                 threads: self.opts.loader_threads,
+                part: (self.part.rank, self.part.world),
             },
             &pipeline::progress::Silent,
         )?;
+        if let Some(dist) = &self.opts.dist {
+            let total = dist.sum(&sums.to_array())?;
+            sums = EvalSums::from_array([total[0], total[1], total[2], total[3]]);
+        }
+        let EvalResult {
+            top1, top5, loss, ..
+        } = sums.result();
         Ok(Some(EpochLine {
             epoch: self.state.epoch,
             step: self.state.step,
@@ -132,8 +152,36 @@ impl Run<'_> {
     pub fn finish(mut self) -> Result<super::RunSummary, TrainError> {
         self.rec.finish()?;
         self.summary.steps = self.state.step;
-        self.summary.curves = plot_curves(&self.opts.out);
+        if self.part.root {
+            self.summary.curves = plot_curves(&self.opts.out);
+        }
         Ok(self.summary)
+    }
+}
+
+/// Whether Ctrl-C asked to stop after `step`. Data-parallel, every rank
+/// must stop after the same step (a rank that stopped alone would leave the
+/// others waiting in the next all-reduce): the ranks agree, every
+/// `STOP_POLL` steps, whether any of them was asked.
+fn interrupted(stop: &AtomicBool, dist: Option<&Dist>, step: u64) -> Result<bool, TrainError> {
+    let asked = stop.load(Ordering::SeqCst);
+    match dist {
+        None => Ok(asked),
+        Some(d) if step.is_multiple_of(STOP_POLL) => Ok(d.any(asked)?),
+        Some(_) => Ok(false),
+    }
+}
+
+/// Data-parallel ranks agree on a Ctrl-C once in this many steps.
+const STOP_POLL: u64 = 16;
+
+/// The seed of dropout's masks at `step` on `rank`; rank 0's is one
+/// process's.
+fn dropout_seed(seed: u64, step: u64, rank: usize) -> i64 {
+    let one_process = mix(seed, step);
+    match rank {
+        0 => one_process as i64,
+        r => mix(one_process, r as u64) as i64,
     }
 }
 

@@ -13,6 +13,11 @@
 //! mirror and PCA lighting on the CPU, uint8 hand-over), normalises it on
 //! the device and runs one `crate::step`. `--resume` continues from the
 //! latest checkpoint exactly.
+//!
+//! Data-parallel (`RunOptions::dist`), every rank runs this loop on its part
+//! of each global batch; the step averages the gradients, the ranks agree
+//! on a Ctrl-C every few steps, evaluation counts are summed over the
+//! ranks, and rank 0 alone writes the run folder.
 
 mod epoch;
 mod recorder;
@@ -21,10 +26,12 @@ mod stop;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use pipeline::loader::LoaderError;
 
 use crate::checkpoint::CheckpointError;
+use crate::dist::{Dist, DistError};
 use crate::kernels::lrn::FusedLrnError;
 use crate::kernels::{KernelChoice, KernelError};
 use crate::metric::log::EpochLine;
@@ -77,6 +84,10 @@ pub enum TrainError {
     Step(#[from] StepError),
     #[error(transparent)]
     Graph(#[from] GraphError),
+    #[error(transparent)]
+    Dist(#[from] DistError),
+    #[error("--batch-size {batch_size} is the global batch: it must split evenly over the {world} ranks (a multiple of {world})")]
+    BatchNotDivisible { batch_size: usize, world: usize },
 }
 
 /// Everything `trainer run` is told.
@@ -94,6 +105,8 @@ pub struct RunOptions {
     pub patience: u32,
     pub max_drops: u32,
     pub init: Init,
+    /// Dropout rate on fc6's and fc7's inputs (the paper: 0.5).
+    pub dropout: f64,
     pub width_mult: f64,
     pub max_steps: Option<u64>,
     pub precision: Precision,
@@ -107,6 +120,8 @@ pub struct RunOptions {
     pub resume: bool,
     pub keep_checkpoints: usize,
     pub progress: bool,
+    /// This process's rank among data-parallel processes (None: the only one).
+    pub dist: Option<Arc<Dist>>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,11 +139,13 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<RunSummary, TrainErro
     let mut run = setup::Run::start(opts)?;
     if let Some(max) = opts.max_steps.filter(|&m| run.state.step >= m) {
         // A resumed run already there: no step, no new checkpoint.
-        eprintln!(
-            "{}: at step {} already (--max-steps {max}): nothing to train",
-            opts.out.display(),
-            run.state.step
-        );
+        if opts.dist.as_ref().is_none_or(|d| d.is_root()) {
+            eprintln!(
+                "{}: at step {} already (--max-steps {max}): nothing to train",
+                opts.out.display(),
+                run.state.step
+            );
+        }
         return run.finish();
     }
     while run.state.epoch < opts.epochs {

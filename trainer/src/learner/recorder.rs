@@ -22,7 +22,8 @@ pub(super) struct Recorder {
     /// Images in the pending steps, and when the window began.
     window_images: usize,
     window_start: Instant,
-    log: MetricsLog,
+    /// metrics.jsonl (None on data-parallel ranks other than 0).
+    log: Option<MetricsLog>,
     bar: ProgressBar,
     /// Whether to print the run's header (off with --quiet).
     show: bool,
@@ -35,7 +36,7 @@ pub(super) struct Recorder {
 const LOSS_WINDOW: usize = 16;
 
 impl Recorder {
-    pub fn new(log: MetricsLog, progress: bool, total: u64, at: u64) -> Self {
+    pub fn new(log: Option<MetricsLog>, progress: bool, total: u64, at: u64) -> Self {
         Self {
             pending: Vec::new(),
             window_images: 0,
@@ -128,16 +129,22 @@ impl Recorder {
     }
 
     pub fn write(&mut self, line: &Line) -> Result<(), TrainError> {
-        self.log.write(line).map_err(|source| TrainError::Io {
-            path: self.log.path().to_path_buf(),
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
+        log.write(line).map_err(|source| TrainError::Io {
+            path: log.path().to_path_buf(),
             source,
         })
     }
 
     pub fn flush(&mut self) -> Result<(), TrainError> {
         self.last_flush = Instant::now();
-        self.log.flush().map_err(|source| TrainError::Io {
-            path: self.log.path().to_path_buf(),
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
+        log.flush().map_err(|source| TrainError::Io {
+            path: log.path().to_path_buf(),
             source,
         })
     }

@@ -12,6 +12,7 @@ use pipeline::loader::{BufferPool, Dataset, Loader, LoaderConfig, LoaderError, O
 use super::recorder::Recorder;
 use super::{RunOptions, RunSummary, TrainError};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, RunSettings, TrainState};
+use crate::dist::Dist;
 use crate::input::{unit_variance_scale, InputNorm};
 use crate::kernels::Kernels;
 use crate::metric::log::{self, MetricsLog};
@@ -19,6 +20,7 @@ use crate::model::{AlexNet, Init, ModelConfig};
 use crate::optim::schedule::Schedule;
 use crate::optim::sgd::Sgd;
 use crate::step::Steps;
+use tch::Tensor;
 
 /// The side of the crops the network sees (paper: 224).
 pub const CROP: usize = 224;
@@ -44,6 +46,7 @@ pub(super) struct Run<'a> {
     pub rec: Recorder,
     pub summary: RunSummary,
     pub checkpoints: PathBuf,
+    pub part: Part,
 }
 
 impl<'a> Run<'a> {
@@ -55,13 +58,30 @@ impl<'a> Run<'a> {
             source,
         })?;
         let (state, resumed) = start_state(opts, &data)?;
+        let part = Part::of(opts.dist.as_deref(), state.batch_size)?;
         let (net, sgd, kernels) = build_model(opts, &state, resumed.as_ref())?;
-        let log = MetricsLog::open(&opts.out, resumed.as_ref().map(|c| c.state.step)).map_err(
-            |source| TrainError::Io {
-                path: opts.out.join(log::FILE),
-                source,
-            },
-        )?;
+        if let Some(dist) = &opts.dist {
+            // The replicas start equal: rank 0's weights and momentum.
+            let params = net.named_parameters();
+            let buffers = sgd.named_buffers(&params);
+            let tensors: Vec<&Tensor> = params
+                .iter()
+                .map(|(_, t)| *t)
+                .chain(buffers.iter().map(|(_, t)| t))
+                .collect();
+            dist.broadcast_from_root(&tensors)?;
+        }
+        let log = match part.root {
+            true => Some(
+                MetricsLog::open(&opts.out, resumed.as_ref().map(|c| c.state.step)).map_err(
+                    |source| TrainError::Io {
+                        path: opts.out.join(log::FILE),
+                        source,
+                    },
+                )?,
+            ),
+            false => None,
+        };
         let mean = data.train.mean().expect("checked in open_data");
         let norm = InputNorm::new(
             mean,
@@ -70,17 +90,28 @@ impl<'a> Run<'a> {
             state.input_scale,
             opts.placement.first(),
         );
-        let steps_per_epoch = steps_per_epoch(opts, &data, &state)?;
+        let steps_per_epoch = steps_per_epoch(opts, &data, &state, &part)?;
         let total = (opts.epochs * steps_per_epoch).min(opts.max_steps.unwrap_or(u64::MAX));
-        let rec = Recorder::new(log, opts.progress, total, state.step);
-        let graph = opts.cuda_graph.resolve(opts.placement.single());
+        let rec = Recorder::new(log, opts.progress && part.root, total, state.step);
+        let graph = opts
+            .cuda_graph
+            .resolve(opts.placement.single(), opts.dist.is_some())?;
         rec.announce(|| {
             format!(
-                "{}: train {} images ({steps_per_epoch} steps of {} an epoch), val {}; \
+                "{}: train {} images ({steps_per_epoch} steps of {}{} an epoch), val {}; \
                  AlexNet {:.1}M parameters (width {}, {:?} init, {:?}) on {:?}; {}; {}; step {} of {total}",
                 opts.shards.display(),
                 data.train.len(),
                 state.batch_size,
+                match &opts.dist {
+                    Some(d) => format!(
+                        " over {} ranks ({} each, gradients averaged by {})",
+                        d.world(),
+                        part.batch_size,
+                        d.backend()
+                    ),
+                    None => String::new(),
+                },
                 data.val
                     .as_ref()
                     .map_or("none".to_string(), |v| format!("{} images", v.len())),
@@ -98,8 +129,8 @@ impl<'a> Run<'a> {
                 state.step,
             )
         });
-        let steps = Steps::new(graph, opts.placement.first())?;
-        let loader = train_loader(opts, &data, &state)?;
+        let steps = Steps::new(graph, opts.placement.first(), opts.dist.clone())?;
+        let loader = train_loader(opts, &data, &state, &part)?;
         Ok(Self {
             opts,
             data,
@@ -118,6 +149,35 @@ impl<'a> Run<'a> {
             loader,
             rec,
             checkpoints: opts.out.join("checkpoints"),
+            part,
+        })
+    }
+}
+
+/// This process's share of the training: all of it, or one rank's.
+pub(super) struct Part {
+    pub rank: usize,
+    pub world: usize,
+    /// Images per step on this rank: the global batch / world.
+    pub batch_size: usize,
+    /// Whether this process writes the run folder (rank 0).
+    pub root: bool,
+}
+
+impl Part {
+    fn of(dist: Option<&Dist>, global_batch: usize) -> Result<Self, TrainError> {
+        let (rank, world) = dist.map_or((0, 1), |d| (d.rank(), d.world()));
+        if !global_batch.is_multiple_of(world) {
+            return Err(TrainError::BatchNotDivisible {
+                batch_size: global_batch,
+                world,
+            });
+        }
+        Ok(Self {
+            rank,
+            world,
+            batch_size: global_batch / world,
+            root: rank == 0,
         })
     }
 }
@@ -181,6 +241,7 @@ fn start_state(
         seed: opts.seed,
         model: ModelConfig {
             width_mult: opts.width_mult,
+            dropout: opts.dropout,
             ..ModelConfig::paper(data.classes)
         },
         init: opts.init,
@@ -238,13 +299,18 @@ fn build_model(
     Ok((net, sgd, kernels))
 }
 
-fn steps_per_epoch(opts: &RunOptions, data: &Data, state: &TrainState) -> Result<u64, TrainError> {
+fn steps_per_epoch(
+    opts: &RunOptions,
+    data: &Data,
+    state: &TrainState,
+    part: &Part,
+) -> Result<u64, TrainError> {
     let sampler = Sampler::new(
         data.train.shard_lens(),
         state.seed,
         Order::Random,
-        (0, 1),
-        state.batch_size,
+        (part.rank, part.world),
+        part.batch_size,
         true,
     )
     .map_err(LoaderError::from)?;
@@ -258,10 +324,18 @@ fn steps_per_epoch(opts: &RunOptions, data: &Data, state: &TrainState) -> Result
     }
 }
 
-/// The training loader, positioned at the state's epoch and batch.
-fn train_loader(opts: &RunOptions, data: &Data, state: &TrainState) -> Result<Loader, TrainError> {
+/// The training loader (this rank's part), positioned at the state's epoch
+/// and batch.
+fn train_loader(
+    opts: &RunOptions,
+    data: &Data,
+    state: &TrainState,
+    part: &Part,
+) -> Result<Loader, TrainError> {
     let config = LoaderConfig {
-        batch_size: state.batch_size,
+        batch_size: part.batch_size,
+        rank: part.rank,
+        world: part.world,
         threads: opts.loader_threads.max(1),
         prefetch: 2 * opts.loader_threads.max(1),
         mode: Mode::Train,

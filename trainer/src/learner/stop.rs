@@ -2,8 +2,6 @@
 //! `--max-steps`. Either way the run checkpoints first, so `--resume`
 //! continues exactly; `--max-steps` also evaluates on val.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use super::setup::Run;
 use super::{RunSummary, TrainError};
 use crate::metric::log::Line;
@@ -18,11 +16,11 @@ pub enum StopReason {
 }
 
 impl StopReason {
-    /// After step `step`: whether to stop, and why.
-    pub fn check(stop: &AtomicBool, max_steps: Option<u64>, step: u64) -> Option<Self> {
+    /// After step `step`, `interrupted` or not: whether to stop, and why.
+    pub fn check(interrupted: bool, max_steps: Option<u64>, step: u64) -> Option<Self> {
         if max_steps.is_some_and(|m| step >= m) {
             Some(Self::MaxSteps)
-        } else if stop.load(Ordering::SeqCst) {
+        } else if interrupted {
             Some(Self::Interrupted)
         } else {
             None
