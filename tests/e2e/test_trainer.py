@@ -7,35 +7,11 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import zlib
 
 import pytest
 
-from conftest import run as pipeline
-
-TRAINER = os.environ.get("TRAINER_BIN", "target/release/trainer")
-SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "scripts")
-FASHION_SRC = "/usr/share/datasets/fashion-mnist"
-
-
-def trainer(*args, check=True, timeout=900):
-    p = subprocess.run([TRAINER, *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"trainer {' '.join(map(str, args))} failed:\n{p.stderr}")
-    return p
-
-
-@pytest.fixture(scope="module")
-def fashion(tmp_path_factory):
-    assert os.path.isdir(FASHION_SRC), "run `make setup-apt` (dataset-fashion-mnist)"
-    root = tmp_path_factory.mktemp("fashion")
-    subprocess.run([sys.executable, os.path.join(SCRIPTS, "fashion_mnist_tree.py"),
-                    "--out", root / "tree"], check=True, capture_output=True)
-    pipeline("shards", "--imagenet", root / "tree", "--out", root / "shards")
-    pipeline("stats", "--shards", root / "shards")
-    return root
-
+from conftest import TRAINER, run as pipeline, trainer
 
 @pytest.fixture(scope="module")
 def kaiming_run(fashion):
