@@ -123,6 +123,10 @@ struct RunArgs {
     /// Data-parallel runs: how gradients are averaged over the ranks.
     #[arg(long, value_enum, default_value = "auto")]
     dist_backend: DistBackend,
+    /// Data-parallel runs: seconds the ranks wait for each other (to meet,
+    /// and in each step) before a rank that died or hangs ends the run.
+    #[arg(long, default_value_t = 300)]
+    dist_timeout: u64,
     /// Epochs to train [default: 90; with --resume, the run's own].
     #[arg(long)]
     epochs: Option<u64>,
@@ -214,6 +218,9 @@ struct EvalArgs {
     /// Data-parallel evaluation: how the ranks' counts are summed.
     #[arg(long, value_enum, default_value = "auto")]
     dist_backend: DistBackend,
+    /// Data-parallel evaluation: seconds the ranks wait for each other.
+    #[arg(long, default_value_t = 300)]
+    dist_timeout: u64,
     /// Images per batch (per rank).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
@@ -358,13 +365,22 @@ fn main() -> Result<()> {
 
 /// This process's placement, and its rank's group when a launcher
 /// (`trainer launch`, torchrun, srun) started it as one of several.
-fn join_ranks(devices: &str, backend: DistBackend) -> Result<(Placement, Option<Arc<Dist>>)> {
-    let env = WorldEnv::from_process().context("reading the launcher's environment")?;
+fn join_ranks(
+    devices: &str,
+    backend: DistBackend,
+    timeout_secs: u64,
+) -> Result<(Placement, Option<Arc<Dist>>)> {
+    let env =
+        WorldEnv::from_process().map_err(|e| anyhow::anyhow!("the launcher's variables: {e}"))?;
     let placement = parse_devices(devices, env.as_ref().map_or(0, |e| e.local_rank))?;
     let Some(env) = env else {
         return Ok((placement, None));
     };
-    let dist = Dist::connect(env, backend.into(), placement.first())?;
+    if timeout_secs == 0 {
+        bail!("--dist-timeout must be at least 1 second");
+    }
+    let timeout = std::time::Duration::from_secs(timeout_secs);
+    let dist = Dist::connect(env, backend.into(), placement.first(), timeout)?;
     Ok((placement, Some(Arc::new(dist))))
 }
 
@@ -399,7 +415,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         .shards
         .or_else(|| stored.as_ref().map(|s| s.shards.clone()))
         .unwrap_or_else(|| PathBuf::from("shards"));
-    let (placement, dist) = join_ranks(&args.devices, args.dist_backend)?;
+    let (placement, dist) = join_ranks(&args.devices, args.dist_backend, args.dist_timeout)?;
     let root = dist.as_ref().is_none_or(|d| d.is_root());
     let opts = RunOptions {
         shards,
@@ -482,7 +498,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
 }
 
 fn eval_cmd(args: EvalArgs) -> Result<()> {
-    let (placement, dist) = join_ranks(&args.devices, args.dist_backend)?;
+    let (placement, dist) = join_ranks(&args.devices, args.dist_backend, args.dist_timeout)?;
     let (rank, world) = dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world()));
     let ck = checkpoint::load(&args.checkpoint)?;
     let split = match args.split {

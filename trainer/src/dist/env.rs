@@ -7,7 +7,7 @@
 //! | world size | `WORLD_SIZE` | `SLURM_STEP_NUM_TASKS` |
 //! | rank on this node | `LOCAL_RANK` | `SLURM_LOCALID` |
 //! | ranks on this node | `LOCAL_WORLD_SIZE` | `SLURM_STEP_TASKS_PER_NODE` (first entry) |
-//! | store host | `MASTER_ADDR` | `MASTER_ADDR`, else the step's first node |
+//! | store host | `MASTER_ADDR` (required) | `MASTER_ADDR`, else the step's first node |
 //! | store port | `MASTER_PORT` | `MASTER_PORT`, else 29500 |
 //!
 //! SLURM's are read only inside an `srun` step (where
@@ -70,6 +70,10 @@ impl WorldEnv {
     /// From the variables `get` gives; None where none describes more than
     /// one process.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, EnvError> {
+        let world_of = |name| optional(&get, name).map(|w| w.unwrap_or(0));
+        if world_of("WORLD_SIZE")? == 1 || world_of("SLURM_STEP_NUM_TASKS")? == 1 {
+            return Ok(None);
+        }
         let env = if get("RANK").is_some() || get("WORLD_SIZE").is_some() {
             Some(torchrun(&get)?)
         } else if get("SLURM_STEP_NUM_TASKS").is_some() && get("SLURM_PROCID").is_some() {
@@ -91,7 +95,7 @@ fn torchrun(get: &impl Fn(&str) -> Option<String>) -> Result<WorldEnv, EnvError>
         world,
         local_rank,
         local_world,
-        master_addr: get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into()),
+        master_addr: get("MASTER_ADDR").ok_or(EnvError::Missing("WORLD_SIZE", "MASTER_ADDR"))?,
         master_port: port(get)?,
         join_store: get("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True"),
         attempt: optional(get, "TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0) as u32,
@@ -318,27 +322,39 @@ mod tests {
         assert_eq!(first_count("2"), Some(2));
     }
 
+    const ADDR: (&str, &str) = ("MASTER_ADDR", "127.0.0.1");
+
     /// Each nonsense value names its variable.
     #[test]
     fn bad_values_name_the_variable() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("RANK", "x"), ("WORLD_SIZE", "2")], "RANK=x"),
+            (&[("RANK", "x"), ("WORLD_SIZE", "2"), ADDR], "RANK=x"),
             (
-                &[("RANK", "2"), ("WORLD_SIZE", "2")],
+                &[("RANK", "2"), ("WORLD_SIZE", "2"), ADDR],
                 "RANK=2 is not below WORLD_SIZE=2",
             ),
-            (&[("WORLD_SIZE", "2")], "RANK"),
+            (&[("WORLD_SIZE", "2"), ADDR], "RANK"),
+            (
+                &[("RANK", "0"), ("WORLD_SIZE", "2")],
+                "WORLD_SIZE is set but MASTER_ADDR is not",
+            ),
             (
                 &[
                     ("RANK", "0"),
                     ("WORLD_SIZE", "2"),
                     ("LOCAL_RANK", "3"),
                     ("LOCAL_WORLD_SIZE", "2"),
+                    ADDR,
                 ],
                 "LOCAL_RANK=3",
             ),
             (
-                &[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "70000")],
+                &[
+                    ("RANK", "0"),
+                    ("WORLD_SIZE", "2"),
+                    ("MASTER_PORT", "70000"),
+                    ADDR,
+                ],
                 "MASTER_PORT=70000",
             ),
         ];

@@ -38,34 +38,37 @@ impl BackendChoice {
     }
 }
 
+/// What went wrong between the ranks. The c10d message is part of each
+/// line (not a separate cause), so that it is printed once.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DistError {
     #[error(transparent)]
     Env(#[from] EnvError),
-    #[error("rank {rank} of {world}: joining the group at {addr}:{port} ({backend}): {source}")]
+    #[error("rank {rank} of {world}: joining the group at {addr}:{port} ({backend}): {cause}")]
     Connect {
         rank: usize,
         world: usize,
         addr: String,
         port: u16,
         backend: Backend,
-        #[source]
-        source: CommError,
+        cause: CommError,
     },
-    #[error("rank {rank}: {what}: {source}")]
+    #[error(
+        "rank {rank}: {what}: {cause} (another rank stopped, failed or hung: its own \
+         error, or the launcher's, says which)"
+    )]
     Collective {
         rank: usize,
         what: &'static str,
-        #[source]
-        source: CommError,
+        cause: CommError,
     },
 }
 
 /// How long the ranks wait for each other at the rendezvous and in each
-/// collective: long enough for a slow rank's start-up (opening shards,
-/// compiling kernels) or its eval, short enough that a rank that died is
-/// reported rather than waited for all day.
-pub const TIMEOUT: Duration = Duration::from_secs(600);
+/// collective by default (`--dist-timeout`): long enough for a slow rank's
+/// start-up (opening shards, compiling kernels) or an epoch's eval, short
+/// enough that a rank that died or hangs is reported rather than waited for.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// This process's rank in a group of `world` training processes.
 pub struct Dist {
@@ -94,6 +97,7 @@ impl Dist {
         env: WorldEnv,
         choice: BackendChoice,
         device: Device,
+        timeout: Duration,
     ) -> Result<Self, DistError> {
         let backend = choice.resolve(device);
         let rendezvous = Rendezvous {
@@ -103,7 +107,7 @@ impl Dist {
             world: env.world,
             join_store: env.join_store,
             prefix: format!("alexnet-rs/attempt_{}/", env.attempt),
-            timeout: TIMEOUT,
+            timeout,
         };
         let group =
             ProcessGroup::connect(backend, &rendezvous).map_err(|source| DistError::Connect {
@@ -112,7 +116,7 @@ impl Dist {
                 addr: env.master_addr.clone(),
                 port: env.master_port,
                 backend,
-                source,
+                cause: source,
             })?;
         let device = match backend {
             Backend::Nccl => device,
@@ -139,10 +143,10 @@ impl Dist {
     }
 
     fn failed(&self, what: &'static str) -> impl Fn(CommError) -> DistError + '_ {
-        move |source| DistError::Collective {
+        move |cause| DistError::Collective {
             rank: self.rank(),
             what,
-            source,
+            cause,
         }
     }
 
@@ -190,10 +194,24 @@ impl Dist {
         self.group
             .all_reduce_sum(&[&t])
             .map_err(self.failed("summing counts"))?;
+        self.read_back(&t, "summing counts")
+    }
+
+    /// The elementwise maxima over the ranks of `values` (the slowest
+    /// rank's loader waits).
+    pub fn max(&self, values: &[f64]) -> Result<Vec<f64>, DistError> {
+        let t = Tensor::from_slice(values).to_device(self.device);
+        self.group
+            .all_reduce_max(&[&t])
+            .map_err(self.failed("comparing loader waits"))?;
+        self.read_back(&t, "comparing loader waits")
+    }
+
+    fn read_back(&self, t: &Tensor, what: &'static str) -> Result<Vec<f64>, DistError> {
         Vec::<f64>::try_from(&t.to_device(Device::Cpu)).map_err(|e| DistError::Collective {
             rank: self.rank(),
-            what: "summing counts",
-            source: CommError::Torch(e.to_string()),
+            what,
+            cause: CommError::Torch(e.to_string()),
         })
     }
 

@@ -95,19 +95,23 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Writes a checkpoint (rank 0 only: the others hold the same state).
+    /// Writes a checkpoint: rank 0 does, as the others (which hold the same
+    /// state) wait at a barrier, so that no rank goes on past a checkpoint
+    /// that was not written.
     pub fn save_checkpoint(&mut self) -> Result<(), TrainError> {
-        if !self.part.root {
-            return Ok(());
+        if self.part.root {
+            let path = checkpoint::save(
+                &self.checkpoints,
+                &self.state,
+                &self.net,
+                &self.sgd,
+                self.opts.keep_checkpoints,
+            )?;
+            self.summary.checkpoint = Some(path);
         }
-        let path = checkpoint::save(
-            &self.checkpoints,
-            &self.state,
-            &self.net,
-            &self.sgd,
-            self.opts.keep_checkpoints,
-        )?;
-        self.summary.checkpoint = Some(path);
+        if let Some(dist) = &self.opts.dist {
+            dist.barrier()?;
+        }
         Ok(())
     }
 

@@ -1,11 +1,13 @@
 //! Step lines in metrics.jsonl, the progress bar and the epoch's mean loss.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Kind, Tensor};
 
 use super::TrainError;
+use crate::dist::Dist;
 use crate::metric::log::{Line, MetricsLog, StepLine};
 
 /// Step lines, the progress bar and the epoch's mean loss.
@@ -24,6 +26,8 @@ pub(super) struct Recorder {
     window_start: Instant,
     /// metrics.jsonl (None on data-parallel ranks other than 0).
     log: Option<MetricsLog>,
+    /// Data-parallel: step lines carry the slowest rank's loader wait.
+    dist: Option<Arc<Dist>>,
     bar: ProgressBar,
     /// Whether to print the run's header (off with --quiet).
     show: bool,
@@ -36,12 +40,19 @@ pub(super) struct Recorder {
 const LOSS_WINDOW: usize = 16;
 
 impl Recorder {
-    pub fn new(log: Option<MetricsLog>, progress: bool, total: u64, at: u64) -> Self {
+    pub fn new(
+        log: Option<MetricsLog>,
+        dist: Option<Arc<Dist>>,
+        progress: bool,
+        total: u64,
+        at: u64,
+    ) -> Self {
         Self {
             pending: Vec::new(),
             window_images: 0,
             window_start: Instant::now(),
             log,
+            dist,
             bar: progress_bar(progress, total, at),
             show: progress,
             last_flush: Instant::now(),
@@ -93,6 +104,12 @@ impl Recorder {
                 .to_device(tch::Device::Cpu),
         )
         .map_err(TrainError::LossReadBack)?;
+        if let Some(dist) = &self.dist {
+            let waits: Vec<f64> = self.pending.iter().map(|(_, l)| l.loader_wait).collect();
+            for ((_, line), slowest) in self.pending.iter_mut().zip(dist.max(&waits)?) {
+                line.loader_wait = slowest;
+            }
+        }
         let now = Instant::now();
         let img_per_sec =
             self.window_images as f64 / (now - self.window_start).as_secs_f64().max(1e-9);

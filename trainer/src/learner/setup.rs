@@ -92,7 +92,13 @@ impl<'a> Run<'a> {
         );
         let steps_per_epoch = steps_per_epoch(opts, &data, &state, &part)?;
         let total = (opts.epochs * steps_per_epoch).min(opts.max_steps.unwrap_or(u64::MAX));
-        let rec = Recorder::new(log, opts.progress && part.root, total, state.step);
+        let rec = Recorder::new(
+            log,
+            opts.dist.clone(),
+            opts.progress && part.root,
+            total,
+            state.step,
+        );
         let graph = opts
             .cuda_graph
             .resolve(opts.placement.single(), opts.dist.is_some())?;

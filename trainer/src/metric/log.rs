@@ -1,6 +1,7 @@
 //! `metrics.jsonl`: one JSON object per line. Step lines carry `step`,
 //! `epoch`, `loss`, `lr`, `img_per_sec` and `loader_wait` (seconds the step
-//! waited for its batch); epoch lines carry `epoch`, `step`, `val_top1`,
+//! waited for its batch; data-parallel: the loss averaged over the ranks,
+//! the img/s of all ranks together, the slowest rank's wait); epoch lines carry `epoch`, `step`, `val_top1`,
 //! `val_top5`, `val_loss` and `lr`. On resume, lines after the checkpoint's
 //! step are dropped so that the file reads as one uninterrupted run.
 

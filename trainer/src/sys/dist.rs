@@ -86,10 +86,11 @@ extern "C" {
         error_len: usize,
     ) -> i32;
     fn trainer_comm_free(comm: *mut RawComm);
-    fn trainer_comm_all_reduce_sum(
+    fn trainer_comm_all_reduce(
         comm: *mut RawComm,
         ts: *const *mut C_tensor,
         n: i32,
+        op: i32,
         error: *mut u8,
         error_len: usize,
     ) -> i32;
@@ -125,9 +126,10 @@ mod absent {
         -1
     }
     pub unsafe fn trainer_comm_free(_: *mut RawComm) {}
-    pub unsafe fn trainer_comm_all_reduce_sum(
+    pub unsafe fn trainer_comm_all_reduce(
         _: *mut RawComm,
         _: *const *mut C_tensor,
+        _: i32,
         _: i32,
         _: *mut u8,
         _: usize,
@@ -220,10 +222,19 @@ impl ProcessGroup {
     /// Replaces each tensor with its sum over the ranks. All ranks pass
     /// tensors of the same shapes, in the same order.
     pub fn all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<(), CommError> {
+        self.all_reduce(tensors, 0)
+    }
+
+    /// Replaces each tensor with its elementwise maximum over the ranks.
+    pub fn all_reduce_max(&self, tensors: &[&Tensor]) -> Result<(), CommError> {
+        self.all_reduce(tensors, 1)
+    }
+
+    fn all_reduce(&self, tensors: &[&Tensor], op: i32) -> Result<(), CommError> {
         let ptrs = handles(tensors);
         // SAFETY: live tch tensors (at::Tensor*) borrowed for the call.
         call(|error, len| unsafe {
-            trainer_comm_all_reduce_sum(self.raw, ptrs.as_ptr(), ptrs.len() as i32, error, len)
+            trainer_comm_all_reduce(self.raw, ptrs.as_ptr(), ptrs.len() as i32, op, error, len)
         })
     }
 
@@ -367,6 +378,17 @@ mod tests {
             assert_eq!(t, vec![1.0; 5]);
             assert_eq!(u, vec![11; 4]);
         }
+    }
+
+    #[test]
+    fn all_reduce_max_takes_each_elements_largest() {
+        let got = on_ranks(3, |rank, pg| {
+            // rank r holds [r, 2 - r, 7]
+            let t = Tensor::from_slice(&[rank as f64, 2.0 - rank as f64, 7.0]);
+            pg.all_reduce_max(&[&t]).expect("max");
+            Vec::<f64>::try_from(&t).expect("t")
+        });
+        assert_eq!(got, vec![vec![2.0, 2.0, 7.0]; 3]);
     }
 
     /// A rank that never arrives is a timeout naming the store, not a hang.

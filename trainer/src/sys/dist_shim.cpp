@@ -11,7 +11,10 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <c10/util/Logging.h>
+
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -42,6 +45,10 @@ int guarded(F f, char* error, size_t len) {
     try {
         f();
         return 0;
+    } catch (const c10::Error& e) {
+        // The message without libtorch's C++ stack trace.
+        fail(e.what_without_backtrace(), error, len);
+        return 1;
     } catch (const std::exception& e) {
         fail(e.what(), error, len);
         return 1;
@@ -82,6 +89,12 @@ extern "C" int trainer_comm_new(int backend, const char* host, int port, int ran
                                 TrainerComm** out, char* error, size_t error_len) {
     return guarded(
         [&] {
+            // c10d logs each failed attempt to reach the store, with a C++
+            // stack trace, before the error we report in one line. libtorch
+            // reads TORCH_CPP_LOG_LEVEL only when asked (PyTorch asks at
+            // import): ask, with FATAL unless the user chose a level.
+            setenv("TORCH_CPP_LOG_LEVEL", "FATAL", /*overwrite=*/0);
+            c10::initLogging();
             auto timeout = std::chrono::milliseconds(timeout_ms);
             c10d::TCPStoreOptions so;
             so.port = static_cast<uint16_t>(port);
@@ -118,13 +131,14 @@ extern "C" void trainer_comm_free(TrainerComm* comm) {
     }
 }
 
-// Sums each tensor over the ranks, in place.
-extern "C" int trainer_comm_all_reduce_sum(TrainerComm* comm, at::Tensor* const* ts, int n,
-                                           char* error, size_t error_len) {
+// Reduces each tensor over the ranks, in place: `op` 0 sums, 1 takes the
+// largest.
+extern "C" int trainer_comm_all_reduce(TrainerComm* comm, at::Tensor* const* ts, int n, int op,
+                                       char* error, size_t error_len) {
     return guarded(
         [&] {
             c10d::AllreduceOptions opts;
-            opts.reduceOp = c10d::ReduceOp::SUM;
+            opts.reduceOp = op == 1 ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
             each_then_wait(ts, n, [&](std::vector<at::Tensor>& one) {
                 return comm->backend->allreduce(one, opts);
             });
