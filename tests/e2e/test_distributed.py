@@ -113,8 +113,10 @@ def test_eval_over_ranks_counts_what_one_process_counts(fashion, tmp_path):
 
 def test_resumed_ranks_continue_exactly(fashion, tmp_path):
     """Stopped at step 4 and resumed to 8, two ranks (dropout on, drawn per
-    rank and step) end with the bytes of two ranks that ran 8 straight."""
-    args = ["--shards", fashion / "shards", *SMALL, "--batch-size", "16"]
+    rank and step; the lr warming up across the stop) end with the bytes of
+    two ranks that ran 8 straight."""
+    # 3,000 images / 16 = 187 steps an epoch: 0.05 epochs is 9 warm-up steps.
+    args = ["--shards", fashion / "shards", *SMALL, "--batch-size", "16", "--warmup-epochs", "0.05"]
     launch(2, "run", "--out", tmp_path / "a", *args, "--max-steps", "4")
     launch(2, "run", "--out", tmp_path / "a", *args, "--max-steps", "8", "--resume")
     launch(2, "run", "--out", tmp_path / "b", *args, "--max-steps", "8")
@@ -122,6 +124,8 @@ def test_resumed_ranks_continue_exactly(fashion, tmp_path):
     b = (tmp_path / "b/checkpoints/step-00000008/model.safetensors").read_bytes()
     assert a == b
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    lrs = [json.loads(l)["lr"] for l in open(tmp_path / "a/metrics.jsonl") if '"loss"' in l]
+    np.testing.assert_allclose(lrs, [0.01 * k / 9 for k in range(1, 9)], rtol=1e-12)
 
 
 def test_a_killed_rank_ends_the_run_naming_it(fashion, tmp_path):

@@ -101,7 +101,15 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchResult, StepError> {
     sgd.set_kernel(opts.kernels.sgd.clone());
     let mut steps = Steps::new(opts.cuda_graph, device, None)?;
     let mut step = |i: usize| -> Result<(), StepError> {
-        let _loss = steps.run(&net, &mut sgd, &params, &inputs[i % 2], &labels, 0.01)?;
+        let _loss = steps.run(
+            &net,
+            &mut sgd,
+            &params,
+            &inputs[i % 2],
+            &labels,
+            0.01,
+            false,
+        )?;
         Ok(())
     };
     for i in 0..opts.warmup {

@@ -138,7 +138,9 @@ impl Steps {
         Ok(Self { graphed, dist })
     }
 
-    /// One step; returns the loss.
+    /// One step; returns the loss. `eager` runs it as written even where
+    /// steps are replayed (the lr warm-up, whose lr changes every step).
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
         net: &AlexNet,
@@ -147,8 +149,9 @@ impl Steps {
         x: &Tensor,
         labels: &Tensor,
         lr: f64,
+        eager: bool,
     ) -> Result<Tensor, StepError> {
-        match self.graphed.as_mut() {
+        match self.graphed.as_mut().filter(|_| !eager) {
             Some(g) => g.step(net, sgd, params, x, labels, lr),
             None => Ok(eager_step(net, sgd, params, x, labels, lr, self.dist.as_deref())?.0),
         }

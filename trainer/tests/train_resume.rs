@@ -58,6 +58,7 @@ fn options(shards: &Path, out: &Path, max_steps: u64, resume: bool) -> RunOption
         weight_decay: 5e-4,
         patience: 1,
         max_drops: 3,
+        warmup_epochs: 0.0,
         init: Init::Kaiming,
         dropout: 0.5,
         width_mult: 0.0625,

@@ -153,6 +153,11 @@ struct RunArgs {
     /// Most lr divisions (the paper: three).
     #[arg(long, default_value_t = 3)]
     max_drops: u32,
+    /// Epochs over which the lr rises linearly to --lr (the paper: none).
+    /// For large global batches: raise --lr with the batch (the linear
+    /// scaling rule) and warm up for ~5 epochs (Goyal et al., 2017).
+    #[arg(long, default_value_t = 0.0)]
+    warmup_epochs: f64,
     /// `paper`: N(0, 0.01), biases 1 in conv2/4/5, fc6/7. `kaiming`: He init
     /// with unit-variance inputs, a deviation that learns in short runs.
     #[arg(long, value_enum, default_value_t = Init::Paper)]
@@ -388,6 +393,9 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     if args.batch_size == 0 || args.width_mult <= 0.0 || args.lr <= 0.0 {
         bail!("--batch-size, --width-mult and --lr must be positive");
     }
+    if !(args.warmup_epochs >= 0.0 && args.warmup_epochs.is_finite()) {
+        bail!("--warmup-epochs must be 0 or more");
+    }
     if !(0.0..1.0).contains(&args.dropout) {
         bail!("--dropout must be at least 0 and below 1");
     }
@@ -437,6 +445,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
             .unwrap_or(5e-4),
         patience: args.patience,
         max_drops: args.max_drops,
+        warmup_epochs: args.warmup_epochs,
         init: args.init.into(),
         dropout: args.dropout,
         width_mult: args.width_mult,

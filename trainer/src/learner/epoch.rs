@@ -46,10 +46,13 @@ impl Run<'_> {
                 self.state.step,
                 self.part.rank,
             ));
-            let lr = self.state.schedule.lr;
+            let lr = self.state.schedule.lr_at(self.state.step);
+            // A new lr each warm-up step would be a new CUDA-graph capture
+            // each step: warm-up steps run eagerly.
+            let eager = self.state.schedule.warming_up(self.state.step);
             let loss = self
                 .steps
-                .run(&self.net, &mut self.sgd, &params, &x, &labels, lr)?;
+                .run(&self.net, &mut self.sgd, &params, &x, &labels, lr, eager)?;
             self.state.step += 1;
             self.state.batch += 1;
             let line = StepLine {

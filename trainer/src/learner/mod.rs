@@ -104,6 +104,8 @@ pub struct RunOptions {
     pub weight_decay: f64,
     pub patience: u32,
     pub max_drops: u32,
+    /// Epochs of linear lr warm-up (0: none, the paper's recipe).
+    pub warmup_epochs: f64,
     pub init: Init,
     /// Dropout rate on fc6's and fc7's inputs (the paper: 0.5).
     pub dropout: f64,

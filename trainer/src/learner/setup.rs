@@ -243,7 +243,8 @@ fn start_state(
         step: 0,
         epoch: 0,
         batch: 0,
-        schedule: Schedule::new(opts.lr, opts.patience, opts.max_drops),
+        schedule: Schedule::new(opts.lr, opts.patience, opts.max_drops)
+            .with_warmup(warmup_steps(opts, data)),
         seed: opts.seed,
         model: ModelConfig {
             width_mult: opts.width_mult,
@@ -258,6 +259,13 @@ fn start_state(
         settings: Some(settings_of(opts)),
     };
     Ok((state, None))
+}
+
+/// `--warmup-epochs` in steps: an epoch is N / batch steps whatever the
+/// number of ranks.
+fn warmup_steps(opts: &RunOptions, data: &Data) -> u64 {
+    let steps_per_epoch = data.train.len() / opts.batch_size.max(1);
+    (opts.warmup_epochs * steps_per_epoch as f64).round() as u64
 }
 
 /// What `--resume` reuses of this run's flags.

@@ -2,6 +2,10 @@
 //! by 10 when the validation error stops improving at the current rate;
 //! the paper did so three times. "Stops improving" = no new best error for
 //! `patience` epochs in a row.
+//!
+//! `--warmup-epochs` (not in the paper; Goyal et al. 2017, for large
+//! batches): the lr rises linearly over the first `warmup_steps` steps, to
+//! the rate at step `warmup_steps`; the heuristic above is unchanged.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +18,9 @@ pub struct Schedule {
     pub drops: u32,
     pub best_error: Option<f64>,
     pub epochs_since_best: u32,
+    /// Steps of linear warm-up (0: none, the paper's recipe).
+    #[serde(default)]
+    pub warmup_steps: u64,
 }
 
 impl Schedule {
@@ -25,7 +32,29 @@ impl Schedule {
             drops: 0,
             best_error: None,
             epochs_since_best: 0,
+            warmup_steps: 0,
         }
+    }
+
+    /// With `steps` steps of linear warm-up.
+    pub fn with_warmup(mut self, steps: u64) -> Self {
+        self.warmup_steps = steps;
+        self
+    }
+
+    /// The lr of step `step` (0-based): `lr` times (step + 1) /
+    /// warmup_steps during the warm-up, `lr` after.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            self.lr * (step + 1) as f64 / self.warmup_steps as f64
+        } else {
+            self.lr
+        }
+    }
+
+    /// Whether step `step` is in the warm-up.
+    pub fn warming_up(&self, step: u64) -> bool {
+        step < self.warmup_steps
     }
 
     /// Records one epoch's validation error; returns true when that
@@ -70,6 +99,15 @@ mod tests {
         assert_eq!(at, vec![3, 6, 8]);
         assert!((s.lr - 1e-5).abs() < 1e-12);
         assert_eq!(s.drops, 3);
+    }
+
+    #[test]
+    fn warm_up_rises_linearly_to_the_rate() {
+        let s = Schedule::new(0.4, 3, 3).with_warmup(4);
+        let lrs: Vec<f64> = (0..6).map(|t| s.lr_at(t)).collect();
+        assert_eq!(lrs, vec![0.1, 0.2, 0.30000000000000004, 0.4, 0.4, 0.4]);
+        assert!(s.warming_up(3) && !s.warming_up(4));
+        assert_eq!(Schedule::new(0.01, 3, 3).lr_at(0), 0.01);
     }
 
     #[test]
