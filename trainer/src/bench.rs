@@ -1,11 +1,16 @@
 //! `trainer bench`: training steps per second on synthetic data, the
 //! network and optimiser exactly as in `trainer run` (input in the same
 //! channels-last layout the loader hand-over produces), no loader.
+//! Under a launcher, each rank benches its steps with the gradients
+//! averaged over the ranks, and says how much of a step it waited for them.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::dist::grads::GradComm;
+use crate::dist::Dist;
 use crate::kernels::lrn::FusedLrn;
 use crate::kernels::Kernels;
 use crate::model::{AlexNet, Init, ModelConfig, Placement, Precision};
@@ -23,6 +28,9 @@ pub struct BenchOptions {
     pub kernels: Kernels,
     /// Steps replayed from a captured CUDA graph.
     pub cuda_graph: bool,
+    /// Data-parallel: this rank, and how gradients travel.
+    pub dist: Option<Arc<Dist>>,
+    pub grad_comm: GradComm,
 }
 
 /// One training step's loss and gradients with the fused LRN and with the
@@ -74,8 +82,12 @@ pub fn compare_lrn(opts: &BenchOptions, fused: FusedLrn) -> Result<LrnComparison
 }
 
 pub struct BenchResult {
+    /// This rank's images per second (`batch_size` a step).
     pub img_per_sec: f64,
     pub step_ms: f64,
+    /// Of a step, the time spent waiting for gradient sums the backward did
+    /// not hide (host clock; zero for one process).
+    pub comm_wait_ms: f64,
 }
 
 pub fn bench(opts: &BenchOptions) -> Result<BenchResult, StepError> {
@@ -99,32 +111,27 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchResult, StepError> {
         .collect();
     let labels = Tensor::randint(1000, [b], (Kind::Int64, device));
     sgd.set_kernel(opts.kernels.sgd.clone());
-    let mut steps = Steps::new(opts.cuda_graph, device, None)?;
-    let mut step = |i: usize| -> Result<(), StepError> {
-        let _loss = steps.run(
-            &net,
-            &mut sgd,
-            &params,
-            &inputs[i % 2],
-            &labels,
-            0.01,
-            false,
-        )?;
+    let mut steps = Steps::new(opts.cuda_graph, device, opts.dist.clone(), opts.grad_comm)?;
+    let mut step = |steps: &mut Steps, i: usize| -> Result<(), StepError> {
+        let x = &inputs[i % 2];
+        let _loss = steps.run(&net, &mut sgd, &params, x, &labels, 0.01, false)?;
         Ok(())
     };
     for i in 0..opts.warmup {
-        step(i)?;
+        step(&mut steps, i)?;
     }
     sync(opts.placement);
+    steps.take_comm_wait();
     let t = Instant::now();
     for i in 0..opts.steps {
-        step(i)?;
+        step(&mut steps, i)?;
     }
     sync(opts.placement);
     let secs = t.elapsed().as_secs_f64();
     Ok(BenchResult {
         img_per_sec: (b as f64 * opts.steps as f64) / secs,
         step_ms: 1e3 * secs / opts.steps as f64,
+        comm_wait_ms: 1e3 * steps.take_comm_wait().as_secs_f64() / opts.steps as f64,
     })
 }
 

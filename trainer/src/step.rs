@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use tch::{Device, Tensor};
 
+use crate::dist::grads::{GradComm, GradReducer};
 use crate::dist::{Dist, DistError};
 use crate::kernels::lrn::FusedLrnError;
 use crate::model::AlexNet;
@@ -98,14 +99,20 @@ fn eager_step(
     x: &Tensor,
     labels: &Tensor,
     lr: f64,
-    dist: Option<&Dist>,
+    ranks: Option<(&Dist, &mut GradReducer)>,
 ) -> Result<(Tensor, Vec<Tensor>), StepError> {
-    let (loss, grads) = net.loss_and_gradients(x, labels)?;
-    if let Some(dist) = dist {
-        let mut reduced: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
-        reduced.push(&loss);
-        dist.average(&reduced)?;
-    }
+    let (loss, grads) = match ranks {
+        None => net.loss_and_gradients(x, labels)?,
+        Some((dist, reducer)) => {
+            // Buckets start their all-reduce as the backward makes them.
+            let (loss, grads) = net.loss_and_gradients_with(x, labels, &mut |index, grads| {
+                reducer.ready(dist, index, grads)
+            })?;
+            reducer.finish(dist, &grads)?;
+            dist.average(&[&loss])?;
+            (loss, grads)
+        }
+    };
     sgd.step(params, &grads, lr).map_err(StepError::Update)?;
     Ok((loss, grads))
 }
@@ -114,16 +121,19 @@ fn eager_step(
 /// `--cuda-graph` replayed from a capture.
 pub struct Steps {
     graphed: Option<GraphedSteps>,
-    dist: Option<Arc<Dist>>,
+    /// Data-parallel: the ranks, and the step's gradient averaging.
+    ranks: Option<(Arc<Dist>, GradReducer)>,
 }
 
 impl Steps {
     /// Eager steps, or replayed ones (`cuda_graph`) for a network on
-    /// `device`; with `dist`, data-parallel (eager) steps.
+    /// `device`; with `dist`, data-parallel (eager) steps whose gradients
+    /// travel as `comm` says.
     pub fn new(
         cuda_graph: bool,
         device: Device,
         dist: Option<Arc<Dist>>,
+        comm: GradComm,
     ) -> Result<Self, GraphError> {
         if cuda_graph && dist.is_some() {
             return Err(GraphError::Unavailable(
@@ -135,7 +145,16 @@ impl Steps {
         } else {
             None
         };
-        Ok(Self { graphed, dist })
+        let ranks = dist.map(|d| (d, GradReducer::new(comm)));
+        Ok(Self { graphed, ranks })
+    }
+
+    /// Time the steps since the last call spent waiting for gradient sums
+    /// the backward did not hide (zero for one process).
+    pub fn take_comm_wait(&mut self) -> std::time::Duration {
+        self.ranks
+            .as_mut()
+            .map_or(std::time::Duration::ZERO, |(_, r)| r.take_waited())
     }
 
     /// One step; returns the loss. `eager` runs it as written even where
@@ -153,7 +172,10 @@ impl Steps {
     ) -> Result<Tensor, StepError> {
         match self.graphed.as_mut().filter(|_| !eager) {
             Some(g) => g.step(net, sgd, params, x, labels, lr),
-            None => Ok(eager_step(net, sgd, params, x, labels, lr, self.dist.as_deref())?.0),
+            None => {
+                let ranks = self.ranks.as_mut().map(|(d, r)| (&**d, r));
+                Ok(eager_step(net, sgd, params, x, labels, lr, ranks)?.0)
+            }
         }
     }
 }

@@ -74,6 +74,7 @@ fn options(shards: &Path, out: &Path, max_steps: u64, resume: bool) -> RunOption
         keep_checkpoints: 2,
         progress: false,
         dist: None,
+        grad_comm: Default::default(),
     }
 }
 

@@ -49,6 +49,12 @@ mod values {
         /// Eager steps.
         Off,
     });
+    pipeline::value_enum!(GradComm => trainer::dist::grads::GradComm {
+        /// float32, as computed.
+        F32,
+        /// bfloat16: half the bytes, the sum rounded to 8 mantissa bits.
+        Bf16,
+    });
     pipeline::value_enum!(DistBackend => trainer::dist::BackendChoice {
         /// NCCL when the devices are CUDA devices, else Gloo.
         Auto,
@@ -58,7 +64,7 @@ mod values {
         Gloo,
     });
 }
-use values::{DistBackend, GraphChoice, Init, KernelChoice};
+use values::{DistBackend, GradComm, GraphChoice, Init, KernelChoice};
 
 #[derive(Parser)]
 #[command(
@@ -127,6 +133,10 @@ struct RunArgs {
     /// and in each step) before a rank that died or hangs ends the run.
     #[arg(long, default_value_t = 300)]
     dist_timeout: u64,
+    /// Data-parallel runs: the type gradients are averaged in over the
+    /// ranks (bf16 halves the bytes sent).
+    #[arg(long, value_enum, default_value = "f32")]
+    grad_comm: GradComm,
     /// Epochs to train [default: 90; with --resume, the run's own].
     #[arg(long)]
     epochs: Option<u64>,
@@ -285,6 +295,15 @@ struct BenchArgs {
     /// As in `trainer run --cuda-graph`.
     #[arg(long, value_enum, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
     cuda_graph: GraphChoice,
+    /// Under a launcher: as in `trainer run`.
+    #[arg(long, value_enum, default_value = "auto")]
+    dist_backend: DistBackend,
+    /// Under a launcher: as in `trainer run`.
+    #[arg(long, default_value_t = 300)]
+    dist_timeout: u64,
+    /// Under a launcher: as in `trainer run`.
+    #[arg(long, value_enum, default_value = "f32")]
+    grad_comm: GradComm,
     /// First compare one step's loss and gradients with the fused LRN
     /// against the band LRN at these sizes (Kaiming init, dropout off).
     #[arg(long)]
@@ -459,6 +478,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         keep_checkpoints: args.keep_checkpoints,
         progress: !args.quiet,
         dist,
+        grad_comm: args.grad_comm.into(),
     };
     if placement.first().is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -630,7 +650,7 @@ fn launch_cmd(args: LaunchArgs) -> Result<()> {
 }
 
 fn bench_cmd(args: BenchArgs) -> Result<()> {
-    let placement = parse_devices(&args.devices, 0)?;
+    let (placement, dist) = join_ranks(&args.devices, args.dist_backend, args.dist_timeout)?;
     if args.batch_size <= 0 || args.steps == 0 {
         bail!("--batch-size and --steps must be positive");
     }
@@ -650,7 +670,9 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         steps: args.steps,
         kernels,
         cuda_graph: trainer::step::GraphChoice::from(args.cuda_graph)
-            .resolve(placement.single(), false)?,
+            .resolve(placement.single(), dist.is_some())?,
+        dist: dist.clone(),
+        grad_comm: args.grad_comm.into(),
     };
     if args.check_lrn {
         let Some(fused) = opts.kernels.lrn.clone() else {
@@ -672,8 +694,20 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     }
     let result = bench(&opts)?;
     let amp = if args.amp.is_some() { "bf16" } else { "fp32" };
+    let ranks = match &dist {
+        Some(d) => format!(
+            " rank={} world={} backend={} grad_comm={:?} comm_wait_ms={:.2} comm_share={:.3}",
+            d.rank(),
+            d.world(),
+            d.backend(),
+            opts.grad_comm,
+            result.comm_wait_ms,
+            result.comm_wait_ms / result.step_ms
+        ),
+        None => String::new(),
+    };
     println!(
-        "BENCH paper-alexnet-2col devices={placement:?} bs={} {amp} kernels={label} graph={} width={} img/s={:.0} step_ms={:.2}",
+        "BENCH paper-alexnet-2col devices={placement:?} bs={} {amp} kernels={label} graph={} width={} img/s={:.0} step_ms={:.2}{ranks}",
         args.batch_size, u8::from(opts.cuda_graph), args.width_mult, result.img_per_sec, result.step_ms
     );
     Ok(())

@@ -9,6 +9,7 @@
 //! batch, so one step is one process's step on the global batch.
 
 pub mod env;
+pub mod grads;
 
 use std::time::Duration;
 

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use pipeline::loader::LoaderError;
 
 use crate::checkpoint::CheckpointError;
+use crate::dist::grads::GradComm;
 use crate::dist::{Dist, DistError};
 use crate::kernels::lrn::FusedLrnError;
 use crate::kernels::{KernelChoice, KernelError};
@@ -124,6 +125,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// This process's rank among data-parallel processes (None: the only one).
     pub dist: Option<Arc<Dist>>,
+    /// Data-parallel: the type gradients are averaged in.
+    pub grad_comm: GradComm,
 }
 
 #[derive(Debug, Clone)]

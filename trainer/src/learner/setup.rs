@@ -135,7 +135,12 @@ impl<'a> Run<'a> {
                 state.step,
             )
         });
-        let steps = Steps::new(graph, opts.placement.first(), opts.dist.clone())?;
+        let steps = Steps::new(
+            graph,
+            opts.placement.first(),
+            opts.dist.clone(),
+            opts.grad_comm,
+        )?;
         let loader = train_loader(opts, &data, &state, &part)?;
         Ok(Self {
             opts,

@@ -69,6 +69,45 @@ struct RawComm {
     _private: [u8; 0],
 }
 
+#[repr(C)]
+struct RawWork {
+    _private: [u8; 0],
+}
+
+/// Sums in flight (`ProcessGroup::start_all_reduce_sum`): wait for them
+/// before reading their tensors. Dropping it unwaited waits too (the
+/// collective writes into the tensors it holds), ignoring errors.
+pub struct Pending {
+    raw: *mut RawWork,
+    _tensors: Vec<Tensor>,
+}
+
+// SAFETY: c10d's Work objects may be waited on from any thread.
+unsafe impl Send for Pending {}
+
+impl Pending {
+    /// Blocks until the sums are done (Gloo), or orders the current CUDA
+    /// stream after them (NCCL).
+    pub fn wait(mut self) -> Result<(), CommError> {
+        let raw = std::mem::replace(&mut self.raw, std::ptr::null_mut());
+        // SAFETY: `raw` came from trainer_comm_all_reduce_start; the call
+        // frees it, and Drop then sees null.
+        call(|error, len| unsafe { trainer_work_wait(raw, error, len) })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.raw.is_null() {
+            let mut error = [0u8; 256];
+            // SAFETY: as in wait; frees `raw` once.
+            unsafe {
+                trainer_work_wait(self.raw, error.as_mut_ptr(), error.len());
+            }
+        }
+    }
+}
+
 #[cfg(trainer_c10d)]
 extern "C" {
     #[allow(clippy::too_many_arguments)]
@@ -103,6 +142,15 @@ extern "C" {
         error_len: usize,
     ) -> i32;
     fn trainer_comm_barrier(comm: *mut RawComm, error: *mut u8, error_len: usize) -> i32;
+    fn trainer_comm_all_reduce_start(
+        comm: *mut RawComm,
+        ts: *const *mut C_tensor,
+        n: i32,
+        out: *mut *mut RawWork,
+        error: *mut u8,
+        error_len: usize,
+    ) -> i32;
+    fn trainer_work_wait(work: *mut RawWork, error: *mut u8, error_len: usize) -> i32;
 }
 
 /// Builds without the shim: every entry point reports `Unavailable`.
@@ -147,6 +195,19 @@ mod absent {
         -1
     }
     pub unsafe fn trainer_comm_barrier(_: *mut RawComm, _: *mut u8, _: usize) -> i32 {
+        -1
+    }
+    pub unsafe fn trainer_comm_all_reduce_start(
+        _: *mut RawComm,
+        _: *const *mut C_tensor,
+        _: i32,
+        _: *mut *mut RawWork,
+        _: *mut u8,
+        _: usize,
+    ) -> i32 {
+        -1
+    }
+    pub unsafe fn trainer_work_wait(_: *mut RawWork, _: *mut u8, _: usize) -> i32 {
         -1
     }
 }
@@ -235,6 +296,29 @@ impl ProcessGroup {
         // SAFETY: live tch tensors (at::Tensor*) borrowed for the call.
         call(|error, len| unsafe {
             trainer_comm_all_reduce(self.raw, ptrs.as_ptr(), ptrs.len() as i32, op, error, len)
+        })
+    }
+
+    /// Starts replacing each tensor with its sum over the ranks, and
+    /// returns while that goes on; see `Pending`.
+    pub fn start_all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<Pending, CommError> {
+        let ptrs = handles(tensors);
+        let mut raw: *mut RawWork = std::ptr::null_mut();
+        // SAFETY: live tch tensors; `Pending` keeps handles to them (and so
+        // their storage) until the work is waited for.
+        call(|error, len| unsafe {
+            trainer_comm_all_reduce_start(
+                self.raw,
+                ptrs.as_ptr(),
+                ptrs.len() as i32,
+                &mut raw,
+                error,
+                len,
+            )
+        })?;
+        Ok(Pending {
+            raw,
+            _tensors: tensors.iter().map(|t| t.shallow_clone()).collect(),
         })
     }
 
@@ -378,6 +462,24 @@ mod tests {
             assert_eq!(t, vec![1.0; 5]);
             assert_eq!(u, vec![11; 4]);
         }
+    }
+
+    /// Two sums in flight at once, waited for in the other order.
+    #[test]
+    fn started_sums_complete_when_waited_for() {
+        let got = on_ranks(2, |rank, pg| {
+            let a = Tensor::full([1000], rank as f64 + 1.0, (Kind::Float, Device::Cpu));
+            let b = Tensor::full([7], 10.0 * (rank as f64 + 1.0), (Kind::Float, Device::Cpu));
+            let pa = pg.start_all_reduce_sum(&[&a]).expect("start a");
+            let pb = pg.start_all_reduce_sum(&[&b]).expect("start b");
+            pb.wait().expect("b");
+            pa.wait().expect("a");
+            (
+                a.mean(Kind::Float).double_value(&[]),
+                b.mean(Kind::Float).double_value(&[]),
+            )
+        });
+        assert_eq!(got, vec![(3.0, 30.0); 2]);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -142,6 +143,41 @@ extern "C" int trainer_comm_all_reduce(TrainerComm* comm, at::Tensor* const* ts,
             each_then_wait(ts, n, [&](std::vector<at::Tensor>& one) {
                 return comm->backend->allreduce(one, opts);
             });
+        },
+        error, error_len);
+}
+
+// Collectives in flight: started by trainer_comm_all_reduce_start, ended by
+// trainer_work_wait, which frees them.
+struct TrainerWork {
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+};
+
+// Starts summing each tensor over the ranks, in place, and returns at once
+// (Gloo works on its own threads, NCCL on its own stream): the caller goes
+// on with other work and waits later.
+extern "C" int trainer_comm_all_reduce_start(TrainerComm* comm, at::Tensor* const* ts, int n,
+                                             TrainerWork** out, char* error, size_t error_len) {
+    return guarded(
+        [&] {
+            auto work = std::make_unique<TrainerWork>();
+            c10d::AllreduceOptions opts;
+            opts.reduceOp = c10d::ReduceOp::SUM;
+            for (int i = 0; i < n; ++i) {
+                std::vector<at::Tensor> one{*ts[i]};
+                work->works.push_back(comm->backend->allreduce(one, opts));
+            }
+            *out = work.release();
+        },
+        error, error_len);
+}
+
+// Waits for `work` (for NCCL: makes the current CUDA stream wait) and frees it.
+extern "C" int trainer_work_wait(TrainerWork* work, char* error, size_t error_len) {
+    std::unique_ptr<TrainerWork> owned(work);
+    return guarded(
+        [&] {
+            for (auto& w : owned->works) w->wait();
         },
         error, error_len);
 }
