@@ -64,7 +64,12 @@ def test_ranks_step_as_one_process_with_the_global_batch(fashion, tmp_path):
     that kept its own gradient, or a sum in place of the mean, is off from
     the second step by orders of magnitude more."""
     shards = fashion / "shards"
-    args = ["--shards", shards, *SMALL, "--batch-size", "64", "--dropout", "0", "--max-steps", "10"]
+    # --kernels on: the fused LRN's tensor form on the CPU, whose backward
+    # hands over gradients in three segments (conv3-fc8 first), each
+    # all-reduced as it comes; the other tests run libtorch's LRN, whose
+    # gradients come all at once.
+    args = ["--shards", shards, *SMALL, "--batch-size", "64", "--dropout", "0", "--max-steps", "10",
+            "--kernels", "on"]
     trainer("run", "--out", tmp_path / "one", *args, env=ENV)
     p = launch(2, "run", "--out", tmp_path / "two", *args)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
@@ -90,6 +95,21 @@ def test_ranks_step_as_one_process_with_the_global_batch(fashion, tmp_path):
     two_bytes = (tmp_path / "two" / model).read_bytes()
     assert (tmp_path / "again" / model).read_bytes() == two_bytes
     assert (tmp_path / "torchrun" / model).read_bytes() == two_bytes
+
+
+def test_bf16_gradients_are_the_f32_ones_rounded(fashion, tmp_path):
+    """--grad-comm bf16: the first loss is the same (no update yet), the
+    updates differ by bfloat16's rounding only: close, but not the same."""
+    args = ["--shards", fashion / "shards", *SMALL, "--batch-size", "32", "--dropout", "0",
+            "--max-steps", "3"]
+    for comm in ("f32", "bf16"):
+        launch(2, "run", "--out", tmp_path / comm, *args, "--grad-comm", comm)
+    f32, bf16 = losses(tmp_path / "f32"), losses(tmp_path / "bf16")
+    assert f32[0] == bf16[0]
+    np.testing.assert_allclose(bf16, f32, rtol=1e-3)
+    w32, w16 = weights(tmp_path / "f32", 3), weights(tmp_path / "bf16", 3)
+    worst = max(float(np.abs(w32[k] - w16[k]).max()) for k in w32)
+    assert 0 < worst < 1e-2, worst
 
 
 def test_eval_over_ranks_counts_what_one_process_counts(fashion, tmp_path):
