@@ -34,6 +34,11 @@
 #   graphcheck (not by default) per-step losses of the same 24 steps
 #            (Fashion-MNIST, float32, seed 0) eager and replayed from a CUDA
 #            graph, side by side.
+#   nccl     (not by default) one rank through the data-parallel path with
+#            NCCL (`trainer launch --nproc-per-node 1 -- ... --dist-backend
+#            nccl`) beside the plain process: `trainer bench` img/s (the
+#            all-reduce path's overhead) and 24 Fashion-MNIST steps' losses
+#            (the same: a sum over one rank changes nothing).
 #   scale    (not by default) the loader and stats at 16 threads on 40,200
 #            images, and `pipeline shards` at 1 and 16 jobs on 4,800: runs
 #            long enough that start-up costs do not hide the scaling.
@@ -181,6 +186,30 @@ if want threads; then
       --init kaiming --loader-threads $1 ${2:-} --quiet 2>&1 | grep -E "^(warning|Error)" | tee -a "$OUT/train.txt"
     waits "$W/run-$name/metrics.jsonl" "$name"
   done
+fi
+
+if want nccl; then
+  log "nccl: one rank with NCCL through the data-parallel path, beside the plain process"
+  for amp in "" "--amp bf16"; do
+    "$T" bench --devices cuda:0 --batch-size 128 $amp --cuda-graph off 2>&1 \
+      | grep -E "BENCH|rror" | tee -a "$OUT/nccl.txt"
+    "$T" launch --nproc-per-node 1 -- bench --devices cuda:0 --batch-size 128 $amp \
+      --dist-backend nccl 2>&1 | grep -E "BENCH|rror" | tee -a "$OUT/nccl.txt"
+  done
+  "$P" shards --imagenet "$STAGE/fashion-tree" --out "$W/fashion" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+  "$P" stats --shards "$W/fashion" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
+  timeout 90 "$T" run --devices cuda:0 --shards "$W/fashion" --out "$W/plain" --max-steps 24 \
+    --init kaiming --quiet --cuda-graph off 2>&1 | grep -E "^(warning|Error)" | tee -a "$OUT/nccl.txt"
+  timeout 120 "$T" launch --nproc-per-node 1 -- run --devices auto --shards "$W/fashion" \
+    --out "$W/nccl1" --max-steps 24 --init kaiming --quiet --dist-backend nccl 2>&1 \
+    | grep -E "(warning|rror)" | tee -a "$OUT/nccl.txt"
+  python3 - "$W/plain/metrics.jsonl" "$W/nccl1/metrics.jsonl" <<'EOF' 2>&1 | tee -a "$OUT/nccl.txt"
+import json, sys
+runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:]]
+losses = [[x["loss"] for x in r if "loader_wait" in x] for r in runs]
+for step, (a, b) in enumerate(zip(*losses), 1):
+    print(f"NCCL1 step {step:2d} plain {a:.6f} nccl-world-1 {b:.6f} rel {abs(a - b) / abs(a):.2e}")
+EOF
 fi
 
 if want graphcheck; then

@@ -397,7 +397,9 @@ fn join_ranks(
     let env =
         WorldEnv::from_process().map_err(|e| anyhow::anyhow!("the launcher's variables: {e}"))?;
     let placement = parse_devices(devices, env.as_ref().map_or(0, |e| e.local_rank))?;
-    let Some(env) = env else {
+    // One rank alone is one process, unless a backend was asked for by
+    // name: then it runs the data-parallel path (its overhead, measured).
+    let Some(env) = env.filter(|e| e.world > 1 || backend != DistBackend::Auto) else {
         return Ok((placement, None));
     };
     if timeout_secs == 0 {

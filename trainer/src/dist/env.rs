@@ -67,11 +67,16 @@ impl WorldEnv {
         Self::from_vars(|name| std::env::var(name).ok())
     }
 
-    /// From the variables `get` gives; None where none describes more than
-    /// one process.
+    /// From the variables `get` gives; None where none describes a rank
+    /// (`world` 1 is a rank only where the launcher set MASTER_ADDR too).
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, EnvError> {
+        // A world of one is one process, unless a launcher set it up fully
+        // (`trainer launch --nproc-per-node 1`: MASTER_ADDR too), which
+        // lets `--dist-backend nccl|gloo` run one rank through the
+        // data-parallel path.
         let world_of = |name| optional(&get, name).map(|w| w.unwrap_or(0));
-        if world_of("WORLD_SIZE")? == 1 || world_of("SLURM_STEP_NUM_TASKS")? == 1 {
+        let alone = world_of("WORLD_SIZE")? == 1 || world_of("SLURM_STEP_NUM_TASKS")? == 1;
+        if alone && get("MASTER_ADDR").is_none() {
             return Ok(None);
         }
         let env = if get("RANK").is_some() || get("WORLD_SIZE").is_some() {
@@ -81,7 +86,7 @@ impl WorldEnv {
         } else {
             None
         };
-        Ok(env.filter(|e| e.world > 1))
+        Ok(env)
     }
 }
 
@@ -282,6 +287,8 @@ mod tests {
     fn none_or_a_world_of_one_is_one_process() {
         assert_eq!(env(&[]).unwrap(), None);
         assert_eq!(env(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap(), None);
+        let launched = env(&[("RANK", "0"), ("WORLD_SIZE", "1"), ADDR]).unwrap();
+        assert_eq!(launched.map(|e| e.world), Some(1));
         // A batch script's own shell: SLURM's job variables, no step.
         assert_eq!(
             env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "8")]).unwrap(),
