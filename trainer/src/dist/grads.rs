@@ -102,11 +102,7 @@ impl GradReducer {
     /// Waits for every bucket and writes the ranks' mean into `grads` (all
     /// of the step's gradients, in parameter order).
     pub fn finish(&mut self, dist: &Dist, grads: &[Tensor]) -> Result<(), DistError> {
-        let failed = |cause| DistError::Collective {
-            rank: dist.rank(),
-            what: "averaging gradients",
-            cause,
-        };
+        let failed = dist.failed("averaging gradients");
         if let Some(e) = self.failed.take() {
             self.in_flight.clear();
             return Err(failed(e));
@@ -114,7 +110,7 @@ impl GradReducer {
         let scale = 1.0 / dist.world() as f64;
         let started = Instant::now();
         for bucket in self.in_flight.drain(..) {
-            bucket.pending.wait().map_err(failed)?;
+            bucket.pending.wait().map_err(&failed)?;
             let sizes: Vec<i64> = bucket
                 .index
                 .iter()

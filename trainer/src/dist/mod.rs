@@ -8,9 +8,11 @@
 //! mean-loss gradients is the gradient of the mean loss over the global
 //! batch, so one step is one process's step on the global batch.
 
+mod alive;
 pub mod env;
 pub mod grads;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
@@ -54,14 +56,13 @@ pub enum DistError {
         backend: Backend,
         cause: CommError,
     },
-    #[error(
-        "rank {rank}: {what}: {cause} (another rank stopped, failed or hung: its own \
-         error, or the launcher's, says which)"
-    )]
+    #[error("rank {rank}: {what}: {cause} ({gone})")]
     Collective {
         rank: usize,
         what: &'static str,
         cause: CommError,
+        /// Which ranks stopped (`alive::who_is_gone`).
+        gone: String,
     },
 }
 
@@ -74,7 +75,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// This process's rank in a group of `world` training processes.
 pub struct Dist {
     pub env: WorldEnv,
-    group: ProcessGroup,
+    group: Arc<ProcessGroup>,
+    _heartbeat: alive::Heartbeat,
     /// Where the group's tensors live (CPU for Gloo, the rank's GPU for NCCL).
     device: Device,
 }
@@ -123,7 +125,14 @@ impl Dist {
             Backend::Nccl => device,
             Backend::Gloo => Device::Cpu,
         };
-        Ok(Self { env, group, device })
+        let group = Arc::new(group);
+        let heartbeat = alive::Heartbeat::start(group.clone(), env.rank);
+        Ok(Self {
+            env,
+            group,
+            _heartbeat: heartbeat,
+            device,
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -143,11 +152,14 @@ impl Dist {
         self.group.backend()
     }
 
+    /// The error of a failed collective, naming the ranks that stopped
+    /// (this takes a few seconds: it watches their heartbeats).
     fn failed(&self, what: &'static str) -> impl Fn(CommError) -> DistError + '_ {
         move |cause| DistError::Collective {
             rank: self.rank(),
             what,
             cause,
+            gone: alive::who_is_gone(&self.group, self.world()),
         }
     }
 
@@ -209,11 +221,8 @@ impl Dist {
     }
 
     fn read_back(&self, t: &Tensor, what: &'static str) -> Result<Vec<f64>, DistError> {
-        Vec::<f64>::try_from(&t.to_device(Device::Cpu)).map_err(|e| DistError::Collective {
-            rank: self.rank(),
-            what,
-            cause: CommError::Torch(e.to_string()),
-        })
+        Vec::<f64>::try_from(&t.to_device(Device::Cpu))
+            .map_err(|e| self.failed(what)(CommError::Torch(e.to_string())))
     }
 
     /// Whether any rank says `yes` (a stop asked for on one rank stops all

@@ -151,6 +151,14 @@ extern "C" {
         error_len: usize,
     ) -> i32;
     fn trainer_work_wait(work: *mut RawWork, error: *mut u8, error_len: usize) -> i32;
+    fn trainer_comm_store_add(
+        comm: *mut RawComm,
+        key: *const std::ffi::c_char,
+        by: i64,
+        value: *mut i64,
+        error: *mut u8,
+        error_len: usize,
+    ) -> i32;
 }
 
 /// Builds without the shim: every entry point reports `Unavailable`.
@@ -208,6 +216,16 @@ mod absent {
         -1
     }
     pub unsafe fn trainer_work_wait(_: *mut RawWork, _: *mut u8, _: usize) -> i32 {
+        -1
+    }
+    pub unsafe fn trainer_comm_store_add(
+        _: *mut RawComm,
+        _: *const std::ffi::c_char,
+        _: i64,
+        _: *mut i64,
+        _: *mut u8,
+        _: usize,
+    ) -> i32 {
         -1
     }
 }
@@ -330,6 +348,20 @@ impl ProcessGroup {
         call(|error, len| unsafe {
             trainer_comm_broadcast(self.raw, ptrs.as_ptr(), ptrs.len() as i32, root, error, len)
         })
+    }
+
+    /// Raises the store's counter `key` by `by` and returns its new value
+    /// (`by` 0 reads it). The store answers while collectives fail, so the
+    /// ranks can tell which of them is gone.
+    pub fn store_add(&self, key: &str, by: i64) -> Result<i64, CommError> {
+        let key =
+            CString::new(key).map_err(|_| CommError::Bad("a store key holds a NUL byte".into()))?;
+        let mut value = 0i64;
+        // SAFETY: `key` lives through the call; `raw` until Drop.
+        call(|error, len| unsafe {
+            trainer_comm_store_add(self.raw, key.as_ptr(), by, &mut value, error, len)
+        })?;
+        Ok(value)
     }
 
     /// Returns once every rank has called it.

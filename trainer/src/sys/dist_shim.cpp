@@ -199,3 +199,9 @@ extern "C" int trainer_comm_broadcast(TrainerComm* comm, at::Tensor* const* ts, 
 extern "C" int trainer_comm_barrier(TrainerComm* comm, char* error, size_t error_len) {
     return guarded([&] { comm->backend->barrier()->wait(); }, error, error_len);
 }
+
+// The store's counter `key` raised by `by` (c10d's Store::add; 0 reads it).
+extern "C" int trainer_comm_store_add(TrainerComm* comm, const char* key, int64_t by,
+                                      int64_t* value, char* error, size_t error_len) {
+    return guarded([&] { *value = comm->store->add(key, by); }, error, error_len);
+}
