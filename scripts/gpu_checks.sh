@@ -67,6 +67,19 @@ log() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
   echo "simd: $(grep -o -w -E 'avx2|avx512f|avx512bw|avx512vbmi|avx512_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   ldd "$T" | grep -E "not found"; "$T" --version; } 2>&1 | tee -a "$OUT/log.txt"
 
+# Per-step losses of two runs' metrics.jsonl, side by side:
+# side_by_side TAG NAME_A NAME_B A.jsonl B.jsonl
+side_by_side() {
+  python3 - "$@" <<'EOF' 2>&1
+import json, sys
+tag, name_a, name_b, *paths = sys.argv[1:]
+runs = [[json.loads(l) for l in open(p)] for p in paths]
+losses = [[x["loss"] for x in r if "loader_wait" in x] for r in runs]
+for step, (a, b) in enumerate(zip(*losses), 1):
+    print(f"{tag} step {step:2d} {name_a} {a:.6f} {name_b} {b:.6f} rel {abs(a - b) / abs(a):.2e}")
+EOF
+}
+
 SECTIONS=${SECTIONS:-bench ceiling train pipeline fashion demo}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 W=$(mktemp -d)
@@ -203,13 +216,8 @@ if want nccl; then
   timeout 120 "$T" launch --nproc-per-node 1 -- run --devices auto --shards "$W/fashion" \
     --out "$W/nccl1" --max-steps 24 --init kaiming --quiet --dist-backend nccl 2>&1 \
     | grep -E "(warning|rror)" | tee -a "$OUT/nccl.txt"
-  python3 - "$W/plain/metrics.jsonl" "$W/nccl1/metrics.jsonl" <<'EOF' 2>&1 | tee -a "$OUT/nccl.txt"
-import json, sys
-runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:]]
-losses = [[x["loss"] for x in r if "loader_wait" in x] for r in runs]
-for step, (a, b) in enumerate(zip(*losses), 1):
-    print(f"NCCL1 step {step:2d} plain {a:.6f} nccl-world-1 {b:.6f} rel {abs(a - b) / abs(a):.2e}")
-EOF
+  side_by_side NCCL1 plain nccl-world-1 "$W/plain/metrics.jsonl" "$W/nccl1/metrics.jsonl" \
+    | tee -a "$OUT/nccl.txt"
 fi
 
 if want graphcheck; then
@@ -220,13 +228,8 @@ if want graphcheck; then
     timeout 90 "$T" run --devices cuda:0 --shards "$W/fashion" --out "$W/check$g" --max-steps 24 \
       --init kaiming --quiet $g 2>&1 | grep -E "^(val|warning|Error)" | tee -a "$OUT/train.txt"
   done
-  python3 - "$W/check/metrics.jsonl" "$W/check--cuda-graph/metrics.jsonl" <<'EOF' 2>&1 | tee -a "$OUT/train.txt"
-import json, sys
-runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:]]
-losses = [[x["loss"] for x in r if "loader_wait" in x] for r in runs]
-for step, (a, b) in enumerate(zip(*losses), 1):
-    print(f"GRAPHCHECK step {step:2d} eager {a:.6f} graph {b:.6f} rel {abs(a - b) / abs(a):.2e}")
-EOF
+  side_by_side GRAPHCHECK eager graph "$W/check/metrics.jsonl" "$W/check--cuda-graph/metrics.jsonl" \
+    | tee -a "$OUT/train.txt"
 fi
 
 if want scale; then

@@ -223,3 +223,32 @@ def test_labels_past_the_class_list_are_refused_naming_the_shard(fashion, tmp_pa
                 "--batch-size", "16", "--quiet", "--max-steps", "1", check=False)
     assert p.returncode == 1, (p.returncode, p.stderr)
     assert ".shard: record" in p.stderr and "manifest.json lists 3 classes" in p.stderr, p.stderr
+
+
+def test_damaged_checkpoints_are_named_and_resume_falls_back(fashion, tmp_path):
+    """A flipped byte in the newest checkpoint's weights: eval refuses it
+    naming the file; --resume warns and continues from the newest intact
+    checkpoint (kept by --keep-checkpoints), and ends where a run resumed
+    from that checkpoint undamaged ends."""
+    out = tmp_path / "r"
+    args = ["run", "--shards", fashion / "shards", "--out", out, "--width-mult", "0.0625",
+            "--batch-size", "16", "--quiet", "--init", "kaiming", "--devices", "cpu"]
+    trainer(*args, "--max-steps", "2")
+    trainer(*args, "--max-steps", "4", "--resume")
+    shutil.copytree(out, tmp_path / "clean")
+    model = out / "checkpoints/step-00000004/model.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 1
+    model.write_bytes(bytes(data))
+    p = trainer("eval", "--checkpoint", out, "--shards", fashion / "shards", "--devices", "cpu",
+                check=False)
+    assert p.returncode != 0 and f"{model}: damaged: its xxh3-64 is" in p.stderr, p.stderr
+    p = trainer(*args, "--max-steps", "6", "--resume")
+    assert f"warning: {model}: damaged" in p.stderr and "resuming from an earlier checkpoint" in p.stderr, p.stderr
+    # The same as resuming from step 2 of an undamaged copy.
+    clean = tmp_path / "clean"
+    shutil.rmtree(clean / "checkpoints/step-00000004")
+    (clean / "checkpoints/LATEST").write_text("step-00000002\n")
+    trainer(*[a if a != out else clean for a in args], "--max-steps", "6", "--resume")
+    assert ((out / "checkpoints/step-00000006/model.safetensors").read_bytes()
+            == (clean / "checkpoints/step-00000006/model.safetensors").read_bytes())

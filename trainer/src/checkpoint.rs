@@ -8,6 +8,12 @@
 //! (seed, epoch, position). A checkpoint is written under a hidden
 //! `.NAME.partial` folder and renamed when complete; `LATEST` names the
 //! newest, and only the newest `keep` are kept.
+//!
+//! `checksums.json`, written last, holds the xxh3-64 of each of the three
+//! files. Loading checks them (a flipped bit, a truncated file or an edited
+//! state.json is an error naming the file), and `resume_point` falls back
+//! to the newest intact checkpoint, saying what was wrong with the newer
+//! ones. Checkpoints from before checksums were written load unchecked.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +29,9 @@ pub const LATEST: &str = "LATEST";
 const MODEL_FILE: &str = "model.safetensors";
 const MOMENTUM_FILE: &str = "momentum.safetensors";
 const STATE_FILE: &str = "state.json";
+const CHECKSUMS_FILE: &str = "checksums.json";
+/// The files a checksum covers.
+const CHECKED: [&str; 3] = [MODEL_FILE, MOMENTUM_FILE, STATE_FILE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -46,6 +55,8 @@ pub enum CheckpointError {
     },
     #[error("{0}: not a checkpoint (no state.json) nor a run folder with checkpoints/LATEST")]
     NotACheckpoint(PathBuf),
+    #[error("{path}: damaged: {why}")]
+    Damaged { path: PathBuf, why: String },
     #[error("{path}: {source}")]
     Mismatch {
         path: PathBuf,
@@ -146,6 +157,7 @@ pub fn save(
     let path = temp.join(STATE_FILE);
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     std::fs::write(&path, json).map_err(io(&path))?;
+    write_checksums(&temp)?;
     if final_path.exists() {
         std::fs::remove_dir_all(&final_path).map_err(io(&final_path))?;
     }
@@ -192,9 +204,11 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
     Ok(Some(dir.join(name.trim())))
 }
 
-/// Loads a checkpoint folder (or a run folder, meaning its latest).
+/// Loads a checkpoint folder (or a run folder, meaning its latest), its
+/// checksums checked.
 pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let path = resolve(path)?;
+    verify(&path)?;
     let state = read_state(&path)?;
     let model_path = path.join(MODEL_FILE);
     let weights = Tensor::read_safetensors(&model_path).map_err(tensors(&model_path))?;
@@ -209,9 +223,97 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
 }
 
 /// The state of a checkpoint folder, or of the latest one of a run folder,
-/// without its tensors.
+/// without its tensors (checksums checked).
 pub fn load_state(path: &Path) -> Result<TrainState, CheckpointError> {
-    read_state(&resolve(path)?)
+    let path = resolve(path)?;
+    verify(&path)?;
+    read_state(&path)
+}
+
+/// The newest intact checkpoint in `dir` (a run's `checkpoints/`): the
+/// one LATEST names, else the newest `step-*` that passes its checksums
+/// and whose state reads. Returns it with what was wrong with each newer
+/// one (to be reported); the error is the newest one's when none is intact.
+pub fn resume_point(dir: &Path) -> Result<(PathBuf, Vec<CheckpointError>), CheckpointError> {
+    let mut candidates: Vec<PathBuf> = latest(dir)?.into_iter().collect();
+    let mut older = step_folders(dir)?;
+    older.sort();
+    candidates.extend(older.into_iter().rev().map(|name| dir.join(name)));
+    candidates.dedup();
+    let mut skipped = Vec::new();
+    for path in candidates {
+        match verify(&path).and_then(|()| read_state(&path)) {
+            Ok(_) => return Ok((path, skipped)),
+            Err(e) => skipped.push(e),
+        }
+    }
+    Err(match skipped.into_iter().next() {
+        Some(first) => first,
+        None => CheckpointError::NotACheckpoint(dir.to_path_buf()),
+    })
+}
+
+/// Names of the `step-*` folders in `dir`.
+fn step_folders(dir: &Path) -> Result<Vec<String>, CheckpointError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let name = entry.map_err(io(dir))?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("step-") {
+            names.push(name.into_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// xxh3-64 of `path`'s bytes, as 16 hex digits.
+fn file_hash(path: &Path) -> Result<String, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    Ok(format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)))
+}
+
+fn write_checksums(folder: &Path) -> Result<(), CheckpointError> {
+    let mut sums = serde_json::Map::new();
+    for file in CHECKED {
+        sums.insert(file.into(), file_hash(&folder.join(file))?.into());
+    }
+    let path = folder.join(CHECKSUMS_FILE);
+    let json = serde_json::to_vec_pretty(&sums).expect("checksums serialise");
+    std::fs::write(&path, json).map_err(io(&path))
+}
+
+/// Checks each file against `checksums.json` (none: an older checkpoint,
+/// taken as is).
+fn verify(folder: &Path) -> Result<(), CheckpointError> {
+    let sums_path = folder.join(CHECKSUMS_FILE);
+    let text = match std::fs::read_to_string(&sums_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&sums_path)(e)),
+    };
+    let damaged = |path: &Path, why: String| CheckpointError::Damaged {
+        path: path.to_path_buf(),
+        why,
+    };
+    let sums: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| damaged(&sums_path, format!("not a checksum list ({e})")))?;
+    for file in CHECKED {
+        let path = folder.join(file);
+        let Some(want) = sums.get(file).and_then(|v| v.as_str()) else {
+            return Err(damaged(&sums_path, format!("no checksum for {file}")));
+        };
+        if !path.exists() {
+            return Err(damaged(&path, "missing".into()));
+        }
+        let got = file_hash(&path)?;
+        if got != want {
+            return Err(damaged(
+                &path,
+                format!("its xxh3-64 is {got}, checksums.json says {want} (a changed or corrupted file)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_state(checkpoint: &Path) -> Result<TrainState, CheckpointError> {
@@ -304,6 +406,82 @@ mod tests {
             assert!(a.equal(b));
         }
         assert_eq!(ck.momentum.len(), ck.weights.len());
+    }
+
+    /// Three checkpoints; the newest has a flipped byte in its weights and
+    /// the middle one an edited state.json: both loads fail naming the file
+    /// and why, and the resume point is the oldest, with both reasons.
+    #[test]
+    fn damage_is_named_and_resume_falls_back_to_the_newest_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ModelConfig {
+            classes: 3,
+            width_mult: 0.0625,
+            input_side: 67,
+            dropout: 0.5,
+        };
+        let net = AlexNet::new(
+            config,
+            Init::Paper,
+            1,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        let sgd = Sgd::new(&net.named_parameters(), 0.9, 5e-4);
+        let mut state = TrainState {
+            step: 0,
+            epoch: 0,
+            batch: 0,
+            schedule: Schedule::new(0.01, 3, 3),
+            seed: 1,
+            model: config,
+            init: Init::Paper,
+            precision: Precision::F32,
+            batch_size: 4,
+            input_scale: None,
+            manifest_id: "m".into(),
+            settings: None,
+        };
+        let mut paths = Vec::new();
+        for step in 1..=3 {
+            state.step = step;
+            paths.push(save(dir.path(), &state, &net, &sgd, 3).unwrap());
+        }
+        let model = paths[2].join(MODEL_FILE);
+        let mut bytes = std::fs::read(&model).unwrap();
+        let at = bytes.len() - 100; // inside the tensor data, past the header
+        bytes[at] ^= 0x01;
+        std::fs::write(&model, bytes).unwrap();
+        let state_file = paths[1].join(STATE_FILE);
+        let edited = std::fs::read_to_string(&state_file)
+            .unwrap()
+            .replace("\"seed\": 1", "\"seed\": 2");
+        std::fs::write(&state_file, edited).unwrap();
+
+        let err = load(&paths[2]).err().expect("damaged weights load");
+        assert!(
+            matches!(&err, CheckpointError::Damaged { path, .. } if *path == model),
+            "{err}"
+        );
+        let err = load(&paths[1])
+            .err()
+            .expect("edited state loads")
+            .to_string();
+        assert!(err.contains("state.json: damaged: its xxh3-64 is"), "{err}");
+
+        let (point, skipped) = resume_point(dir.path()).unwrap();
+        assert_eq!(point, paths[0]);
+        let reasons: Vec<String> = skipped.iter().map(|e| e.to_string()).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].contains("step-00000003") && reasons[1].contains("step-00000002"));
+        assert_eq!(load(&point).unwrap().state.step, 1);
+
+        // Nothing intact: the newest one's error.
+        std::fs::remove_file(paths[0].join(MOMENTUM_FILE)).unwrap();
+        let err = resume_point(dir.path())
+            .expect_err("none intact")
+            .to_string();
+        assert!(err.contains("step-00000003"), "{err}");
     }
 
     /// state.json written before run settings were kept still loads.

@@ -126,13 +126,8 @@ struct RunArgs {
     /// 2 LOCAL_RANK and 2 LOCAL_RANK + 1.
     #[arg(long, default_value = "auto")]
     devices: String,
-    /// Data-parallel runs: how gradients are averaged over the ranks.
-    #[arg(long, value_enum, default_value = "auto")]
-    dist_backend: DistBackend,
-    /// Data-parallel runs: seconds the ranks wait for each other (to meet,
-    /// and in each step) before a rank that died or hangs ends the run.
-    #[arg(long, default_value_t = 300)]
-    dist_timeout: u64,
+    #[command(flatten)]
+    ranks: RankArgs,
     /// Data-parallel runs: the type gradients are averaged in over the
     /// ranks (bf16 halves the bytes sent).
     #[arg(long, value_enum, default_value = "f32")]
@@ -230,12 +225,8 @@ struct EvalArgs {
     /// (data-parallel: as in `trainer run`).
     #[arg(long, default_value = "auto")]
     devices: String,
-    /// Data-parallel evaluation: how the ranks' counts are summed.
-    #[arg(long, value_enum, default_value = "auto")]
-    dist_backend: DistBackend,
-    /// Data-parallel evaluation: seconds the ranks wait for each other.
-    #[arg(long, default_value_t = 300)]
-    dist_timeout: u64,
+    #[command(flatten)]
+    ranks: RankArgs,
     /// Images per batch (per rank).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
@@ -244,6 +235,19 @@ struct EvalArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// How a rank started by a launcher (`trainer launch`, torchrun, srun)
+/// joins the others; without a launcher they do nothing.
+#[derive(clap::Args)]
+struct RankArgs {
+    /// Data-parallel: the c10d backend between the ranks.
+    #[arg(long, value_enum, default_value = "auto")]
+    dist_backend: DistBackend,
+    /// Data-parallel: seconds the ranks wait for each other (to meet, and
+    /// in each collective) before a rank that died or hangs ends the run.
+    #[arg(long, default_value_t = 300)]
+    dist_timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -295,12 +299,8 @@ struct BenchArgs {
     /// As in `trainer run --cuda-graph`.
     #[arg(long, value_enum, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
     cuda_graph: GraphChoice,
-    /// Under a launcher: as in `trainer run`.
-    #[arg(long, value_enum, default_value = "auto")]
-    dist_backend: DistBackend,
-    /// Under a launcher: as in `trainer run`.
-    #[arg(long, default_value_t = 300)]
-    dist_timeout: u64,
+    #[command(flatten)]
+    ranks: RankArgs,
     /// Under a launcher: as in `trainer run`.
     #[arg(long, value_enum, default_value = "f32")]
     grad_comm: GradComm,
@@ -389,11 +389,8 @@ fn main() -> Result<()> {
 
 /// This process's placement, and its rank's group when a launcher
 /// (`trainer launch`, torchrun, srun) started it as one of several.
-fn join_ranks(
-    devices: &str,
-    backend: DistBackend,
-    timeout_secs: u64,
-) -> Result<(Placement, Option<Arc<Dist>>)> {
+fn join_ranks(devices: &str, ranks: &RankArgs) -> Result<(Placement, Option<Arc<Dist>>)> {
+    let (backend, timeout_secs) = (ranks.dist_backend, ranks.dist_timeout);
     let env =
         WorldEnv::from_process().map_err(|e| anyhow::anyhow!("the launcher's variables: {e}"))?;
     let placement = parse_devices(devices, env.as_ref().map_or(0, |e| e.local_rank))?;
@@ -436,7 +433,8 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     // A resumed run keeps its own shards, epochs and SGD constants unless
     // they are given again.
     let stored = if args.resume {
-        checkpoint::load_state(&args.out.join("checkpoints"))?.settings
+        let (newest_intact, _) = checkpoint::resume_point(&args.out.join("checkpoints"))?;
+        checkpoint::load_state(&newest_intact)?.settings
     } else {
         None
     };
@@ -444,7 +442,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         .shards
         .or_else(|| stored.as_ref().map(|s| s.shards.clone()))
         .unwrap_or_else(|| PathBuf::from("shards"));
-    let (placement, dist) = join_ranks(&args.devices, args.dist_backend, args.dist_timeout)?;
+    let (placement, dist) = join_ranks(&args.devices, &args.ranks)?;
     let root = dist.as_ref().is_none_or(|d| d.is_root());
     let opts = RunOptions {
         shards,
@@ -529,7 +527,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
 }
 
 fn eval_cmd(args: EvalArgs) -> Result<()> {
-    let (placement, dist) = join_ranks(&args.devices, args.dist_backend, args.dist_timeout)?;
+    let (placement, dist) = join_ranks(&args.devices, &args.ranks)?;
     let (rank, world) = dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world()));
     let ck = checkpoint::load(&args.checkpoint)?;
     let split = match args.split {
@@ -652,7 +650,7 @@ fn launch_cmd(args: LaunchArgs) -> Result<()> {
 }
 
 fn bench_cmd(args: BenchArgs) -> Result<()> {
-    let (placement, dist) = join_ranks(&args.devices, args.dist_backend, args.dist_timeout)?;
+    let (placement, dist) = join_ranks(&args.devices, &args.ranks)?;
     if args.batch_size <= 0 || args.steps == 0 {
         bail!("--batch-size and --steps must be positive");
     }

@@ -220,7 +220,11 @@ fn start_state(
     let ckpt_dir = opts.out.join("checkpoints");
     let manifest_id = data.train.manifest.id.clone();
     if opts.resume {
-        let ck = checkpoint::load(&ckpt_dir)?;
+        let (newest_intact, skipped) = checkpoint::resume_point(&ckpt_dir)?;
+        for damaged in skipped {
+            eprintln!("warning: {damaged}: resuming from an earlier checkpoint");
+        }
+        let ck = checkpoint::load(&newest_intact)?;
         if ck.state.manifest_id != manifest_id {
             return Err(TrainError::OtherShardSet {
                 checkpoint: ck.path.clone(),
