@@ -26,6 +26,8 @@ pub mod stats;
 pub mod tools;
 
 mod cpu;
+mod error_line;
+pub use error_line::error_line;
 mod panics;
 pub mod progress;
 pub mod rng;

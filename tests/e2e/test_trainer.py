@@ -134,6 +134,10 @@ def test_errors_are_one_clear_line(fashion, tmp_path):
     if shutil.which("nvidia-smi") is None:
         p = trainer("bench", "--devices", "cuda:0", check=False)
         assert p.returncode != 0 and "no CUDA device" in p.stderr
+    # The OS's reason once, on one line (it was printed again as a cause).
+    p = trainer("plot", "--run", tmp_path / "nowhere", check=False, env=dict(os.environ, RUST_BACKTRACE="0"))
+    assert p.returncode != 0, p.stderr
+    assert p.stderr.strip() == f"error: {tmp_path / 'nowhere' / 'metrics.jsonl'}: {os.strerror(2)} (os error 2)", p.stderr
 
 
 def test_fused_lrn_step_matches_the_band_lrn_step():

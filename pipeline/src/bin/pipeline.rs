@@ -254,7 +254,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", pipeline::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

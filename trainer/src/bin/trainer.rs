@@ -370,11 +370,22 @@ fn threads(arg: Option<usize>, dist: Option<&Dist>) -> usize {
 /// keep IEEE float32 products.
 const TF32_MATMUL_ENV: &str = "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     if std::env::var_os(TF32_MATMUL_ENV).is_none() {
         std::env::set_var(TF32_MATMUL_ENV, "1");
     }
-    match Cli::parse().command {
+    match command(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, each cause said once.
+            eprintln!("error: {}", pipeline::error_line(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn command(command: Command) -> Result<()> {
+    match command {
         Command::Run(args) => run_cmd(args),
         Command::Eval(args) => eval_cmd(args),
         Command::Bench(args) => bench_cmd(args),
