@@ -49,3 +49,23 @@ def test_make_shards_without_imagenet():
 def test_verify_on_a_folder_without_manifest(tmp_path):
     line = one_error_line(run("verify", "--shards", tmp_path, check=False))
     assert "no manifest.json" in line
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, tree):
+    """Another `pipeline shards` holds the output folder (its flock, taken
+    here as that run would): one line, and the folder's partial file stays."""
+    import fcntl
+    out = tmp_path / "o"
+    out.mkdir()
+    partial = out / ".train-00000.shard.partial"
+    partial.write_bytes(b"another run's work")
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        line = one_error_line(run("shards", "--imagenet", tree["root"], "--out", out, check=False))
+        assert f"{out}: another `pipeline shards` is writing into this folder" in line, line
+        assert partial.exists()
+    finally:
+        os.close(fd)
+    run("shards", "--imagenet", tree["root"], "--out", out)
+    assert not partial.exists() and (out / "manifest.json").exists()

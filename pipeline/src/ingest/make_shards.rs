@@ -95,6 +95,8 @@ pub enum MakeShardsError {
     },
     #[error("{0}")]
     Config(String),
+    #[error("{0}: another `pipeline shards` is writing into this folder; wait for it, or choose another --out")]
+    Busy(PathBuf),
 }
 
 /// What a run did, for the closing summary.
@@ -159,7 +161,8 @@ pub fn make_shards(
     let mut summary = Summary::default();
     let classes = ingest::discover_classes(&config.imagenet)?;
     let mut listings = list_splits(config, &classes, &mut summary)?;
-    prepare_output(&config.out)?;
+    // Held until the run ends (dropped with it).
+    let _lock = prepare_output(&config.out)?;
 
     let header = ShardHeader {
         height: config.preprocess.side as u32,
@@ -268,12 +271,24 @@ fn list_splits(
 
 /// Creates the output folder, proves it writable, and removes partial files
 /// that an interrupted run left behind.
-fn prepare_output(out: &Path) -> Result<(), MakeShardsError> {
+/// Makes `out`, takes its lock and clears partial files a killed run left.
+/// The lock (flock on the folder itself, so that no lock file is left
+/// behind; released when the returned handle is dropped, or the process
+/// dies) keeps a second run out: it would remove this run's partial files.
+fn prepare_output(out: &Path) -> Result<std::fs::File, MakeShardsError> {
     let err = |source| MakeShardsError::Output {
         path: out.to_owned(),
         source,
     };
     std::fs::create_dir_all(out).map_err(err)?;
+    let lock = std::fs::File::open(out).map_err(err)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(MakeShardsError::Busy(out.to_owned()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
     let probe = out.join(".write-probe");
     std::fs::write(&probe, b"").map_err(err)?;
     std::fs::remove_file(&probe).map_err(err)?;
@@ -282,7 +297,7 @@ fn prepare_output(out: &Path) -> Result<(), MakeShardsError> {
             std::fs::remove_file(entry.path()).map_err(err)?;
         }
     }
-    Ok(())
+    Ok(lock)
 }
 
 /// Train: a seeded shuffle, so that every shard holds a mix of classes;
@@ -656,6 +671,30 @@ mod tests {
         assert_eq!(reader.skipped().len(), 1);
         assert_eq!(reader.skipped()[0].path, "/tree/train/c/1.JPEG");
         assert_eq!(reader.skipped()[0].reason, DecodeError::Empty.to_string());
+    }
+
+    /// While one run holds the output folder, a second is refused with
+    /// one line and removes nothing; once the first is done, it may start.
+    #[test]
+    fn a_second_run_into_a_busy_folder_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("shards");
+        let first = prepare_output(&out).expect("first");
+        let partial = out.join(".train-00000.shard.partial");
+        std::fs::write(&partial, b"in progress").expect("partial");
+        let err = prepare_output(&out).expect_err("second while busy");
+        assert!(matches!(err, MakeShardsError::Busy(_)), "{err}");
+        assert!(
+            err.to_string().contains("another `pipeline shards`"),
+            "{err}"
+        );
+        assert!(
+            partial.exists(),
+            "the first run's partial file is left alone"
+        );
+        drop(first);
+        prepare_output(&out).expect("after the first");
+        assert!(!partial.exists(), "a dead run's partial file is cleared");
     }
 
     #[test]
