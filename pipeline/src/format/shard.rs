@@ -544,6 +544,14 @@ fn usable_memory() -> Option<u64> {
     Some(limit.map_or(physical, |l| l.min(physical)))
 }
 
+impl Drop for ShardReader {
+    fn drop(&mut self) {
+        if let Some(map) = &self.map {
+            super::map_fault::unwatch(map.as_ptr());
+        }
+    }
+}
+
 /// An open shard: header and index in memory, records read on demand.
 pub struct ShardReader {
     path: PathBuf,
@@ -611,7 +619,8 @@ impl ShardReader {
     /// From now on, reads frames from a memory map of the file instead of
     /// with pread (see `ReadMode::Map`). Shards are only ever replaced by a
     /// rename, which leaves a mapped file whole; a program that truncated
-    /// one in place while it is mapped would make a read fault (SIGBUS).
+    /// one in place while it is mapped would make a read fault (SIGBUS),
+    /// which `map_fault` turns into an error naming the shard and an exit.
     pub fn map_frames(mut self) -> Result<Self, ShardError> {
         // SAFETY: the map is read-only, and see above for a file changed
         // underneath it.
@@ -626,6 +635,7 @@ impl ShardReader {
                 ),
             });
         }
+        super::map_fault::watch(map.as_ptr(), map.len(), &self.path);
         self.map = Some(map);
         Ok(self)
     }
