@@ -87,8 +87,8 @@ enum Command {
     Bench(BenchArgs),
     /// Start this node's ranks of a data-parallel run, as torchrun does:
     /// `trainer launch --nproc-per-node 8 -- run --shards shards --out runs/dp8`.
-    /// torchrun and SLURM's srun work as well: `run` and `eval` read
-    /// their variables (see docs/distributed.md).
+    /// torchrun and SLURM's srun work as well: `run`, `eval` and `bench`
+    /// read their variables (see docs/distributed.md).
     Launch(LaunchArgs),
     /// Redraw a run folder's curves.png from its metrics.jsonl.
     Plot {
@@ -268,7 +268,8 @@ struct LaunchArgs {
     /// with more].
     #[arg(long)]
     master_port: Option<u16>,
-    /// The trainer command each rank runs, after `--`: `run ...` or `eval ...`.
+    /// The trainer command each rank runs, after `--`: `run ...`, `eval ...`
+    /// or `bench ...`.
     #[arg(last = true, required = true)]
     command: Vec<OsString>,
 }
