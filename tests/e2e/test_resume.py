@@ -45,3 +45,26 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, photos_dir):
             assert (part / n).read_bytes() == (whole / n).read_bytes(), n
     a, b = load_manifest(part), load_manifest(whole)
     assert a == b
+
+
+def test_a_damaged_finished_shard_is_written_again_not_kept(tmp_path, tree):
+    """The manifest lost and one finished shard damaged inside a frame (zstd
+    may still decode it: only the record checksum tells): a rerun checks
+    each shard it would keep, says which one is damaged and why, writes it
+    again, and ends with the bytes of the first run."""
+    out = tmp_path / "o"
+    args = ["shards", "--imagenet", tree["root"], "--shard-size", "7", "--jobs", "2", "--out", out]
+    run(*args)
+    original = {n: (out / n).read_bytes() for n in os.listdir(out) if n.endswith(".shard")}
+    os.remove(out / "manifest.json")
+    name = "train-00001.shard"
+    rec = read_shard(out / name)["records"][2]
+    data = bytearray(original[name])
+    data[rec["offset"] + rec["len"] // 2] ^= 0x10
+    (out / name).write_bytes(bytes(data))
+    p = run(*args)
+    assert f"{out / name}" in p.stderr and "written again" in p.stderr, p.stderr
+    kept = int(p.stdout.split("(kept ")[1].split()[0])
+    assert kept == sum(len(read_shard(out / n)["records"]) for n in original if n != name), p.stdout
+    for n, b in original.items():
+        assert (out / n).read_bytes() == b, n

@@ -701,6 +701,16 @@ impl ShardReader {
     }
 }
 
+impl ShardReader {
+    /// Decodes every record and checks it against its checksum; the first
+    /// problem, naming the record, or Ok. (`pipeline verify` lists them all.)
+    pub fn check_records(&self) -> Result<(), ShardError> {
+        let mut decoder = RecordDecoder::new().map_err(io_err(&self.path))?;
+        let mut pixels = vec![0; self.header.image_len()];
+        (0..self.len()).try_for_each(|i| decoder.decode(self, i, &mut pixels, true))
+    }
+}
+
 /// Turns frames back into pixels; reuse one per thread.
 pub struct RecordDecoder {
     decompressor: zstd::bulk::Decompressor<'static>,

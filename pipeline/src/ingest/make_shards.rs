@@ -4,8 +4,9 @@
 //! - the plan fixes which source files go to which shard (train in a seeded
 //!   shuffled order, val in name order), and gives each shard a plan id, a hash
 //!   of everything its bytes depend on;
-//! - a shard file that already exists with the same plan id is finished work
-//!   and is kept (resume); anything else is (re)written;
+//! - a shard file that already exists with the same plan id, and whose
+//!   records all pass their checksums, is finished work and is kept
+//!   (resume); anything else is (re)written;
 //! - the images of one shard are decoded in parallel, claimed in plan order
 //!   from a shared counter, and written in plan order as they complete, so
 //!   the bytes do not depend on the number of threads;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use rayon::prelude::*;
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -193,14 +195,20 @@ pub fn make_shards(
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| MakeShardsError::Config(format!("zstd compressor: {e}")))?;
 
+    // Shards of an earlier run, checked record by record (in parallel)
+    // before they are kept: a damaged one is written again.
+    let mut finished: Vec<Option<ShardReader>> = plans
+        .par_iter()
+        .map(|plan| finished_shard(&config.out.join(plan.file_name()), plan.plan_id, progress))
+        .collect();
     let mut shard_infos: BTreeMap<Split, Vec<(ShardInfo, Vec<Skipped>)>> = BTreeMap::new();
-    for plan in &plans {
+    for (plan, finished) in plans.iter().zip(finished.iter_mut()) {
         let path = config.out.join(plan.file_name());
         let header = ShardHeader {
             plan_id: plan.plan_id,
             ..header
         };
-        let (reader, kept) = match finished_shard(&path, plan.plan_id) {
+        let (reader, kept) = match finished.take() {
             Some(reader) => (reader, true),
             None => {
                 write_shard(&pool, &mut workers, plan, header, &path, progress)?;
@@ -352,10 +360,26 @@ fn plan_id(config: &ShardsConfig, split: Split, files: &[SourceFile]) -> u64 {
     h.digest()
 }
 
-/// An existing, intact shard made from the same plan.
-fn finished_shard(path: &Path, plan_id: u64) -> Option<ShardReader> {
-    let reader = ShardReader::open(path).ok()?;
-    (reader.header().plan_id == plan_id).then_some(reader)
+/// An existing, intact shard made from the same plan: its header, index
+/// and every record checked. A damaged one is reported (`progress`) and
+/// left to be written again.
+fn finished_shard(path: &Path, plan_id: u64, progress: &dyn Progress) -> Option<ShardReader> {
+    if !path.exists() {
+        return None;
+    }
+    let checked = ShardReader::open(path).and_then(|reader| {
+        if reader.header().plan_id != plan_id {
+            return Ok(None); // another plan's: replaced, not damaged
+        }
+        reader.check_records().map(|()| Some(reader))
+    });
+    match checked {
+        Ok(kept) => kept,
+        Err(e) => {
+            progress.note(&format!("{e}: written again"));
+            None
+        }
+    }
 }
 
 /// Per-thread state: decoder, compressor, and the buffers of one image.
