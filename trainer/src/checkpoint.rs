@@ -345,11 +345,11 @@ mod tests {
     use crate::model::Placement;
     use tch::Device;
 
-    #[test]
-    fn round_trips_and_keeps_only_the_newest() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A tiny network of `classes` classes, its optimiser, and a state
+    /// (step 0, seed `seed`) to checkpoint them with.
+    fn tiny_run(classes: i64, seed: u64) -> (ModelConfig, AlexNet, Sgd, TrainState) {
         let config = ModelConfig {
-            classes: 5,
+            classes,
             width_mult: 0.0625,
             input_side: 67,
             dropout: 0.5,
@@ -362,25 +362,34 @@ mod tests {
             Precision::F32,
         );
         let sgd = Sgd::new(&net.named_parameters(), 0.9, 5e-4);
-        let mut state = TrainState {
-            step: 1,
+        let state = TrainState {
+            step: 0,
             epoch: 0,
-            batch: 1,
+            batch: 0,
             schedule: Schedule::new(0.01, 3, 3),
-            seed: 9,
+            seed,
             model: config,
             init: Init::Paper,
             precision: Precision::F32,
             batch_size: 4,
             input_scale: None,
             manifest_id: "m".into(),
-            settings: Some(RunSettings {
-                shards: "/data/shards".into(),
-                epochs: 7,
-                momentum: 0.8,
-                weight_decay: 1e-3,
-            }),
+            settings: None,
         };
+        (config, net, sgd, state)
+    }
+
+    #[test]
+    fn round_trips_and_keeps_only_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, net, sgd, mut state) = tiny_run(5, 9);
+        state.batch = 1;
+        state.settings = Some(RunSettings {
+            shards: "/data/shards".into(),
+            epochs: 7,
+            momentum: 0.8,
+            weight_decay: 1e-3,
+        });
         for step in 1..=3 {
             state.step = step;
             save(dir.path(), &state, &net, &sgd, 2).unwrap();
@@ -414,34 +423,7 @@ mod tests {
     #[test]
     fn damage_is_named_and_resume_falls_back_to_the_newest_intact() {
         let dir = tempfile::tempdir().unwrap();
-        let config = ModelConfig {
-            classes: 3,
-            width_mult: 0.0625,
-            input_side: 67,
-            dropout: 0.5,
-        };
-        let net = AlexNet::new(
-            config,
-            Init::Paper,
-            1,
-            Placement::One(Device::Cpu),
-            Precision::F32,
-        );
-        let sgd = Sgd::new(&net.named_parameters(), 0.9, 5e-4);
-        let mut state = TrainState {
-            step: 0,
-            epoch: 0,
-            batch: 0,
-            schedule: Schedule::new(0.01, 3, 3),
-            seed: 1,
-            model: config,
-            init: Init::Paper,
-            precision: Precision::F32,
-            batch_size: 4,
-            input_scale: None,
-            manifest_id: "m".into(),
-            settings: None,
-        };
+        let (_, net, sgd, mut state) = tiny_run(3, 1);
         let mut paths = Vec::new();
         for step in 1..=3 {
             state.step = step;

@@ -203,21 +203,29 @@ impl Dist {
 
     /// The sums over the ranks of `values` (eval counts), in float64.
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>, DistError> {
-        let t = Tensor::from_slice(values).to_device(self.device);
-        self.group
-            .all_reduce_sum(&[&t])
-            .map_err(self.failed("summing counts"))?;
-        self.read_back(&t, "summing counts")
+        self.reduce_values(values, ProcessGroup::all_reduce_sum, "summing counts")
     }
 
     /// The elementwise maxima over the ranks of `values` (the slowest
     /// rank's loader waits).
     pub fn max(&self, values: &[f64]) -> Result<Vec<f64>, DistError> {
+        self.reduce_values(
+            values,
+            ProcessGroup::all_reduce_max,
+            "comparing loader waits",
+        )
+    }
+
+    /// Host values through `reduce` on the group's device, and back.
+    fn reduce_values(
+        &self,
+        values: &[f64],
+        reduce: fn(&ProcessGroup, &[&Tensor]) -> Result<(), CommError>,
+        what: &'static str,
+    ) -> Result<Vec<f64>, DistError> {
         let t = Tensor::from_slice(values).to_device(self.device);
-        self.group
-            .all_reduce_max(&[&t])
-            .map_err(self.failed("comparing loader waits"))?;
-        self.read_back(&t, "comparing loader waits")
+        reduce(&self.group, &[&t]).map_err(self.failed(what))?;
+        self.read_back(&t, what)
     }
 
     fn read_back(&self, t: &Tensor, what: &'static str) -> Result<Vec<f64>, DistError> {
