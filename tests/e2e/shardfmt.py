@@ -8,7 +8,9 @@ import numpy as np
 import xxhash
 import zstandard
 
-HEADER = struct.Struct("<8sIIIIIiQI4x")
+HEADER_V1 = struct.Struct("<8sIIIIIiQI4x")
+IDENTITY = struct.Struct("<IIIQ")  # split, shard number, planned files, first file (format 2)
+SPLITS = {0: "train", 1: "val"}
 FOOTER = struct.Struct("<QQQ8s")
 
 
@@ -17,16 +19,22 @@ class ShardFormatError(Exception):
 
 
 def read_index(path):
-    """Header fields, records (offset, len, label, checksum, name) and
-    skipped files of a shard, read from its header, footer and index only."""
+    """Header fields, records (offset, len, label, checksum, frame_checksum,
+    name) and skipped files of a shard, read from its header, footer and
+    index only. Format 2 adds the identity and the frame checksums."""
     with open(path, "rb") as f:
         size = f.seek(0, 2)
-        if size < HEADER.size + FOOTER.size:
+        if size < HEADER_V1.size + FOOTER.size:
             raise ShardFormatError(f"{path}: too short")
         f.seek(0)
-        magic, version, h, w, c, filt, level, plan_id, search = HEADER.unpack(f.read(HEADER.size))
-        if magic != b"ALXSHARD" or version != 1:
+        magic, version, h, w, c, filt, level, plan_id, search = HEADER_V1.unpack(f.read(HEADER_V1.size))
+        if magic != b"ALXSHARD" or version not in (1, 2):
             raise ShardFormatError(f"{path}: bad magic/version")
+        identity = None
+        if version == 2:
+            f.seek(44)
+            split, number, planned, first = IDENTITY.unpack(f.read(IDENTITY.size))
+            identity = dict(split=SPLITS[split], number=number, planned=planned, first=first)
         f.seek(size - FOOTER.size)
         index_offset, index_len, index_sum, end_magic = FOOTER.unpack(f.read(FOOTER.size))
         if end_magic != b"ALXSHEND":
@@ -54,12 +62,15 @@ def read_index(path):
     (count,) = take("<I")
     for _ in range(count):
         offset, length, label, checksum = take("<QIIQ")
-        records.append(dict(offset=offset, len=length, label=label, checksum=checksum, name=string()))
+        (frame_checksum,) = take("<Q") if version == 2 else (None,)
+        records.append(dict(offset=offset, len=length, label=label, checksum=checksum,
+                            frame_checksum=frame_checksum, name=string()))
     (nskipped,) = take("<I")
     skipped = [dict(path=string(), reason=string()) for _ in range(nskipped)]
     assert pos == len(index)
-    return dict(height=h, width=w, channels=c, filter=filt, level=level, plan_id=plan_id, search=search,
-                records=records, skipped=skipped)
+    return dict(version=version, height=h, width=w, channels=c, filter=filt, level=level, plan_id=plan_id,
+                search=search, identity=identity, index_xxh3=index_sum, size=size, records=records,
+                skipped=skipped)
 
 
 def read_shard(path):
@@ -70,7 +81,10 @@ def read_shard(path):
     dctx = zstandard.ZstdDecompressor()
     images = []
     for r in shard["records"]:
-        raw = dctx.decompress(data[r["offset"]:r["offset"] + r["len"]], max_output_size=h * w * c)
+        frame = data[r["offset"]:r["offset"] + r["len"]]
+        if r["frame_checksum"] is not None and xxhash.xxh3_64_intdigest(frame) != r["frame_checksum"]:
+            raise ShardFormatError(f"{path}: record {r['name']} frame checksum")
+        raw = dctx.decompress(frame, max_output_size=h * w * c)
         a = np.frombuffer(raw, np.uint8).reshape(h, w, c)
         if filt == 1:  # delta: each byte minus the same channel one pixel left
             a = np.cumsum(a.astype(np.uint64), axis=1).astype(np.uint8)
@@ -85,8 +99,13 @@ def read_shard(path):
 def read_split(shard_dir, manifest, split):
     """All (name, label, image) of a split, in stored order."""
     out = []
-    for info in manifest["splits"][split]["shards"]:
+    for number, info in enumerate(manifest["splits"][split]["shards"]):
         s = read_shard(f"{shard_dir}/{info['file']}")
         assert len(s["records"]) == info["records"]
+        assert s["size"] == info["bytes"]
+        if s["identity"] is not None:
+            assert (s["identity"]["split"], s["identity"]["number"]) == (split, number)
+            assert f"{s['plan_id']:016x}" == info["plan_id"]
+            assert f"{s['index_xxh3']:016x}" == info["index_xxh3"]
         out += [(r["name"], r["label"], im) for r, im in zip(s["records"], s["images"])]
     return out

@@ -72,6 +72,7 @@ fn options(shards: &Path, out: &Path, max_steps: u64, resume: bool) -> RunOption
         loader_threads: 2,
         resume,
         keep_checkpoints: 2,
+        skip_damaged: false,
         progress: false,
         dist: None,
         grad_comm: Default::default(),

@@ -82,7 +82,9 @@ enum Command {
     /// Decode, rescale (shorter side 256), centre-crop 256x256 and store every
     /// image of an ILSVRC tree in zstd shards. Resumes an interrupted run.
     Shards(ShardsArgs),
-    /// Check every record of a shard folder against its checksum.
+    /// Check that every shard file is the one manifest.json lists in its
+    /// place, every record against its checksums, and list shard files the
+    /// manifest does not.
     Verify {
         /// Shard folder (holds manifest.json).
         #[arg(long, default_value = "shards")]
@@ -195,6 +197,10 @@ struct BenchArgs {
     /// half the memory) or pread each frame.
     #[arg(long, value_enum, default_value_t = ReadMode::Auto)]
     read: ReadMode,
+    /// Leave a damaged record (stored bytes that fail their checksum) out
+    /// of its batch with a warning, instead of stopping.
+    #[arg(long)]
+    skip_damaged: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -464,6 +470,7 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         output: args.output.into(),
         // Epochs run back to back, as in training.
         prefetch_next_epoch: true,
+        skip_damaged: args.skip_damaged,
         ..LoaderConfig::default()
     };
     if let Some(threads) = args.threads {
@@ -474,6 +481,9 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         config.prefetch = prefetch;
     }
     let b = loader_bench::measure(&args.shards, dataset, &config, args.epochs)?;
+    for damaged in &b.damaged_left_out {
+        eprintln!("warning: left out: {damaged}");
+    }
     if args.json {
         println!("{}", serde_json::to_string(&b)?);
     } else {
@@ -488,6 +498,12 @@ fn print_bench(b: &loader_bench::LoaderBench) {
         "loader: {:.0} images/s ({} images, {} threads, batch {}, read: {})",
         b.images_per_sec, b.images, b.threads, b.batch_size, b.read
     );
+    if !b.damaged_left_out.is_empty() {
+        println!(
+            "damaged records left out: {} (named above)",
+            b.damaged_left_out.len()
+        );
+    }
     let each: Vec<String> = b
         .images_per_sec_each_epoch
         .iter()

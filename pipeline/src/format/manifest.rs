@@ -20,11 +20,27 @@ pub struct Geometry {
     pub channels: u32,
 }
 
+/// One shard file as its set lists it. `plan_id` and `index_xxh3` are
+/// absent from manifests written before format 2 (their shards carry no
+/// identity to check them against).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardInfo {
     pub file: String,
     pub records: u64,
+    /// The file's size.
     pub bytes: u64,
+    /// The plan id in its header (hex), which `Manifest::id` is a hash of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+    /// The xxh3-64 of its index (hex), as in its footer: the index holds
+    /// every frame's checksum, so this one stands for every stored byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_xxh3: Option<String>,
+}
+
+/// How `manifest.json` writes a 64-bit hash.
+pub fn hex64(value: u64) -> String {
+    format!("{value:016x}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,30 +4,40 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "ALXSHARD"
-//! 8       4     version (1)
+//! 8       4     version (2; 1 is still read, see below)
 //! 12      4     height        } geometry of every image, uint8 HWC
 //! 16      4     width         }
 //! 20      4     channels      }
 //! 24      4     pixel filter (0 none, 1 delta: see `PixelFilter`)
 //! 28      4     zstd level (i32, informative)
 //! 32      8     plan id: hash of what this shard was made from (resume)
-//! 40      4     zstd match search (0 full, 1 sparse: see `MatchSearch`;
-//!               informative, 0 in files that predate it)
-//! 44      4     reserved, zero
-//! 48      ...   records: one zstd frame per image, back to back
+//! 40      4     zstd match search (0 full, 1 sparse: see `MatchSearch`)
+//! 44      4     split (0 train, 1 val)                 } identity: which
+//! 48      4     shard number within its split          } place in its set
+//! 52      4     files planned into this shard          } this file holds
+//! 56      8     split position of the first of them    } (`ShardIdentity`)
+//! 64      ...   records: one zstd frame per image, back to back
 //! I       ...   index (at footer.index_offset):
 //!                 u32 record count, then per record:
 //!                   u64 offset, u32 length, u32 label, u64 xxh3-64 of the raw
-//!                   (unfiltered) pixels, u32 name length, name (UTF-8)
+//!                   (unfiltered) pixels, u64 xxh3-64 of the stored frame,
+//!                   u32 name length, name (UTF-8)
 //!                 u32 skipped count, then per skipped source file:
 //!                   u32 name length, name, u32 reason length, reason
 //! end-32  32    footer: u64 index offset, u64 index length,
 //!               u64 xxh3-64 of the index bytes, magic "ALXSHEND"
 //! ```
 //! All integers little-endian. A file whose footer is missing or whose index
-//! checksum fails is truncated or damaged; a record whose pixels do not hash to
-//! its checksum is damaged. Files are written under a temporary name and
-//! renamed when complete, so a finished-looking shard is always whole.
+//! checksum fails is truncated or damaged. Every read of a record checks its
+//! stored frame against the frame checksum before zstd sees it (a few
+//! microseconds a frame: the damage that still decompresses, a flipped bit
+//! in a literal, is caught too); `verify` also checks the pixels. Files are
+//! written under a temporary name and renamed when complete, so a
+//! finished-looking shard is always whole.
+//!
+//! Version 1 (48-byte header, no identity, no frame checksums) is read as
+//! well: its records are checked by their pixel checksums instead, which
+//! needs every pixel unfiltered, so it is slower to load.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -35,12 +45,18 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
+
+use crate::format::checksum::xxh3_64;
+use crate::ingest::Split;
 
 pub const MAGIC: &[u8; 8] = b"ALXSHARD";
 pub const FOOTER_MAGIC: &[u8; 8] = b"ALXSHEND";
-pub const VERSION: u32 = 1;
-const HEADER_LEN: u64 = 48;
+pub const VERSION: u32 = 2;
+/// The largest image side a header may give (the format stores 256).
+const MAX_SIDE: u32 = 1 << 14;
+/// Header bytes by version.
+const HEADER_LEN: u64 = 64;
+const HEADER_LEN_V1: u64 = 48;
 const FOOTER_LEN: u64 = 32;
 
 /// A reversible byte filter applied before zstd.
@@ -202,6 +218,53 @@ pub struct ShardHeader {
     pub zstd_level: i32,
     pub zstd_search: MatchSearch,
     pub plan_id: u64,
+    /// Where in its set this shard belongs; `None` only in files of
+    /// format version 1, which did not record it. Every shard written
+    /// has one.
+    pub identity: Option<ShardIdentity>,
+}
+
+/// The place in its shard set that a file holds, written into its header:
+/// a file copied over another (a swapped, stale or foreign shard) then
+/// says so when it is opened against the manifest, instead of being
+/// trained on in the other's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardIdentity {
+    pub split: Split,
+    /// Position in its split's shard list (the number in its file name).
+    pub number: u32,
+    /// Position of its first source file in the split's planned order.
+    pub first: u64,
+    /// Source files planned into it: stored records plus skipped files.
+    pub planned: u32,
+}
+
+impl ShardIdentity {
+    /// "train shard 3 (files 3000..3999)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} shard {} (files {}..{})",
+            self.split.name(),
+            self.number,
+            self.first,
+            (self.first + self.planned as u64).saturating_sub(1)
+        )
+    }
+}
+
+fn split_code(split: Split) -> u32 {
+    match split {
+        Split::Train => 0,
+        Split::Val => 1,
+    }
+}
+
+fn split_from_code(code: u32) -> Option<Split> {
+    match code {
+        0 => Some(Split::Train),
+        1 => Some(Split::Val),
+        _ => None,
+    }
 }
 
 impl ShardHeader {
@@ -214,7 +277,18 @@ impl ShardHeader {
         self.width as usize * self.channels as usize
     }
 
+    /// Bytes before the first record: 64, or 48 in version 1 files.
+    fn len(&self) -> u64 {
+        match self.identity {
+            Some(_) => HEADER_LEN,
+            None => HEADER_LEN_V1,
+        }
+    }
+
     fn to_bytes(self) -> [u8; HEADER_LEN as usize] {
+        let id = self
+            .identity
+            .expect("shards are written with their identity (format 2)");
         let mut b = [0u8; HEADER_LEN as usize];
         b[0..8].copy_from_slice(MAGIC);
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -225,35 +299,69 @@ impl ShardHeader {
         b[28..32].copy_from_slice(&self.zstd_level.to_le_bytes());
         b[32..40].copy_from_slice(&self.plan_id.to_le_bytes());
         b[40..44].copy_from_slice(&self.zstd_search.code().to_le_bytes());
+        b[44..48].copy_from_slice(&split_code(id.split).to_le_bytes());
+        b[48..52].copy_from_slice(&id.number.to_le_bytes());
+        b[52..56].copy_from_slice(&id.planned.to_le_bytes());
+        b[56..64].copy_from_slice(&id.first.to_le_bytes());
         b
     }
 
+    /// `b`: the first `HEADER_LEN` bytes of the file (or all of it, when
+    /// shorter); the version says how many of them are the header.
     fn from_bytes(b: &[u8], path: &Path) -> Result<Self, ShardError> {
         let bad = |detail: String| ShardError::Damaged {
             path: path.to_owned(),
             detail,
         };
-        if &b[0..8] != MAGIC {
+        if b.len() < HEADER_LEN_V1 as usize || &b[0..8] != MAGIC {
             return Err(bad("not a shard file (bad magic)".into()));
         }
         let version = le_u32(&b[8..12]);
-        if version != VERSION {
+        if version != VERSION && version != 1 {
             return Err(bad(format!(
-                "format version {version}, this build reads {VERSION}"
+                "format version {version}, this build reads 1 and {VERSION}"
             )));
         }
         let filter = PixelFilter::from_code(le_u32(&b[24..28]))
             .ok_or_else(|| bad(format!("unknown pixel filter {}", le_u32(&b[24..28]))))?;
         let zstd_search = MatchSearch::from_code(le_u32(&b[40..44]))
             .ok_or_else(|| bad(format!("unknown zstd match search {}", le_u32(&b[40..44]))))?;
+        let identity = if version == 1 {
+            None
+        } else {
+            if b.len() < HEADER_LEN as usize {
+                return Err(bad("header cut short".into()));
+            }
+            let split = split_from_code(le_u32(&b[44..48]))
+                .ok_or_else(|| bad(format!("unknown split code {}", le_u32(&b[44..48]))))?;
+            Some(ShardIdentity {
+                split,
+                number: le_u32(&b[48..52]),
+                planned: le_u32(&b[52..56]),
+                first: le_u64(&b[56..64]),
+            })
+        };
+        let (height, width, channels) =
+            (le_u32(&b[12..16]), le_u32(&b[16..20]), le_u32(&b[20..24]));
+        // Every size a reader computes comes from these: bounded here, so
+        // that no damaged header can make one overflow or come out zero.
+        if !(1..=MAX_SIDE).contains(&height)
+            || !(1..=MAX_SIDE).contains(&width)
+            || !(1..=4).contains(&channels)
+        {
+            return Err(bad(format!(
+                "implausible geometry {height}x{width}x{channels}"
+            )));
+        }
         Ok(Self {
-            height: le_u32(&b[12..16]),
-            width: le_u32(&b[16..20]),
-            channels: le_u32(&b[20..24]),
+            height,
+            width,
+            channels,
             filter,
             zstd_level: le_u32(&b[28..32]) as i32,
             zstd_search,
             plan_id: le_u64(&b[32..40]),
+            identity,
         })
     }
 }
@@ -266,6 +374,8 @@ pub struct RecordEntry {
     pub label: u32,
     /// xxh3-64 of the raw, unfiltered pixels.
     pub checksum: u64,
+    /// xxh3-64 of the stored (compressed) frame; `None` in version 1 files.
+    pub frame_checksum: Option<u64>,
     /// Source file, relative to its split folder.
     pub name: String,
 }
@@ -287,6 +397,14 @@ pub enum ShardError {
     },
     #[error("{path}: damaged or truncated shard: {detail}")]
     Damaged { path: PathBuf, detail: String },
+    #[error("{path}: {found} images, the manifest says {expected}")]
+    Geometry {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("{path}: not the file manifest.json lists in its place: {detail}")]
+    Mismatch { path: PathBuf, detail: String },
     #[error("{path}: record {index} ({name}): {detail}")]
     BadRecord {
         path: PathBuf,
@@ -348,6 +466,7 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
+    /// `header` must carry the shard's identity.
     pub fn create(final_path: &Path, header: ShardHeader) -> Result<Self, ShardError> {
         let temp_path = crate::format::atomic::partial_path(final_path);
         let file = File::create(&temp_path).map_err(io_err(&temp_path))?;
@@ -377,6 +496,7 @@ impl ShardWriter {
             len: frame.len() as u32,
             label,
             checksum,
+            frame_checksum: Some(xxh3_64(frame)),
             name: name.to_owned(),
         });
         self.offset += frame.len() as u64;
@@ -425,6 +545,7 @@ fn encode_index(records: &[RecordEntry], skipped: &[Skipped]) -> Vec<u8> {
         b.extend_from_slice(&r.len.to_le_bytes());
         b.extend_from_slice(&r.label.to_le_bytes());
         b.extend_from_slice(&r.checksum.to_le_bytes());
+        b.extend_from_slice(&r.frame_checksum.unwrap_or_default().to_le_bytes());
         put_str(&mut b, &r.name);
     }
     b.extend_from_slice(&(skipped.len() as u32).to_le_bytes());
@@ -462,9 +583,13 @@ impl IndexReader<'_> {
     }
 }
 
-fn decode_index(bytes: &[u8]) -> Option<(Vec<RecordEntry>, Vec<Skipped>)> {
+/// The index of a file whose records carry frame checksums (version 2)
+/// or not (version 1).
+fn decode_index(bytes: &[u8], frame_checksums: bool) -> Option<(Vec<RecordEntry>, Vec<Skipped>)> {
     let mut r = IndexReader { bytes };
     let count = r.u32()? as usize;
+    // No more entries than the bytes could hold: a damaged count must not
+    // reserve memory the file does not back.
     let mut records = Vec::with_capacity(count.min(bytes.len() / 28));
     for _ in 0..count {
         records.push(RecordEntry {
@@ -472,6 +597,11 @@ fn decode_index(bytes: &[u8]) -> Option<(Vec<RecordEntry>, Vec<Skipped>)> {
             len: r.u32()?,
             label: r.u32()?,
             checksum: r.u64()?,
+            frame_checksum: if frame_checksums {
+                Some(r.u64()?)
+            } else {
+                None
+            },
             name: r.string()?,
         });
     }
@@ -560,6 +690,10 @@ pub struct ShardReader {
     records: Vec<RecordEntry>,
     skipped: Vec<Skipped>,
     file_len: u64,
+    /// xxh3-64 of the index (from the footer, checked): with the frame
+    /// checksums in the index it stands for every stored byte, so the
+    /// manifest lists it to tie each file to its set.
+    index_checksum: u64,
     /// The whole file, once `map_frames` has been called.
     map: Option<memmap2::Mmap>,
 }
@@ -573,12 +707,15 @@ impl ShardReader {
         };
         let file = File::open(path).map_err(io_err(path))?;
         let file_len = file.metadata().map_err(io_err(path))?.len();
-        if file_len < HEADER_LEN + FOOTER_LEN {
+        if file_len < HEADER_LEN_V1 + FOOTER_LEN {
             return Err(damaged(&format!("only {file_len} bytes")));
         }
         let mut head = [0u8; HEADER_LEN as usize];
-        file.read_exact_at(&mut head, 0).map_err(io_err(path))?;
-        let header = ShardHeader::from_bytes(&head, path)?;
+        let head_len = (file_len - FOOTER_LEN).min(HEADER_LEN) as usize;
+        file.read_exact_at(&mut head[..head_len], 0)
+            .map_err(io_err(path))?;
+        let header = ShardHeader::from_bytes(&head[..head_len], path)?;
+        let data_start = header.len();
         let mut foot = [0u8; FOOTER_LEN as usize];
         file.read_exact_at(&mut foot, file_len - FOOTER_LEN)
             .map_err(io_err(path))?;
@@ -586,19 +723,24 @@ impl ShardReader {
             return Err(damaged("no footer (the file ends early)"));
         }
         let (index_offset, index_len) = (le_u64(&foot[0..8]), le_u64(&foot[8..16]));
-        if index_offset < HEADER_LEN || index_offset + index_len != file_len - FOOTER_LEN {
+        if index_offset < data_start
+            || index_offset.checked_add(index_len) != Some(file_len - FOOTER_LEN)
+        {
             return Err(damaged("footer points outside the file"));
         }
         let mut index = vec![0u8; index_len as usize];
         file.read_exact_at(&mut index, index_offset)
             .map_err(io_err(path))?;
-        if xxh3_64(&index) != le_u64(&foot[16..24]) {
+        let index_checksum = le_u64(&foot[16..24]);
+        if xxh3_64(&index) != index_checksum {
             return Err(damaged("index checksum mismatch"));
         }
-        let (records, skipped) = decode_index(&index).ok_or_else(|| damaged("malformed index"))?;
+        let frame_checksums = header.identity.is_some();
+        let (records, skipped) =
+            decode_index(&index, frame_checksums).ok_or_else(|| damaged("malformed index"))?;
         if let Some(r) = records
             .iter()
-            .find(|r| r.offset < HEADER_LEN || r.offset + r.len as u64 > index_offset)
+            .find(|r| r.offset < data_start || r.offset + r.len as u64 > index_offset)
         {
             return Err(damaged(&format!(
                 "record {} lies outside the data area",
@@ -612,6 +754,7 @@ impl ShardReader {
             records,
             skipped,
             file_len,
+            index_checksum,
             map: None,
         })
     }
@@ -664,6 +807,26 @@ impl ShardReader {
     pub fn file_len(&self) -> u64 {
         self.file_len
     }
+    pub fn index_checksum(&self) -> u64 {
+        self.index_checksum
+    }
+    /// Whether each record's stored frame has a checksum (format 2), so
+    /// that a read can be checked without unfiltering every pixel.
+    pub fn has_frame_checksums(&self) -> bool {
+        self.header.identity.is_some()
+    }
+
+    /// Checks record `index`'s stored frame against its checksum (nothing
+    /// to check in a version 1 file).
+    fn check_frame(&self, index: usize, frame: &[u8]) -> Result<(), ShardError> {
+        match self.records[index].frame_checksum {
+            Some(sum) if xxh3_64(frame) != sum => Err(self.record_error(
+                index,
+                "stored bytes changed since it was written (frame checksum mismatch)",
+            )),
+            _ => Ok(()),
+        }
+    }
 
     /// Record `index`'s compressed frame: from the memory map if there is
     /// one, else read into the start of `buffer`. The buffer only ever
@@ -702,11 +865,23 @@ impl ShardReader {
 }
 
 impl ShardReader {
-    /// Decodes every record and checks it against its checksum; the first
+    /// Decodes every record and checks it against its checksums; the first
     /// problem, naming the record, or Ok. (`pipeline verify` lists them all.)
-    pub fn check_records(&self) -> Result<(), ShardError> {
+    /// `image_len` is the size the caller expects (its plan's, its
+    /// manifest's): the header's own could be damaged, and must not decide
+    /// how much memory is taken.
+    pub fn check_records(&self, image_len: usize) -> Result<(), ShardError> {
+        if self.header.image_len() != image_len {
+            return Err(ShardError::Damaged {
+                path: self.path.clone(),
+                detail: format!(
+                    "images of {} bytes, expected {image_len}",
+                    self.header.image_len()
+                ),
+            });
+        }
         let mut decoder = RecordDecoder::new().map_err(io_err(&self.path))?;
-        let mut pixels = vec![0; self.header.image_len()];
+        let mut pixels = vec![0; image_len];
         (0..self.len()).try_for_each(|i| decoder.decode(self, i, &mut pixels, true))
     }
 }
@@ -725,8 +900,10 @@ impl RecordDecoder {
         })
     }
 
-    /// Reads, decompresses, unfilters and (if `verify`) checks record `index`
-    /// into `out` (`image_len` bytes).
+    /// Reads, checks, decompresses and unfilters record `index` into `out`
+    /// (`image_len` bytes). The stored frame is always checked when the
+    /// file has frame checksums; `verify` also checks the pixels (which a
+    /// version 1 file, lacking frame checksums, always has checked).
     pub fn decode(
         &mut self,
         shard: &ShardReader,
@@ -742,20 +919,27 @@ impl RecordDecoder {
         result
     }
 
-    /// Reads and decompresses record `index` into `out` but leaves the pixel
-    /// filter in place, for a caller that undoes it only where it reads (the
-    /// loader's crop); returns the filter. No checksum: that needs every
-    /// pixel.
+    /// Reads, checks and decompresses record `index` into `out` but leaves
+    /// the pixel filter in place, for a caller that undoes it only where it
+    /// reads (the loader's crop, the stats kernel); returns the filter still
+    /// to undo. A version 1 file's record can only be checked by its pixels:
+    /// it comes back unfiltered and checked, with `PixelFilter::None`.
     pub fn decode_filtered(
         &mut self,
         shard: &ShardReader,
         index: usize,
         out: &mut [u8],
     ) -> Result<PixelFilter, ShardError> {
+        if !shard.has_frame_checksums() {
+            return self
+                .decode(shard, index, out, true)
+                .map(|()| PixelFilter::None);
+        }
         let mut buffer = std::mem::take(&mut self.frame);
-        let result = shard
-            .read_frame(index, &mut buffer)
-            .and_then(|frame| self.decompress(shard, index, frame, out));
+        let result = shard.read_frame(index, &mut buffer).and_then(|frame| {
+            shard.check_frame(index, frame)?;
+            self.decompress(shard, index, frame, out)
+        });
         self.frame = buffer;
         result.map(|()| shard.header.filter)
     }
@@ -789,8 +973,10 @@ impl RecordDecoder {
         verify: bool,
     ) -> Result<(), ShardError> {
         let h = shard.header;
+        shard.check_frame(index, frame)?;
         self.decompress(shard, index, frame, out)?;
         h.filter.undo(out, h.row_len(), h.channels as usize);
+        let verify = verify || !shard.has_frame_checksums();
         if verify && xxh3_64(out) != shard.records[index].checksum {
             return Err(shard.record_error(index, "pixel checksum mismatch"));
         }
@@ -821,6 +1007,12 @@ mod tests {
             zstd_level: 1,
             zstd_search: MatchSearch::Full,
             plan_id: 42,
+            identity: Some(ShardIdentity {
+                split: Split::Val,
+                number: 2,
+                first: 8,
+                planned: 4,
+            }),
         }
     }
 
@@ -1006,20 +1198,125 @@ mod tests {
         w.add(0, "x.JPEG", &frame, sum).expect("add");
         w.finish().expect("finish");
         let mut bytes = std::fs::read(&path).expect("read");
-        let last_data_byte = 48 + frame.len() - 5;
+        let last_data_byte = HEADER_LEN as usize + frame.len() - 5;
         bytes[last_data_byte] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
+        // zstd alone would not notice: the damaged frame still decodes,
+        // to other pixels.
+        let mut changed = vec![0; 60];
+        let n = zstd::bulk::decompress_to_buffer(
+            &bytes[HEADER_LEN as usize..][..frame.len()],
+            &mut changed,
+        );
+        assert_eq!(n.expect("still a valid zstd frame"), 60);
+        assert_ne!(changed, image(1));
+
         let pread = ShardReader::open(&path).expect("index is intact");
         let mapped = ShardReader::open(&path).and_then(ShardReader::map_frames);
         for shard in [pread, mapped.expect("map")] {
             let mut out = vec![0; 60];
-            let err = RecordDecoder::new()
-                .expect("decoder")
-                .decode(&shard, 0, &mut out, true)
-                .expect_err("damaged record");
-            let text = err.to_string();
-            assert!(text.contains("record 0 (x.JPEG)"), "{text}");
+            let mut decoder = RecordDecoder::new().expect("decoder");
+            // Every read path: full decode with and without the pixel
+            // check, and the filtered one the loader and stats take.
+            let errors = [
+                decoder
+                    .decode(&shard, 0, &mut out, true)
+                    .expect_err("verify"),
+                decoder
+                    .decode(&shard, 0, &mut out, false)
+                    .expect_err("no verify"),
+                decoder
+                    .decode_filtered(&shard, 0, &mut out)
+                    .expect_err("filtered"),
+            ];
+            for err in errors {
+                let text = err.to_string();
+                assert!(
+                    text.contains("t.shard: record 0 (x.JPEG)") && text.contains("frame checksum"),
+                    "{text}"
+                );
+            }
         }
+    }
+
+    /// A format-2 file rewritten as format 1 (48-byte header, no identity,
+    /// no frame checksums), as an earlier build wrote it.
+    fn as_version_1(path: &Path) -> Vec<u8> {
+        let shard = ShardReader::open(path).expect("open");
+        let bytes = std::fs::read(path).expect("read");
+        let mut out = bytes[..HEADER_LEN_V1 as usize].to_vec();
+        out[8..12].copy_from_slice(&1u32.to_le_bytes());
+        out[44..48].fill(0);
+        let mut records = shard.records().to_vec();
+        for r in &mut records {
+            let start = r.offset as usize;
+            r.offset = out.len() as u64;
+            r.frame_checksum = None;
+            out.extend_from_slice(&bytes[start..][..r.len as usize]);
+        }
+        let mut index = encode_index(&records, shard.skipped());
+        // encode_index writes format 2's entries: drop the frame checksums.
+        let mut v1 = index[..4].to_vec();
+        let mut at = 4;
+        for r in &records {
+            v1.extend_from_slice(&index[at..at + 24]);
+            let entry = 24 + 8 + 4 + r.name.len();
+            v1.extend_from_slice(&index[at + 32..at + entry]);
+            at += entry;
+        }
+        v1.extend_from_slice(&index[at..]);
+        index = v1;
+        let index_offset = out.len() as u64;
+        out.extend_from_slice(&index);
+        out.extend_from_slice(&index_offset.to_le_bytes());
+        out.extend_from_slice(&(index.len() as u64).to_le_bytes());
+        out.extend_from_slice(&xxh3_64(&index).to_le_bytes());
+        out.extend_from_slice(FOOTER_MAGIC);
+        out
+    }
+
+    #[test]
+    fn version_1_files_are_read_and_checked_by_their_pixels() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), PixelFilter::Delta);
+        let mut v1 = as_version_1(&path);
+        std::fs::write(&path, &v1).expect("write");
+        let shard = ShardReader::open(&path).expect("a version 1 file opens");
+        assert!(!shard.has_frame_checksums());
+        assert_eq!(shard.header().identity, None);
+        assert_eq!(shard.header().plan_id, 42);
+        let mut decoder = RecordDecoder::new().expect("decoder");
+        let mut out = vec![0; 60];
+        for i in 0..3 {
+            let filter = decoder
+                .decode_filtered(&shard, i, &mut out)
+                .expect("decode");
+            assert_eq!(filter, PixelFilter::None, "handed back unfiltered");
+            assert_eq!(out, image(i as u8));
+        }
+        // Damage that zstd decodes is still caught, by the pixel checksum,
+        // on the filtered path too.
+        let frame = &shard.records()[1];
+        let at = (frame.offset + frame.len as u64 / 2) as usize;
+        drop(shard);
+        v1[at] ^= 0x01;
+        std::fs::write(&path, &v1).expect("write");
+        let shard = ShardReader::open(&path).expect("open");
+        let err = decoder
+            .decode_filtered(&shard, 1, &mut out)
+            .expect_err("damaged");
+        assert!(err.to_string().contains("record 1"), "{err}");
+    }
+
+    #[test]
+    fn the_identity_is_kept_in_the_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), PixelFilter::Delta);
+        let shard = ShardReader::open(&path).expect("open");
+        let id = shard.header().identity.expect("format 2");
+        assert_eq!(id.describe(), "val shard 2 (files 8..11)");
+        assert!(shard.has_frame_checksums());
+        assert!(shard.records().iter().all(|r| r.frame_checksum.is_some()));
     }
 
     #[test]

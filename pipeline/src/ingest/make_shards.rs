@@ -28,10 +28,12 @@ use rayon::prelude::*;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::format::manifest::{self, Geometry, Manifest, ManifestError, ShardInfo, SplitInfo};
+use crate::format::manifest::{
+    self, hex64, Geometry, Manifest, ManifestError, ShardInfo, SplitInfo,
+};
 use crate::format::shard::{
-    MatchSearch, PixelFilter, RecordEncoder, ShardError, ShardHeader, ShardReader, ShardWriter,
-    Skipped,
+    MatchSearch, PixelFilter, RecordEncoder, ShardError, ShardHeader, ShardIdentity, ShardReader,
+    ShardWriter, Skipped,
 };
 use crate::ingest::codec::{DecodeError, PreprocessOptions, Preprocessor};
 use crate::ingest::{self, ClassInfo, IngestError, SourceFile, Split, ValLabelOptions};
@@ -128,6 +130,8 @@ impl Summary {
 struct ShardPlan {
     split: Split,
     index: usize,
+    /// Position of `files[0]` in the split's planned order.
+    first: usize,
     files: Vec<SourceFile>,
     plan_id: u64,
 }
@@ -135,6 +139,26 @@ struct ShardPlan {
 impl ShardPlan {
     fn file_name(&self) -> String {
         format!("{}-{:05}.shard", self.split.name(), self.index)
+    }
+
+    /// The header this plan's file is written with: the run's `common` one
+    /// with the plan's id and place.
+    fn header(&self, common: ShardHeader) -> ShardHeader {
+        ShardHeader {
+            plan_id: self.plan_id,
+            identity: Some(self.identity()),
+            ..common
+        }
+    }
+
+    /// The place in the set this plan's file holds (its header says so).
+    fn identity(&self) -> ShardIdentity {
+        ShardIdentity {
+            split: self.split,
+            number: self.index as u32,
+            first: self.first as u64,
+            planned: self.files.len() as u32,
+        }
     }
 }
 
@@ -174,6 +198,7 @@ pub fn make_shards(
         zstd_level: config.zstd_level,
         zstd_search: config.zstd_search(),
         plan_id: 0,
+        identity: None,
     };
     let mut plans = Vec::new();
     for (split, listing) in &mut listings {
@@ -199,15 +224,15 @@ pub fn make_shards(
     // before they are kept: a damaged one is written again.
     let mut finished: Vec<Option<ShardReader>> = plans
         .par_iter()
-        .map(|plan| finished_shard(&config.out.join(plan.file_name()), plan.plan_id, progress))
+        .map(|plan| {
+            let header = plan.header(header);
+            finished_shard(&config.out.join(plan.file_name()), &header, progress)
+        })
         .collect();
     let mut shard_infos: BTreeMap<Split, Vec<(ShardInfo, Vec<Skipped>)>> = BTreeMap::new();
     for (plan, finished) in plans.iter().zip(finished.iter_mut()) {
         let path = config.out.join(plan.file_name());
-        let header = ShardHeader {
-            plan_id: plan.plan_id,
-            ..header
-        };
+        let header = plan.header(header);
         let (reader, kept) = match finished.take() {
             Some(reader) => (reader, true),
             None => {
@@ -229,6 +254,8 @@ pub fn make_shards(
                 file: plan.file_name(),
                 records,
                 bytes: reader.file_len(),
+                plan_id: Some(hex64(plan.plan_id)),
+                index_xxh3: Some(hex64(reader.index_checksum())),
             },
             reader.skipped().to_vec(),
         ));
@@ -324,6 +351,7 @@ fn plan_split(config: &ShardsConfig, split: Split, mut files: Vec<SourceFile>) -
         plans.push(ShardPlan {
             split,
             index: plans.len(),
+            first: plans.len() * config.shard_size,
             plan_id: plan_id(config, split, &chunk),
             files: chunk,
         });
@@ -363,15 +391,21 @@ fn plan_id(config: &ShardsConfig, split: Split, files: &[SourceFile]) -> u64 {
 /// An existing, intact shard made from the same plan: its header, index
 /// and every record checked. A damaged one is reported (`progress`) and
 /// left to be written again.
-fn finished_shard(path: &Path, plan_id: u64, progress: &dyn Progress) -> Option<ShardReader> {
+fn finished_shard(
+    path: &Path,
+    header: &ShardHeader,
+    progress: &dyn Progress,
+) -> Option<ShardReader> {
     if !path.exists() {
         return None;
     }
     let checked = ShardReader::open(path).and_then(|reader| {
-        if reader.header().plan_id != plan_id {
+        if reader.header() != header {
             return Ok(None); // another plan's: replaced, not damaged
         }
-        reader.check_records().map(|()| Some(reader))
+        reader
+            .check_records(header.image_len())
+            .map(|()| Some(reader))
     });
     match checked {
         Ok(kept) => kept,
@@ -597,8 +631,8 @@ fn build_manifest(
     let side = config.preprocess.side as u32;
     Manifest {
         format: manifest::FORMAT.into(),
-        version: 1,
-        id: format!("{:016x}", id.digest()),
+        version: 2,
+        id: hex64(id.digest()),
         created_by: format!("pipeline {}", env!("CARGO_PKG_VERSION")),
         source: config.imagenet.display().to_string(),
         geometry: Geometry {
@@ -641,6 +675,12 @@ mod tests {
             zstd_level: 1,
             zstd_search: MatchSearch::Full,
             plan_id: 7,
+            identity: Some(ShardIdentity {
+                split: Split::Train,
+                number: 0,
+                first: 0,
+                planned: 5,
+            }),
         }
     }
 

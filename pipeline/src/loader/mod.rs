@@ -39,6 +39,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::format::manifest::{Manifest, ManifestError};
+use crate::format::set;
 use crate::format::shard::{ReadMode, RecordDecoder, ShardError, ShardReader};
 use crate::ingest::Split;
 use crate::loader::aligned::AlignedBuf;
@@ -142,11 +143,7 @@ impl Dataset {
                 g.channels
             )));
         }
-        let mut shards = info
-            .shards
-            .iter()
-            .map(|s| ShardReader::open(&dir.join(&s.file)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut shards = set::open_split(dir, &manifest, split)?;
         let bytes = shards.iter().map(ShardReader::file_len).sum();
         if read.resolve(bytes) == ReadMode::Map {
             shards = shards
@@ -259,8 +256,13 @@ pub struct LoaderConfig {
     pub rank: usize,
     pub world: usize,
     pub drop_last: bool,
-    /// Check every record's pixel checksum as it is read.
+    /// Also check every record's pixels against their checksum as it is
+    /// read (the stored frame is always checked).
     pub verify: bool,
+    /// A damaged record (its checksum fails, or it does not decode) is left
+    /// out of its batch and named in `Batch::damaged`, instead of failing
+    /// the batch. The batch is then smaller by one.
+    pub skip_damaged: bool,
     /// Standard deviation of the PCA lighting alphas (0.1; 0 turns it off).
     pub lighting_std: f32,
     /// Start on the next epoch's batches while this one's last are still
@@ -285,6 +287,7 @@ impl Default for LoaderConfig {
             world: 1,
             drop_last: false,
             verify: false,
+            skip_damaged: false,
             lighting_std: 0.1,
             prefetch_next_epoch: false,
         }
@@ -333,6 +336,9 @@ pub struct Batch {
     pub views: Vec<View>,
     pub views_per_image: usize,
     pub data: BatchData,
+    /// Records left out because they are damaged (`skip_damaged`), each
+    /// as the error that names its shard and record.
+    pub damaged: Vec<String>,
     recycle: Option<Sender<BatchData>>,
 }
 
@@ -643,14 +649,28 @@ fn build_batch(
     // One uint8 view per image and no checksum: unfilter only what the crop
     // reads, while copying it (augment::crop_u8_filtered).
     let fused = per_image == 1 && !config.verify && matches!(data, BatchData::U8(_));
+    let mut kept = Vec::with_capacity(records.len());
+    let mut damaged = Vec::new();
     for (i, &id) in records.iter().enumerate() {
         let shard = &dataset.shards[id.shard as usize];
-        let filter = if fused {
-            Some(decoder.decode_filtered(shard, id.index as usize, image)?)
+        let decoded = if fused {
+            decoder
+                .decode_filtered(shard, id.index as usize, image)
+                .map(Some)
         } else {
-            decoder.decode(shard, id.index as usize, image, config.verify)?;
-            None
+            decoder
+                .decode(shard, id.index as usize, image, config.verify)
+                .map(|()| None)
         };
+        let filter = match decoded {
+            Ok(filter) => filter,
+            Err(e @ ShardError::BadRecord { .. }) if config.skip_damaged => {
+                damaged.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        kept.push(id);
         labels.push(shard.records()[id.index as usize].label);
         let position = ((index * config.batch_size + i) * config.world + config.rank) as u64;
         let mut rng = SplitMix64::new(mix(epoch_seed, position));
@@ -679,14 +699,22 @@ fn build_batch(
             views.push(view);
         }
     }
+    if !damaged.is_empty() {
+        let len = views.len() * crop * crop * 3;
+        match &mut data {
+            BatchData::U8(d) => d.resize(len),
+            BatchData::F32(d) => d.truncate(len),
+        }
+    }
     Ok(Batch {
         epoch,
         index,
-        records,
+        records: kept,
         labels,
         views,
         views_per_image: per_image,
         data,
+        damaged,
         recycle: Some(shared.pool.tx.clone()),
     })
 }
@@ -1062,10 +1090,8 @@ pub(crate) mod tests {
         drop(first); // its buffer's way home is closed: no panic, no hang
     }
 
-    #[test]
-    fn a_damaged_record_is_an_error_naming_shard_and_record() {
-        let (dir, _) = dataset();
-        let shards = dir.path().join("shards");
+    /// Flips one byte inside record 2 of train-00001.shard.
+    fn damage_a_record(shards: &Path) {
         let path = shards.join("train-00001.shard");
         let reader = ShardReader::open(&path).expect("open");
         let rec = reader.records()[2].clone();
@@ -1073,12 +1099,27 @@ pub(crate) mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[rec.offset as usize + rec.len as usize / 2] ^= 0x55;
         std::fs::write(&path, bytes).expect("write");
-        for read in [ReadMode::Map, ReadMode::Pread] {
+    }
+
+    /// On the hot path (no `verify`, uint8 fused crop) as well as with the
+    /// pixel check and the float32 output.
+    #[test]
+    fn a_damaged_record_is_an_error_naming_shard_and_record() {
+        let (dir, _) = dataset();
+        let shards = dir.path().join("shards");
+        damage_a_record(&shards);
+        let ways = [
+            (ReadMode::Map, false, Output::U8),
+            (ReadMode::Pread, false, Output::U8),
+            (ReadMode::Map, true, Output::U8),
+            (ReadMode::Map, false, Output::F32),
+        ];
+        for (read, verify, output) in ways {
             let data = Arc::new(Dataset::open_with(&shards, Split::Train, read).expect("open"));
             let c = LoaderConfig {
-                verify: true,
+                verify,
                 order: Order::Sequential,
-                ..config(2, Output::U8)
+                ..config(2, output)
             };
             let results: Vec<_> = Loader::new(data, c, 0, 0).expect("loader").collect();
             assert_eq!(results.len(), 6, "every batch is delivered, good or bad");
@@ -1094,6 +1135,54 @@ pub(crate) mod tests {
                 errors[0]
             );
         }
+    }
+
+    /// `skip_damaged`: the batch that held the record comes one shorter,
+    /// names it, and every other image is what it was before the damage.
+    #[test]
+    fn a_skipped_damaged_record_leaves_the_rest_of_its_batch_as_it_was() {
+        let (dir, data) = dataset();
+        let shards = dir.path().join("shards");
+        let c = LoaderConfig {
+            order: Order::Sequential,
+            skip_damaged: true,
+            ..config(2, Output::U8)
+        };
+        let clean = collect(Loader::new(data, c.clone(), 0, 0).expect("loader"));
+        damage_a_record(&shards);
+        let data = Arc::new(Dataset::open(&shards, Split::Train).expect("open"));
+        let skipped = collect(Loader::new(data, c, 0, 0).expect("loader"));
+        assert_eq!(skipped.len(), clean.len());
+        let view_len = CROP * CROP * 3;
+        let mut left_out = Vec::new();
+        for (a, b) in clean.iter().zip(&skipped) {
+            assert_eq!(u8_data(b).len(), b.views.len() * view_len);
+            assert_eq!(
+                (b.labels.len(), b.records.len()),
+                (b.views.len(), b.views.len())
+            );
+            for (j, id) in b.records.iter().enumerate() {
+                let i = a
+                    .records
+                    .iter()
+                    .position(|r| r == id)
+                    .expect("a record of the batch");
+                assert_eq!(b.views[j], a.views[i]);
+                assert_eq!(b.labels[j], a.labels[i]);
+                assert_eq!(
+                    u8_data(b)[j * view_len..][..view_len],
+                    u8_data(a)[i * view_len..][..view_len]
+                );
+            }
+            left_out.extend(b.damaged.iter().cloned());
+            assert_eq!(a.records.len() - b.records.len(), b.damaged.len());
+        }
+        assert_eq!(left_out.len(), 1, "{left_out:?}");
+        assert!(
+            left_out[0].contains("train-00001.shard: record 2"),
+            "{}",
+            left_out[0]
+        );
     }
 
     #[test]

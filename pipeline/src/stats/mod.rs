@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::format::manifest::{Manifest, ManifestError};
+use crate::format::set;
 use crate::format::shard::{PixelFilter, RecordDecoder, ShardError, ShardReader};
 use crate::ingest::Split;
 use crate::progress::Progress;
@@ -384,27 +385,8 @@ pub fn compute(dir: &Path, progress: &dyn Progress) -> Result<(Stats, Vec<f32>),
         )));
     }
     let len = manifest.image_len();
-    let shards = split
-        .shards
-        .iter()
-        .map(|info| {
-            let shard = ShardReader::open(&dir.join(&info.file))?;
-            let h = shard.header();
-            if (h.height, h.width, h.channels) != (g.height, g.width, g.channels) {
-                return Err(StatsError::Data(format!(
-                    "{}: {}x{}x{} images, the manifest says {}x{}x{}",
-                    shard.path().display(),
-                    h.height,
-                    h.width,
-                    h.channels,
-                    g.height,
-                    g.width,
-                    g.channels
-                )));
-            }
-            Ok(shard)
-        })
-        .collect::<Result<Vec<_>, StatsError>>()?;
+    // Each file checked to be the one listed, with the set's geometry.
+    let shards = set::open_split(dir, &manifest, Split::Train)?;
     let mut sums = sum_records(&shards, len, rayon::current_num_threads(), progress)?;
     sums.flush();
     let stats = finish(&sums, &manifest)?;

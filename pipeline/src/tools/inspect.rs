@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
-use crate::format::manifest::{Manifest, ManifestError};
+use crate::format::manifest::{Manifest, ManifestError, ShardInfo};
+use crate::format::set;
 use crate::format::shard::{RecordDecoder, ShardError, ShardReader};
 use crate::ingest::Split;
 use crate::progress::Progress;
@@ -31,21 +32,24 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
-/// Decodes every record of every shard in the manifest and checks it against
-/// its checksum. Problems are collected, not fatal, so one run lists them all.
+/// Checks that each shard file is the one the manifest lists in its place
+/// (size, identity, plan id, index checksum), decodes every record and
+/// checks its frame and pixels against their checksums, and lists shard
+/// files the manifest does not. Problems are collected, not fatal, so one
+/// run lists them all.
 pub fn verify(dir: &Path, progress: &dyn Progress) -> Result<VerifyReport, InspectError> {
     let manifest = Manifest::load(dir)?;
-    let files: Vec<String> = manifest
+    let listed: Vec<(Split, usize, &ShardInfo)> = manifest
         .splits
-        .values()
-        .flat_map(|s| s.shards.iter().map(|i| i.file.clone()))
+        .iter()
+        .flat_map(|(&split, s)| s.shards.iter().enumerate().map(move |(n, i)| (split, n, i)))
         .collect();
     let image_len = manifest.image_len();
     let found = AtomicUsize::new(0);
-    let per_shard: Vec<(u64, Vec<String>)> = files
+    let per_shard: Vec<(u64, Vec<String>)> = listed
         .par_iter()
-        .map(|file| {
-            let result = verify_shard(&dir.join(file), image_len);
+        .map(|&(split, number, info)| {
+            let result = verify_shard(dir, split, number, info, image_len);
             let so_far = found.fetch_add(result.1.len(), Ordering::Relaxed) + result.1.len();
             progress.status(format!("{so_far} problems"));
             progress.advance(1);
@@ -53,21 +57,44 @@ pub fn verify(dir: &Path, progress: &dyn Progress) -> Result<VerifyReport, Inspe
         })
         .collect();
     let mut report = VerifyReport {
-        shards: files.len(),
+        shards: listed.len(),
         ..Default::default()
     };
     for (records, problems) in per_shard {
         report.records += records;
         report.problems.extend(problems);
     }
+    let unlisted = set::unlisted_files(dir, &manifest).map_err(|source| {
+        InspectError::NotFound(format!("{}: cannot list: {source}", dir.display()))
+    })?;
+    report.problems.extend(unlisted.iter().map(|file| {
+        format!(
+            "{}: not listed in manifest.json, so never read (a manifest that lost an entry, \
+             or a file from elsewhere)",
+            dir.join(file).display()
+        )
+    }));
     Ok(report)
 }
 
-fn verify_shard(path: &Path, image_len: usize) -> (u64, Vec<String>) {
+fn verify_shard(
+    dir: &Path,
+    split: Split,
+    number: usize,
+    info: &ShardInfo,
+    image_len: usize,
+) -> (u64, Vec<String>) {
+    let path = &dir.join(&info.file);
     let shard = match ShardReader::open(path) {
         Ok(shard) => shard,
         Err(e) => return (0, vec![e.to_string()]),
     };
+    let mut problems = Vec::new();
+    // A file in the wrong place may still be whole: its records are
+    // checked too.
+    if let Err(e) = set::check_listed(&shard, split, number, info) {
+        problems.push(e.to_string());
+    }
     if shard.header().image_len() != image_len {
         return (
             0,
@@ -82,7 +109,6 @@ fn verify_shard(path: &Path, image_len: usize) -> (u64, Vec<String>) {
         Err(e) => return (0, vec![format!("zstd: {e}")]),
     };
     let mut pixels = vec![0; image_len];
-    let mut problems = Vec::new();
     for i in 0..shard.len() {
         if let Err(e) = decoder.decode(&shard, i, &mut pixels, true) {
             problems.push(e.to_string());

@@ -50,6 +50,9 @@ pub struct LoaderBench {
     pub mapped_file_mb_after_each_epoch: Vec<f64>,
     /// (prefetch + threads) x batch + 64 MB.
     pub memory_bound_mb: f64,
+    /// Records left out as damaged (`skip_damaged`), each naming its shard
+    /// and record.
+    pub damaged_left_out: Vec<String>,
 }
 
 /// Frames the ceilings are measured on (~240 MB of ImageNet in memory).
@@ -94,6 +97,7 @@ pub fn measure(
         peak_private_mb_after_each_epoch: figures.private_mb,
         mapped_file_mb_after_each_epoch: figures.mapped_mb,
         memory_bound_mb: memory_bound_mb(config),
+        damaged_left_out: figures.damaged,
     })
 }
 
@@ -123,6 +127,8 @@ struct EpochFigures {
     private_mb: Vec<f64>,
     /// Mapped file pages at the epoch's end.
     mapped_mb: Vec<f64>,
+    /// Records the loader left out as damaged.
+    damaged: Vec<String>,
 }
 
 /// Runs a loader for `epochs` epochs back to back and measures each.
@@ -140,6 +146,7 @@ fn run_epochs(
         resident_mb: Vec::new(),
         private_mb: Vec::new(),
         mapped_mb: Vec::new(),
+        damaged: Vec::new(),
     };
     let mut private_peak = 0f64;
     for epoch in 0..epochs {
@@ -150,7 +157,9 @@ fn run_epochs(
         loader.set_prefetch_next_epoch(epoch + 1 < epochs);
         let (started, mut images) = (Instant::now(), 0u64);
         for batch in loader.by_ref() {
-            images += batch?.records.len() as u64;
+            let batch = batch?;
+            images += batch.records.len() as u64;
+            f.damaged.extend(batch.damaged.iter().cloned());
             // /proc keeps no peak of private memory alone: sample it at
             // every batch (~20 us; a batch takes ~25 ms here).
             private_peak = private_peak.max(memory_mb("RssAnon:"));

@@ -204,6 +204,12 @@ struct RunArgs {
     /// Checkpoints kept (newest first).
     #[arg(long, default_value_t = 2)]
     keep_checkpoints: usize,
+    /// A training record whose stored bytes fail their checksum is left
+    /// out of its batch with a warning naming it, and counted, instead of
+    /// stopping the run (the default: fix the shard, `pipeline verify`
+    /// lists every damaged record).
+    #[arg(long)]
+    skip_damaged: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -488,6 +494,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         loader_threads: threads(args.loader_threads, dist.as_deref()),
         resume: args.resume,
         keep_checkpoints: args.keep_checkpoints,
+        skip_damaged: args.skip_damaged,
         progress: !args.quiet,
         dist,
         grad_comm: args.grad_comm.into(),
@@ -504,6 +511,12 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         return Ok(());
     }
     println!("steps: {}", summary.steps);
+    if summary.damaged_skipped > 0 {
+        println!(
+            "damaged records left out: {} (named above; `pipeline verify` lists them all)",
+            summary.damaged_skipped
+        );
+    }
     if let Some(e) = &summary.last_eval {
         println!(
             "val (centre crop) after step {}: top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  lr {}",

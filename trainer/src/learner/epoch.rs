@@ -34,6 +34,13 @@ impl Run<'_> {
         for batch in self.loader.by_ref() {
             let batch = batch?;
             let loader_wait = waited.elapsed().as_secs_f64();
+            for damaged in &batch.damaged {
+                eprintln!("warning: left out of training: {damaged}");
+            }
+            self.summary.damaged_skipped += batch.damaged.len() as u64;
+            // A batch short of a damaged record has another shape than the
+            // captured step: it runs eagerly.
+            let short = !batch.damaged.is_empty();
             let x = self.norm.apply(batch_pixels(&batch)?, &batch.views);
             let labels = batch_labels(&batch, self.norm.device());
             drop(batch);
@@ -49,7 +56,7 @@ impl Run<'_> {
             let lr = self.state.schedule.lr_at(self.state.step);
             // A new lr each warm-up step would be a new CUDA-graph capture
             // each step: warm-up steps run eagerly.
-            let eager = self.state.schedule.warming_up(self.state.step);
+            let eager = self.state.schedule.warming_up(self.state.step) || short;
             let loss = self
                 .steps
                 .run(&self.net, &mut self.sgd, &params, &x, &labels, lr, eager)?;

@@ -122,6 +122,9 @@ pub struct RunOptions {
     pub loader_threads: usize,
     pub resume: bool,
     pub keep_checkpoints: usize,
+    /// Leave damaged training records out (with a warning) instead of
+    /// stopping.
+    pub skip_damaged: bool,
     pub progress: bool,
     /// This process's rank among data-parallel processes (None: the only one).
     pub dist: Option<Arc<Dist>>,
@@ -136,6 +139,8 @@ pub struct RunSummary {
     pub interrupted: bool,
     pub checkpoint: Option<PathBuf>,
     pub curves: Option<PathBuf>,
+    /// Training records left out as damaged (`skip_damaged`), by this run.
+    pub damaged_skipped: u64,
 }
 
 /// Trains as `opts` says until the last epoch, `--max-steps`, or `stop`

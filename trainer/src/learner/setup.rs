@@ -151,6 +151,7 @@ impl<'a> Run<'a> {
                 interrupted: false,
                 checkpoint: None,
                 curves: None,
+                damaged_skipped: 0,
             },
             state,
             net,
@@ -367,6 +368,7 @@ fn train_loader(
         seed: state.seed,
         order: Order::Random,
         drop_last: true,
+        skip_damaged: opts.skip_damaged,
         // The workers start the next epoch while this one's last batches
         // train and the eval runs.
         prefetch_next_epoch: true,
