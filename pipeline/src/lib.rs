@@ -25,7 +25,7 @@ pub mod loader;
 pub mod stats;
 pub mod tools;
 
-mod cpu;
+pub mod cpu;
 mod error_line;
 pub use error_line::error_line;
 mod panics;

@@ -245,6 +245,11 @@ struct ExportArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A PIPELINE_SIMD this CPU cannot run is an error, not a silent fallback.
+    if let Err(e) = pipeline::cpu::requested_level() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Shards(args) => run_shards(args),
         Command::Verify { shards } => run_verify(&shards),
@@ -407,6 +412,7 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
             .map(|s| format!("{:.0}", stats.images as f64 / s.max(1e-9)))
             .collect();
         println!("passes (images/s, sorted by time): {}", rates.join(", "));
+        println!("simd: {}", pipeline::cpu::simd_level().name());
         let ceilings = pipeline::tools::inspect::ceilings(dir, &manifest, 2000)?;
         let percent = |ceiling: f64| 100.0 * rate / (threads as f64 * ceiling);
         println!(
@@ -495,8 +501,8 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
 fn print_bench(b: &loader_bench::LoaderBench) {
     let percent = |rate: f64| 100.0 * rate / b.ceiling_images_per_sec;
     println!(
-        "loader: {:.0} images/s ({} images, {} threads, batch {}, read: {})",
-        b.images_per_sec, b.images, b.threads, b.batch_size, b.read
+        "loader: {:.0} images/s ({} images, {} threads, batch {}, read: {}, simd: {})",
+        b.images_per_sec, b.images, b.threads, b.batch_size, b.read, b.simd
     );
     if !b.damaged_left_out.is_empty() {
         println!(

@@ -15,6 +15,7 @@
 //! mean and lighting on the GPU from 4x fewer bytes. `u8_crop_to_f32_chw`
 //! does that on the CPU and gives the same floats, bit for bit (tested).
 
+use crate::cpu::SimdLevel;
 use crate::format::shard::PixelFilter;
 use crate::rng::SplitMix64;
 use crate::stats::Stats;
@@ -149,13 +150,72 @@ fn copy_row(src_row: &[u8], dst_row: &mut [u8], flip: bool) {
         dst_row.copy_from_slice(src_row);
         return;
     }
+    copy_row_reversed(crate::cpu::simd_level(), src_row, dst_row);
+}
+
+/// `dst_row` = `src_row` with its RGB pixels in reverse order, on the
+/// widest path at or below `level` (which the CPU must have). AVX2 takes
+/// the SSSE3 path: `vpshufb` only shuffles within 16-byte halves, so a
+/// 32-byte version is two 16-byte ones whose stores must still go in
+/// order (each overwrites the byte after its 5 pixels).
+pub(crate) fn copy_row_reversed(level: SimdLevel, src_row: &[u8], dst_row: &mut [u8]) {
+    assert!(level.supported(), "{} is not supported here", level.name());
+    assert_eq!(src_row.len(), dst_row.len());
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::has_avx512_vbmi() {
-        // SAFETY: the CPU has the kernel's features (checked just above).
+    if level >= SimdLevel::Avx512 {
+        // SAFETY: the CPU has the kernel's features (asserted above).
         unsafe { copy_row_reversed_avx512(src_row, dst_row) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if level >= SimdLevel::Ssse3 {
+        // SAFETY: as above.
+        unsafe { copy_row_reversed_ssse3(src_row, dst_row) };
+        return;
+    }
     copy_pixels_reversed(src_row, dst_row, 0);
+}
+
+/// `pshufb` indices that reverse 5 RGB pixels (15 bytes) loaded from the
+/// byte before them; lane 15 is zero (its byte is overwritten by the next
+/// block, or by the tail).
+const fn reverse_5_pixels() -> [u8; 16] {
+    let mut idx = [0x80u8; 16];
+    let mut lane = 0;
+    while lane < 15 {
+        idx[lane] = (3 * (4 - lane / 3) + lane % 3 + 1) as u8;
+        lane += 1;
+    }
+    idx
+}
+
+/// The mirrored copy 5 pixels at a time: one 16-byte load that ends at the
+/// block's last source byte, one `pshufb`, one 16-byte store; the loop
+/// stops while at least one pixel is left after the block, so the store
+/// stays inside the row (and the load, which starts at least 2 bytes into
+/// it); the last pixels one by one. About 5x fewer instructions than pixel
+/// moves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "ssse3")]
+unsafe fn copy_row_reversed_ssse3(src_row: &[u8], dst_row: &mut [u8]) {
+    use std::arch::x86_64::*;
+    const PIXELS: usize = 5;
+    const REVERSE: [u8; 16] = reverse_5_pixels();
+    let n = src_row.len() / 3;
+    let idx = _mm_loadu_si128(REVERSE.as_ptr() as *const _);
+    // Every block's first pixel j has j <= n - 6: its store ends at byte
+    // 3j + 16 <= 3n, and its source starts at byte 3(n - j - 5) >= 3.
+    let blocks = n.saturating_sub(1) / PIXELS;
+    for k in 0..blocks {
+        let first = k * PIXELS;
+        let from = (n - first - PIXELS) * 3 - 1;
+        let v = _mm_loadu_si128(src_row.as_ptr().add(from) as *const _);
+        _mm_storeu_si128(
+            dst_row.as_mut_ptr().add(first * 3) as *mut _,
+            _mm_shuffle_epi8(v, idx),
+        );
+    }
+    copy_pixels_reversed(src_row, dst_row, blocks * PIXELS);
 }
 
 /// Pixels `from..` of `dst_row` from the mirrored `src_row`, one at a time:
@@ -190,7 +250,6 @@ unsafe fn copy_row_reversed_avx512(src_row: &[u8], dst_row: &mut [u8]) {
     use std::arch::x86_64::*;
     const PIXELS: usize = 21;
     const REVERSE: [u8; 64] = reverse_21_pixels();
-    assert_eq!(src_row.len(), dst_row.len());
     let n = src_row.len() / 3;
     let idx = _mm512_loadu_si512(REVERSE.as_ptr() as *const _);
     let blocks = n.saturating_sub(1) / PIXELS;
@@ -235,7 +294,7 @@ pub fn crop_u8_filtered(
     // register version (one `vpermt2b` and one masked `vpermb` per 64 bytes
     // out) was 6% slower here, the shuffles being what bounds both.
     #[cfg(target_arch = "x86_64")]
-    if filter == PixelFilter::Delta && !view.flip && crate::cpu::has_avx512_vbmi() {
+    if filter == PixelFilter::Delta && !view.flip && crate::cpu::simd_level() >= SimdLevel::Avx512 {
         for row in 0..crop {
             let line = &filtered[(y + row) * side * 3..][..(x + crop) * 3];
             let dst_row = &mut dst[row * crop * 3..][..crop * 3];
@@ -369,20 +428,29 @@ fn normalise_chw(
 mod tests {
     use super::*;
 
-    /// The mirrored row copy, each path against the plain reversal, for row
-    /// lengths around the 21-pixel blocks and the crop widths used.
+    /// The mirrored row copy, on every level this CPU has, against the
+    /// plain reversal: every row length up to 70 pixels (around the 5- and
+    /// 21-pixel blocks), the crop widths used, random lengths; and rows
+    /// cut from inside a longer buffer, as crop rows are.
     #[test]
     fn mirrored_rows_are_reversed_pixel_by_pixel() {
         let mut rng = SplitMix64::new(21);
-        for n in [1usize, 2, 20, 21, 22, 23, 42, 43, 44, 63, 64, 224, 227, 256] {
-            let src: Vec<u8> = (0..n * 3).map(|_| rng.next_u64() as u8).collect();
+        let lengths: Vec<usize> = (0..=70usize)
+            .chain([224, 227, 256])
+            .chain((0..20).map(|_| rng.below(600) as usize))
+            .collect();
+        for n in lengths {
+            let line: Vec<u8> = (0..n * 3 + 9).map(|_| rng.next_u64() as u8).collect();
+            let src = &line[4..4 + n * 3];
             let want: Vec<u8> = src.chunks_exact(3).rev().flatten().copied().collect();
+            for level in crate::cpu::SimdLevel::supported_levels() {
+                let mut got = vec![0u8; n * 3];
+                copy_row_reversed(level, src, &mut got);
+                assert_eq!(got, want, "{}, {n} pixels", level.name());
+            }
             let mut got = vec![0u8; n * 3];
-            copy_row(&src, &mut got, true);
-            assert_eq!(got, want, "{n} pixels");
-            let mut plain = vec![0u8; n * 3];
-            copy_pixels_reversed(&src, &mut plain, 0);
-            assert_eq!(plain, want, "{n} pixels, plain");
+            copy_row(src, &mut got, true);
+            assert_eq!(got, want, "{n} pixels, the running level");
         }
     }
 

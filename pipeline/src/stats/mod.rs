@@ -248,14 +248,19 @@ impl Sums {
 }
 
 /// `acc[i] += px[i]`, u8 into u16 lanes: the compiler vectorises the loop,
-/// 16 lanes wide for the baseline x86-64 (SSE2), 32 with AVX-512BW, whose
-/// copy of the loop is picked at run time.
+/// 8 lanes wide for the baseline x86-64 (SSE2), 16 with AVX2 and 32 with
+/// AVX-512BW, whose copies of the loop are picked at run time.
 fn add_widening(acc: &mut [u16], px: &[u8]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bw") {
-        // SAFETY: the CPU supports AVX-512BW (checked just above).
-        unsafe { add_widening_avx512(acc, px) };
-        return;
+    {
+        use crate::cpu::SimdLevel;
+        match crate::cpu::simd_level() {
+            // SAFETY: `simd_level` is one this CPU has; the AVX-512 level
+            // includes AVX-512BW.
+            SimdLevel::Avx512 => return unsafe { add_widening_avx512(acc, px) },
+            SimdLevel::Avx2 => return unsafe { add_widening_avx2(acc, px) },
+            _ => {}
+        }
     }
     add_widening_loop(acc, px);
 }
@@ -263,6 +268,12 @@ fn add_widening(acc: &mut [u16], px: &[u8]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn add_widening_avx512(acc: &mut [u16], px: &[u8]) {
+    add_widening_loop(acc, px);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_widening_avx2(acc: &mut [u16], px: &[u8]) {
     add_widening_loop(acc, px);
 }
 

@@ -2,16 +2,23 @@
 //! the channel sums (r, g, b) and the six products (rr, rg, rb, gg, gb, bb)
 //! that the RGB covariance is made of (`pipeline stats`).
 //!
-//! Three exact paths, picked at run time:
+//! Four exact paths, picked at run time:
 //! - AVX-512 (VBMI + VNNI): `vpermt2b` gathers each channel of 64 pixels
 //!   from three 64-byte loads, `vpsadbw` sums them, and `vpdpbusd` forms and
 //!   accumulates the six products in offset form, x (y - 128), four pixels
 //!   a lane (`OffsetProductsAvx512`; the channel sums turn them back into
 //!   x y): about 25 instructions per 64 pixels.
+//! - AVX2: the SSSE3 kernel on 32 pixels at once, two 16-pixel blocks side
+//!   by side in the halves of each register (byte shuffles stay within
+//!   halves): the same instructions per step, twice the pixels.
 //! - SSSE3: the same with byte shuffles and `pmaddwd` on 16 pixels, about 50
 //!   instructions per 16 pixels.
-//! - portable (also the test oracle for both): one accumulator per byte
-//!   position of a 48-byte block, 4x the SSSE3 instructions.
+//! - portable (also the test oracle for the others): one accumulator per
+//!   byte position of a 48-byte block, 4x the SSSE3 instructions.
+//!
+//! `PIPELINE_SIMD` (see `cpu`) caps the level.
+
+use crate::cpu::SimdLevel;
 
 /// Channel sums and products of `px` (a whole number of RGB pixels).
 pub fn moments(px: &[u8]) -> ([u64; 3], [u64; 6]) {
@@ -20,9 +27,34 @@ pub fn moments(px: &[u8]) -> ([u64; 3], [u64; 6]) {
         let whole = px.len() / AVX512_BLOCK * AVX512_BLOCK;
         // SAFETY: the CPU has the kernel's features (checked just above).
         let (c, p) = unsafe { moments_avx512(&px[..whole]) };
-        return add(c, p, moments_ssse3_or_portable(&px[whole..]));
+        return add(
+            c,
+            p,
+            moments_with(SimdLevel::Ssse3.min(crate::cpu::simd_level()), &px[whole..]),
+        );
     }
-    moments_ssse3_or_portable(px)
+    moments_with(crate::cpu::simd_level(), px)
+}
+
+/// `moments` on the widest of the SSSE3, AVX2 and portable paths at or
+/// below `level` (which the CPU must have).
+pub(crate) fn moments_with(level: SimdLevel, px: &[u8]) -> ([u64; 3], [u64; 6]) {
+    assert!(level.supported(), "{} is not supported here", level.name());
+    #[cfg(target_arch = "x86_64")]
+    if level >= SimdLevel::Avx2 {
+        let whole = px.len() / 96 * 96;
+        // SAFETY: the CPU has AVX2 (asserted above).
+        let (c, p) = unsafe { moments_avx2(&px[..whole]) };
+        return add(c, p, moments_with(SimdLevel::Ssse3, &px[whole..]));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level >= SimdLevel::Ssse3 {
+        let whole = px.len() / 48 * 48;
+        // SAFETY: as above, SSSE3.
+        let (c, p) = unsafe { moments_ssse3(&px[..whole]) };
+        return add(c, p, moments_portable(&px[whole..]));
+    }
+    moments_portable(px)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -33,10 +65,12 @@ fn add(c: [u64; 3], p: [u64; 6], (tc, tp): ([u64; 3], [u64; 6])) -> ([u64; 3], [
     )
 }
 
-/// Whether this CPU runs `moments_avx512`.
+/// Whether `moments_avx512` runs: the AVX-512 level (not ruled out by
+/// `PIPELINE_SIMD`) and VNNI.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx512_kernel() -> bool {
-    crate::cpu::has_avx512_vbmi() && std::arch::is_x86_feature_detected!("avx512vnni")
+    crate::cpu::simd_level() >= crate::cpu::SimdLevel::Avx512
+        && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
 /// Exact products `p` (rr, rg, rb, gg, gb, bb) and channel sums `c` in the
@@ -47,17 +81,6 @@ pub fn offset_form(p: [u64; 6], c: [u64; 3]) -> [i64; 6] {
 
 /// Bytes of RGB the AVX-512 kernel takes at a time: 64 pixels.
 const AVX512_BLOCK: usize = 192;
-
-fn moments_ssse3_or_portable(px: &[u8]) -> ([u64; 3], [u64; 6]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("ssse3") {
-        let whole = px.len() / 48 * 48;
-        // SAFETY: the CPU supports SSSE3 (checked just above).
-        let (c, p) = unsafe { moments_ssse3(&px[..whole]) };
-        return add(c, p, moments_portable(&px[whole..]));
-    }
-    moments_portable(px)
-}
 
 /// Shuffle mask that gathers channel `ch` of 16 pixels from the `part`-th
 /// 16-byte third of a 48-byte block; -1 (0x80) leaves a lane zero.
@@ -127,6 +150,70 @@ unsafe fn moments_ssse3(px: &[u8]) -> ([u64; 3], [u64; 6]) {
         for k in 0..6 {
             let mut lanes = [0u32; 4];
             _mm_storeu_si128(lanes.as_mut_ptr() as *mut __m128i, prod[k]);
+            p[k] += lanes.iter().map(|&v| v as u64).sum::<u64>();
+        }
+    }
+    (c, p)
+}
+
+/// The SSSE3 kernel on two 48-byte blocks at once, one in each 16-byte half
+/// of the AVX2 registers (`vpshufb` shuffles within halves, so the gather
+/// masks are the SSSE3 ones in both): half the instructions per pixel.
+/// `px.len()` must be a multiple of 96.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn moments_avx2(px: &[u8]) -> ([u64; 3], [u64; 6]) {
+    use std::arch::x86_64::*;
+    let masks: [[__m256i; 3]; 3] = std::array::from_fn(|ch| {
+        std::array::from_fn(|part| {
+            _mm256_broadcastsi128_si256(
+                _mm_loadu_si128(gather(ch, part).as_ptr() as *const __m128i),
+            )
+        })
+    });
+    let zero = _mm256_setzero_si256();
+    let (mut c, mut p) = ([0u64; 3], [0u64; 6]);
+    // As in the SSSE3 kernel: an i32 lane gains at most 260,100 a 96-byte
+    // step; flush every 4,096 steps.
+    for slice in px.chunks(96 * 4096) {
+        let mut sum = [zero; 3]; // u64 lanes, from vpsadbw
+        let mut prod = [zero; 6]; // i32 lanes
+        for step in slice.chunks_exact(96) {
+            let ptr = step.as_ptr() as *const __m128i;
+            // Third k of the first block in the low half, of the second in
+            // the high half.
+            let parts: [__m256i; 3] =
+                std::array::from_fn(|k| _mm256_loadu2_m128i(ptr.add(3 + k), ptr.add(k)));
+            let chan: [__m256i; 3] = std::array::from_fn(|ch| {
+                _mm256_or_si256(
+                    _mm256_or_si256(
+                        _mm256_shuffle_epi8(parts[0], masks[ch][0]),
+                        _mm256_shuffle_epi8(parts[1], masks[ch][1]),
+                    ),
+                    _mm256_shuffle_epi8(parts[2], masks[ch][2]),
+                )
+            });
+            for ch in 0..3 {
+                sum[ch] = _mm256_add_epi64(sum[ch], _mm256_sad_epu8(chan[ch], zero));
+            }
+            let lo = chan.map(|v| _mm256_unpacklo_epi8(v, zero));
+            let hi = chan.map(|v| _mm256_unpackhi_epi8(v, zero));
+            for (k, &(a, b)) in PAIRS.iter().enumerate() {
+                let both = _mm256_add_epi32(
+                    _mm256_madd_epi16(lo[a], lo[b]),
+                    _mm256_madd_epi16(hi[a], hi[b]),
+                );
+                prod[k] = _mm256_add_epi32(prod[k], both);
+            }
+        }
+        for ch in 0..3 {
+            let mut lanes = [0u64; 4];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum[ch]);
+            c[ch] += lanes.iter().sum::<u64>();
+        }
+        for k in 0..6 {
+            let mut lanes = [0u32; 8];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, prod[k]);
             p[k] += lanes.iter().map(|&v| v as u64).sum::<u64>();
         }
     }
@@ -412,8 +499,29 @@ mod tests {
         assert_eq!(moments(&white).1, [65025 * 70_000; 6]);
     }
 
-    /// Each SIMD kernel this CPU has, on its own, against the portable
-    /// path: `moments` only shows the first one that runs.
+    /// Each level this CPU has against the portable path: every pixel
+    /// count up to 80 (around the 16-, 32- and 64-pixel blocks and their
+    /// tails), past the AVX2 flush, and all-white (the largest sums).
+    #[test]
+    fn each_level_equals_the_portable_path() {
+        let mut rng = SplitMix64::new(19);
+        let counts = (0..=80usize).chain([32 * 4096 + 7, 65_536]);
+        for pixels in counts {
+            let px: Vec<u8> = (0..pixels * 3).map(|_| rng.next_u64() as u8).collect();
+            let white = vec![255u8; pixels * 3];
+            for level in SimdLevel::supported_levels() {
+                assert_eq!(
+                    moments_with(level, &px),
+                    moments_portable(&px),
+                    "{}, {pixels} pixels",
+                    level.name()
+                );
+                assert_eq!(moments_with(level, &white).1, [65025 * pixels as u64; 6]);
+            }
+        }
+    }
+
+    /// The AVX-512 kernel on its own, when this CPU has it.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn each_kernel_equals_the_portable_path() {

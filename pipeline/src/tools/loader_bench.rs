@@ -53,6 +53,8 @@ pub struct LoaderBench {
     /// Records left out as damaged (`skip_damaged`), each naming its shard
     /// and record.
     pub damaged_left_out: Vec<String>,
+    /// The SIMD level the kernels ran at (`cpu::simd_level`).
+    pub simd: String,
 }
 
 /// Frames the ceilings are measured on (~240 MB of ImageNet in memory).
@@ -98,6 +100,7 @@ pub fn measure(
         mapped_file_mb_after_each_epoch: figures.mapped_mb,
         memory_bound_mb: memory_bound_mb(config),
         damaged_left_out: figures.damaged,
+        simd: crate::cpu::simd_level().name().into(),
     })
 }
 

@@ -381,7 +381,14 @@ fn main() -> std::process::ExitCode {
     if std::env::var_os(TF32_MATMUL_ENV).is_none() {
         std::env::set_var(TF32_MATMUL_ENV, "1");
     }
-    match command(Cli::parse().command) {
+    let cli = Cli::parse();
+    // The loader's kernels: a PIPELINE_SIMD this CPU cannot run is an
+    // error, not a silent fallback.
+    if let Err(e) = pipeline::cpu::requested_level() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    match command(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line, each cause said once.
