@@ -223,12 +223,20 @@ fn damage(rng: &mut SplitMix64, seed: &[u8], layout: &Places) -> (Vec<u8>, Strin
             let n = 1 + rng.below(6);
             for _ in 0..n {
                 let at = layout.index_offset + rng.below(index_len as u64) as usize;
-                if rng.below(2) == 0 {
-                    bytes[at] ^= 1 + rng.below(255) as u8;
-                } else {
-                    let value = edges[rng.below(edges.len() as u64) as usize];
-                    let at = at.min(len - 32 - 4);
-                    bytes[at..at + 4].copy_from_slice(&(value as u32).to_le_bytes());
+                let value = edges[rng.below(edges.len() as u64) as usize];
+                match rng.below(3) {
+                    0 => bytes[at] ^= 1 + rng.below(255) as u8,
+                    1 => {
+                        let at = at.min(len - 32 - 4);
+                        bytes[at..at + 4].copy_from_slice(&(value as u32).to_le_bytes());
+                    }
+                    _ => {
+                        // A record's 64-bit offset (24 bytes before its
+                        // frame checksum), near the top of its range too.
+                        let record = rng.below(layout.frames.len() as u64) as usize;
+                        let value = value.wrapping_sub(rng.below(2) * rng.below(256));
+                        put_u64(&mut bytes, layout.frames[record].2 - 24, value);
+                    }
                 }
             }
             fix_index_checksum(&mut bytes, layout);

@@ -740,7 +740,14 @@ impl ShardReader {
             decode_index(&index, frame_checksums).ok_or_else(|| damaged("malformed index"))?;
         if let Some(r) = records
             .iter()
-            .find(|r| r.offset < data_start || r.offset + r.len as u64 > index_offset)
+            // checked_add: an offset near u64::MAX must not wrap around
+            // into the data area.
+            .find(|r| {
+                r.offset < data_start
+                    || r.offset
+                        .checked_add(r.len as u64)
+                        .is_none_or(|end| end > index_offset)
+            })
         {
             return Err(damaged(&format!(
                 "record {} lies outside the data area",
