@@ -145,38 +145,56 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use std::path::PathBuf;
+    use std::process::{Command, Output};
 
-    /// Run in a child process (the fault ends it): map a file, shrink it,
-    /// read past its new end.
+    /// In a child process (the fault ends it): maps the file at `path`,
+    /// watches that mapping (or, if not `own`, an unrelated buffer),
+    /// shrinks the file and reads past its new end.
+    fn shrink_and_read(path: &Path, own: bool) -> ! {
+        let file = std::fs::File::open(path).expect("open");
+        // SAFETY: read-only map of a file this test owns.
+        let map = unsafe { memmap2::Mmap::map(&file) }.expect("map");
+        let other = [0u8; 8];
+        if own {
+            watch(map.as_ptr(), map.len(), path);
+        } else {
+            watch(other.as_ptr(), other.len(), Path::new("not-this-one"));
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(100))
+            .expect("truncate");
+        let last = std::hint::black_box(map[map.len() - 1]);
+        panic!("read {last} past the end without a fault");
+    }
+
+    /// In the parent: a 1 MiB file `name` in a fresh folder, and this test
+    /// binary run again on the test `test` alone, with `env` naming the file.
+    fn run_child(test: &str, env: &str, name: &str) -> (tempfile::TempDir, PathBuf, Output) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(name);
+        std::fs::write(&path, vec![7u8; 1 << 20]).expect("write");
+        let out = Command::new(std::env::current_exe().expect("exe"))
+            .args(["--exact", test, "--nocapture"])
+            .env(env, &path)
+            .output()
+            .expect("child");
+        (dir, path, out)
+    }
+
+    /// Map a file, shrink it, read past its new end: the shard is named.
     #[test]
     fn a_shrunk_mapping_is_named_with_its_own_exit_status() {
         if let Some(path) = std::env::var_os("MAP_FAULT_CHILD") {
-            let path = std::path::PathBuf::from(path);
-            let file = std::fs::File::open(&path).expect("open");
-            // SAFETY: read-only map of a file this test owns.
-            let map = unsafe { memmap2::Mmap::map(&file) }.expect("map");
-            watch(map.as_ptr(), map.len(), &path);
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(100))
-                .expect("truncate");
-            let last = std::hint::black_box(map[map.len() - 1]);
-            panic!("read {last} past the end without a fault");
+            shrink_and_read(Path::new(&path), true);
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("train-00003.shard");
-        std::fs::write(&path, vec![7u8; 1 << 20]).expect("write");
-        let out = Command::new(std::env::current_exe().expect("exe"))
-            .args([
-                "--exact",
-                "format::map_fault::tests::a_shrunk_mapping_is_named_with_its_own_exit_status",
-                "--nocapture",
-            ])
-            .env("MAP_FAULT_CHILD", &path)
-            .output()
-            .expect("child");
+        let (_dir, path, out) = run_child(
+            "format::map_fault::tests::a_shrunk_mapping_is_named_with_its_own_exit_status",
+            "MAP_FAULT_CHILD",
+            "train-00003.shard",
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(EXIT_CODE), "{stderr}");
         assert!(
@@ -193,32 +211,13 @@ mod tests {
     #[test]
     fn other_faults_are_left_to_the_previous_handler() {
         if let Some(path) = std::env::var_os("MAP_FAULT_OTHER") {
-            let path = std::path::PathBuf::from(path);
-            let file = std::fs::File::open(&path).expect("open");
-            // SAFETY: as above.
-            let map = unsafe { memmap2::Mmap::map(&file) }.expect("map");
-            let other = [0u8; 8];
-            watch(other.as_ptr(), other.len(), Path::new("not-this-one"));
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(100))
-                .expect("truncate");
-            let last = std::hint::black_box(map[map.len() - 1]);
-            panic!("read {last} past the end without a fault");
+            shrink_and_read(Path::new(&path), false);
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("f");
-        std::fs::write(&path, vec![7u8; 1 << 20]).expect("write");
-        let out = Command::new(std::env::current_exe().expect("exe"))
-            .args([
-                "--exact",
-                "format::map_fault::tests::other_faults_are_left_to_the_previous_handler",
-                "--nocapture",
-            ])
-            .env("MAP_FAULT_OTHER", &path)
-            .output()
-            .expect("child");
+        let (_dir, _path, out) = run_child(
+            "format::map_fault::tests::other_faults_are_left_to_the_previous_handler",
+            "MAP_FAULT_OTHER",
+            "f",
+        );
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{out:?}");
     }
