@@ -304,10 +304,8 @@ fn list_splits(
     Ok(listings)
 }
 
-/// Creates the output folder, proves it writable, and removes partial files
-/// that an interrupted run left behind.
-/// Makes `out`, takes its lock and clears partial files a killed run left.
-/// The lock (flock on the folder itself, so that no lock file is left
+/// Makes `out`, takes its lock, proves it writable and clears partial
+/// files a killed run left. The lock (flock on the folder itself, so that no lock file is left
 /// behind; released when the returned handle is dropped, or the process
 /// dies) keeps a second run out: it would remove this run's partial files.
 fn prepare_output(out: &Path) -> Result<std::fs::File, MakeShardsError> {
