@@ -35,8 +35,28 @@ impl SimdLevel {
         }
     }
 
-    /// Whether this CPU runs the level's instructions.
+    /// Whether this CPU runs the level's instructions. Cheap (one cached
+    /// load): the kernels' `*_with` entry points check it on every call,
+    /// per crop row on the loader's hot path.
     pub fn supported(self) -> bool {
+        self <= Self::best()
+    }
+
+    /// The widest level this CPU has, found once: the levels are nested,
+    /// so it is the last of an unbroken run from `Portable` up.
+    pub fn best() -> Self {
+        static BEST: OnceLock<SimdLevel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            Self::ALL
+                .into_iter()
+                .take_while(|l| l.has_features())
+                .last()
+                .unwrap_or(Self::Portable)
+        })
+    }
+
+    /// Whether the CPU has the features of this level itself.
+    fn has_features(self) -> bool {
         match self {
             Self::Portable => true,
             #[cfg(target_arch = "x86_64")]
@@ -48,15 +68,6 @@ impl SimdLevel {
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
-    }
-
-    /// The widest level this CPU has.
-    pub fn best() -> Self {
-        Self::ALL
-            .into_iter()
-            .rev()
-            .find(|l| l.supported())
-            .unwrap_or(Self::Portable)
     }
 
     /// Every level this CPU has, narrowest first.
