@@ -1,15 +1,15 @@
 //! The shard reader under random damage, for a bounded time.
 //!
-//! Real shard files (written by `ShardWriter`, delta-filtered or not,
-//! sparse zstd frames) are damaged at random, thousands of ways: bytes
+//! Real shard files (written by `ShardWriter`: sparse zstd frames,
+//! delta-filtered or not, and raw records) are damaged at random, thousands of ways: bytes
 //! flipped anywhere, cut short, grown, header fields set to edge values,
 //! and damage inside the index or inside a frame with the checksums that
 //! cover it recomputed, so that the index parser, zstd and the delta
 //! filter see the damage too and not only the checksum that guards them.
 //! Each damaged file is read the way the tools read shards: opened, read
 //! through pread and through a memory map, every record decoded with and
-//! without the pixel check and through the filtered path the loader and
-//! the statistics take. For any input:
+//! without the pixel check, through the filtered path the loader and the
+//! statistics take, and (raw) where it lies in the map. For any input:
 //!
 //! - no panic (a panic is a bug: the input is kept under
 //!   `target/fuzz-failures/` and named);
@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pipeline::format::shard::{
-    MatchSearch, PixelFilter, RecordDecoder, RecordEncoder, ShardHeader, ShardIdentity,
+    Codec, MatchSearch, PixelFilter, RecordDecoder, RecordEncoder, ShardHeader, ShardIdentity,
     ShardReader, ShardWriter, Skipped,
 };
 use pipeline::ingest::Split;
@@ -96,7 +96,7 @@ fn image(seed: u64) -> Vec<u8> {
 }
 
 /// A real shard of 6 records and one skipped file; its bytes and layout.
-fn write_shard(dir: &Path, filter: PixelFilter) -> (Vec<u8>, Places) {
+fn write_shard(dir: &Path, filter: PixelFilter, codec: Codec) -> (Vec<u8>, Places) {
     let header = ShardHeader {
         height: SIDE,
         width: SIDE,
@@ -104,6 +104,7 @@ fn write_shard(dir: &Path, filter: PixelFilter) -> (Vec<u8>, Places) {
         filter,
         zstd_level: 1,
         zstd_search: MatchSearch::Sparse,
+        codec,
         plan_id: 99,
         identity: Some(ShardIdentity {
             split: Split::Train,
@@ -112,7 +113,7 @@ fn write_shard(dir: &Path, filter: PixelFilter) -> (Vec<u8>, Places) {
             planned: 7,
         }),
     };
-    let path = dir.join("seed.shard");
+    let path = dir.join(format!("seed-{filter:?}-{codec:?}.shard"));
     let mut encoder = RecordEncoder::new(header).expect("encoder");
     let mut writer = ShardWriter::create(&path, header).expect("create");
     let mut frame = Vec::new();
@@ -201,7 +202,7 @@ fn damage(rng: &mut SplitMix64, seed: &[u8], layout: &Places) -> (Vec<u8>, Strin
         }
         3 => {
             // A header field (the header has no checksum of its own).
-            let at = 4 * rng.below(16) as usize;
+            let at = 4 * rng.below(20) as usize;
             let value = edges[rng.below(edges.len() as u64) as usize];
             if rng.below(2) == 0 {
                 bytes[at..at + 4].copy_from_slice(&(value as u32).to_le_bytes());
@@ -282,6 +283,10 @@ fn read_everything(path: &Path) {
             }
             let _ = decoder.decode(&shard, i, &mut pixels, false);
             let _ = decoder.decode_filtered(&shard, i, &mut pixels);
+            if let Some(Ok(stored)) = shard.mapped_pixels(i, true) {
+                let sum = xxhash_rust::xxh3::xxh3_64(stored);
+                assert_eq!(sum, shard.records()[i].checksum, "verified raw pixels");
+            }
         }
     }
 }
@@ -305,8 +310,9 @@ fn keep_failure(bytes: &[u8], name: &str) -> PathBuf {
 fn random_damage_never_panics_or_over_allocates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seeds = [
-        write_shard(dir.path(), PixelFilter::Delta),
-        write_shard(dir.path(), PixelFilter::None),
+        write_shard(dir.path(), PixelFilter::Delta, Codec::Zstd),
+        write_shard(dir.path(), PixelFilter::None, Codec::Zstd),
+        write_shard(dir.path(), PixelFilter::None, Codec::Raw),
     ];
     let first_seed: u64 = std::env::var("FUZZ_SEED")
         .ok()
@@ -319,7 +325,7 @@ fn random_damage_never_panics_or_over_allocates() {
     while Instant::now() < deadline {
         let seed = first_seed + cases;
         let mut rng = SplitMix64::new(seed);
-        let (original, layout) = &seeds[(seed % 2) as usize];
+        let (original, layout) = &seeds[(seed % seeds.len() as u64) as usize];
         let (bytes, what) = damage(&mut rng, original, layout);
         std::fs::write(&path, &bytes).expect("write");
         if ShardReader::open(&path).is_ok() {

@@ -10,7 +10,9 @@ import zstandard
 
 HEADER_V1 = struct.Struct("<8sIIIIIiQI4x")
 IDENTITY = struct.Struct("<IIIQ")  # split, shard number, planned files, first file (format 2)
+CODEC = struct.Struct("<I12s")  # codec, reserved (format 3)
 SPLITS = {0: "train", 1: "val"}
+CODECS = {0: "zstd", 1: "raw"}
 FOOTER = struct.Struct("<QQQ8s")
 
 
@@ -21,20 +23,26 @@ class ShardFormatError(Exception):
 def read_index(path):
     """Header fields, records (offset, len, label, checksum, frame_checksum,
     name) and skipped files of a shard, read from its header, footer and
-    index only. Format 2 adds the identity and the frame checksums."""
+    index only. Format 2 adds the identity and the frame checksums, format 3
+    the codec."""
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         if size < HEADER_V1.size + FOOTER.size:
             raise ShardFormatError(f"{path}: too short")
         f.seek(0)
         magic, version, h, w, c, filt, level, plan_id, search = HEADER_V1.unpack(f.read(HEADER_V1.size))
-        if magic != b"ALXSHARD" or version not in (1, 2):
+        if magic != b"ALXSHARD" or version not in (1, 2, 3):
             raise ShardFormatError(f"{path}: bad magic/version")
-        identity = None
-        if version == 2:
+        identity, codec = None, "zstd"
+        if version >= 2:
             f.seek(44)
             split, number, planned, first = IDENTITY.unpack(f.read(IDENTITY.size))
             identity = dict(split=SPLITS[split], number=number, planned=planned, first=first)
+        if version >= 3:
+            code, reserved = CODEC.unpack(f.read(CODEC.size))
+            if code not in CODECS or reserved != bytes(12):
+                raise ShardFormatError(f"{path}: codec {code}, reserved {reserved!r}")
+            codec = CODECS[code]
         f.seek(size - FOOTER.size)
         index_offset, index_len, index_sum, end_magic = FOOTER.unpack(f.read(FOOTER.size))
         if end_magic != b"ALXSHEND":
@@ -62,14 +70,14 @@ def read_index(path):
     (count,) = take("<I")
     for _ in range(count):
         offset, length, label, checksum = take("<QIIQ")
-        (frame_checksum,) = take("<Q") if version == 2 else (None,)
+        (frame_checksum,) = take("<Q") if version >= 2 else (None,)
         records.append(dict(offset=offset, len=length, label=label, checksum=checksum,
                             frame_checksum=frame_checksum, name=string()))
     (nskipped,) = take("<I")
     skipped = [dict(path=string(), reason=string()) for _ in range(nskipped)]
     assert pos == len(index)
     return dict(version=version, height=h, width=w, channels=c, filter=filt, level=level, plan_id=plan_id,
-                search=search, identity=identity, index_xxh3=index_sum, size=size, records=records,
+                search=search, identity=identity, codec=codec, index_xxh3=index_sum, size=size, records=records,
                 skipped=skipped)
 
 
@@ -84,7 +92,7 @@ def read_shard(path):
         frame = data[r["offset"]:r["offset"] + r["len"]]
         if r["frame_checksum"] is not None and xxhash.xxh3_64_intdigest(frame) != r["frame_checksum"]:
             raise ShardFormatError(f"{path}: record {r['name']} frame checksum")
-        raw = dctx.decompress(frame, max_output_size=h * w * c)
+        raw = frame if shard["codec"] == "raw" else dctx.decompress(frame, max_output_size=h * w * c)
         a = np.frombuffer(raw, np.uint8).reshape(h, w, c)
         if filt == 1:  # delta: each byte minus the same channel one pixel left
             a = np.cumsum(a.astype(np.uint64), axis=1).astype(np.uint8)

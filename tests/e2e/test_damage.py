@@ -159,12 +159,12 @@ def test_the_manifest_ties_each_file_to_its_place(tree):
     header's identity, and the manifest's size, plan id and index checksum
     of each file; the index checksum covers every frame's checksum."""
     m = tree["manifest"]
-    assert m["version"] == 2
+    assert m["version"] == 3
     for split, info in m["splits"].items():
         first = 0
         for number, listed in enumerate(info["shards"]):
             shard = read_shard(tree["out"] / listed["file"])
-            assert shard["version"] == 2
+            assert shard["version"] == 3
             assert shard["identity"] == dict(split=split, number=number, first=first,
                                              planned=len(shard["records"]) + len(shard["skipped"]))
             first += shard["identity"]["planned"]

@@ -1,4 +1,5 @@
 """`pipeline shards` end to end on a real mini ILSVRC tree."""
+import json
 import os
 
 import numpy as np
@@ -137,6 +138,49 @@ def test_sparse_search_is_refused_at_other_levels(tmp_path, tree):
     run("shards", "--imagenet", tree["root"], "--out", tmp_path / "l3", "--level", "3",
         "--splits", "val")
     assert load_manifest(tmp_path / "l3")["zstd_search"] == "full", "level 3's default"
+
+
+def test_raw_codec_stores_the_pixels_as_they_are(tmp_path, tree):
+    """`--codec raw`: each record's stored bytes are the image (read here by
+    slicing the file, with no decoder), the same pixels the zstd shards
+    hold; verify passes and catches a flipped byte; bench reads the set."""
+    m = tree["manifest"]
+    raw = tmp_path / "raw"
+    p = run("shards", "--imagenet", tree["root"], "--out", raw, "--shard-size", "7", "--codec", "raw")
+    mr = load_manifest(raw)
+    assert (mr["codec"], mr["pixel_filter"], mr["zstd_level"]) == ("raw", "none", 0)
+    assert m["codec"] == "zstd"
+    for split in ("train", "val"):
+        for a, b in zip(m["splits"][split]["shards"], mr["splits"][split]["shards"]):
+            sa, sb = read_shard(tree["out"] / a["file"]), read_shard(raw / b["file"])
+            assert (sa["version"], sb["version"], sb["codec"]) == (3, 3, "raw")
+            data = (raw / b["file"]).read_bytes()
+            assert [r["name"] for r in sa["records"]] == [r["name"] for r in sb["records"]]
+            for r, ia, ib in zip(sb["records"], sa["images"], sb["images"]):
+                np.testing.assert_array_equal(ia, ib)
+                assert data[r["offset"]:r["offset"] + r["len"]] == ia.tobytes(), r["name"]
+    total = lambda d: sum(os.path.getsize(d / f) for f in os.listdir(d) if f.endswith(".shard"))
+    assert total(raw) > 1.2 * total(tree["out"]), "raw takes the room zstd saves"
+    assert "ok:" in run("verify", "--shards", raw).stdout
+    bench = json.loads(run("bench", "--shards", raw, "--threads", "2", "--epochs", "1",
+                           "--mode", "center", "--batch-size", "4", "--json").stdout)
+    assert (bench["codec"], bench["decode"]) == ("raw", "raw check + copy")
+    assert bench["images"] == mr["splits"]["train"]["images"]
+    rec = read_shard(raw / "train-00001.shard")["records"][3]
+    data = bytearray((raw / "train-00001.shard").read_bytes())
+    data[rec["offset"] + 1000] ^= 0x01
+    (raw / "train-00001.shard").write_bytes(bytes(data))
+    p = run("verify", "--shards", raw, check=False)
+    assert p.returncode == 1
+    assert f"train-00001.shard: record 3 ({rec['name']})" in p.stderr and "checksum" in p.stderr
+
+
+def test_zstd_settings_are_refused_with_the_raw_codec(tmp_path, tree):
+    for extra in (["--level", "3"], ["--pixel-filter", "delta"], ["--zstd-search", "full"]):
+        p = run("shards", "--imagenet", tree["root"], "--out", tmp_path / "r", "--codec", "raw",
+                *extra, check=False)
+        assert p.returncode != 0 and "apply to --codec zstd" in p.stderr, (extra, p.stderr)
+    assert not (tmp_path / "r").exists(), "refused before any work"
 
 
 def test_verify_names_the_bad_shard_and_record(tmp_path, tree):

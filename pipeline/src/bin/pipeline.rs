@@ -60,6 +60,13 @@ mod values {
         /// Each byte minus its left neighbour.
         Delta,
     });
+    pipeline::value_enum!(Codec => pipeline::format::shard::Codec {
+        /// zstd frames (~155 GB for ImageNet): the loader decompresses.
+        Zstd,
+        /// Pixels as they are (~250 GB for ImageNet): the loader crops
+        /// straight from the page cache, no decode.
+        Raw,
+    });
     pipeline::value_enum!(MatchSearch => pipeline::format::shard::MatchSearch {
         /// zstd's own search for the level.
         Full,
@@ -67,9 +74,9 @@ mod values {
         Sparse,
     });
 }
-use values::{MatchSearch, Mode, PixelFilter, ReadMode, ResizeFilter};
+use values::{Codec, MatchSearch, Mode, PixelFilter, ReadMode, ResizeFilter};
 
-/// ImageNet (ILSVRC-2012) from its JPEG tree to zstd shards for AlexNet.
+/// ImageNet (ILSVRC-2012) from its JPEG tree to shards (zstd or raw) for AlexNet.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -80,7 +87,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Decode, rescale (shorter side 256), centre-crop 256x256 and store every
-    /// image of an ILSVRC tree in zstd shards. Resumes an interrupted run.
+    /// image of an ILSVRC tree in shards (zstd or raw). Resumes an interrupted run.
     Shards(ShardsArgs),
     /// Check that every shard file is the one manifest.json lists in its
     /// place, every record against its checksums, and list shard files the
@@ -92,7 +99,8 @@ enum Command {
     },
     /// Write one stored image as PNG and say what it is.
     Export(ExportArgs),
-    /// Measure the loader's throughput against the zstd decompression ceiling.
+    /// Measure the loader's throughput against its decode ceiling (zstd
+    /// decompression; for raw shards, checking and copying each frame).
     Bench(BenchArgs),
     /// Draw one augmented training batch as a PNG contact sheet: each stored
     /// image with its crop window (green; magenta when mirrored) beside the
@@ -128,10 +136,14 @@ struct ShardsArgs {
     /// Worker threads [default: all cores].
     #[arg(long)]
     jobs: Option<usize>,
+    /// How each image is stored: `zstd` compressed, or `raw` (1.6x the
+    /// bytes; the loader reads a page-cached raw set with no decode).
+    #[arg(long, value_enum, default_value_t = Codec::Zstd)]
+    codec: Codec,
     /// zstd level: 1 is ~2.4x cheaper to write than 3 and, with the delta
-    /// filter, compresses as well on photos.
-    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
-    level: i32,
+    /// filter, compresses as well on photos [default: 1].
+    #[arg(long, allow_hyphen_values = true)]
+    level: Option<i32>,
     /// How hard zstd looks for repeats. `sparse` (the default at level 1)
     /// skips most of a search that delta-filtered photos rarely reward:
     /// writing 11% faster and the loader 14% faster for 2.6% more bytes.
@@ -154,9 +166,9 @@ struct ShardsArgs {
     /// Antialiasing filter of the rescale (Pillow's BILINEAR, BICUBIC, LANCZOS).
     #[arg(long, value_enum, default_value_t = ResizeFilter::Bilinear)]
     filter: ResizeFilter,
-    /// Byte filter before zstd.
-    #[arg(long, value_enum, default_value_t = PixelFilter::Delta)]
-    pixel_filter: PixelFilter,
+    /// Byte filter before zstd [default: delta].
+    #[arg(long, value_enum)]
+    pixel_filter: Option<PixelFilter>,
     /// Decode every JPEG at full size (no DCT-domain downscaling of large photos).
     #[arg(long)]
     no_dct_scaling: bool,
@@ -276,7 +288,18 @@ fn run_shards(args: ShardsArgs) -> Result<ExitCode> {
     if let Some(jobs) = args.jobs {
         config.jobs = jobs;
     }
-    config.zstd_level = args.level;
+    config.codec = args.codec.into();
+    if args.codec == Codec::Raw
+        && (args.level.is_some() || args.zstd_search.is_some() || args.pixel_filter.is_some())
+    {
+        bail!("--level, --zstd-search and --pixel-filter apply to --codec zstd, not raw");
+    }
+    if let Some(level) = args.level {
+        config.zstd_level = level;
+    }
+    if let Some(filter) = args.pixel_filter {
+        config.pixel_filter = filter.into();
+    }
     config.zstd_search = args.zstd_search.map(Into::into);
     config.splits = args
         .splits
@@ -284,7 +307,6 @@ fn run_shards(args: ShardsArgs) -> Result<ExitCode> {
     config.per_class = args.per_class;
     config.shard_size = args.shard_size;
     config.seed = args.seed;
-    config.pixel_filter = args.pixel_filter.into();
     config.preprocess = PreprocessOptions {
         filter: args.filter.into(),
         dct_scaling: !args.no_dct_scaling,
@@ -413,17 +435,18 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
             .collect();
         println!("passes (images/s, sorted by time): {}", rates.join(", "));
         println!("simd: {}", pipeline::cpu::simd_level().name());
-        let ceilings = pipeline::tools::inspect::ceilings(dir, &manifest, 2000)?;
+        let ceilings = inspect::ceilings(dir, &manifest, 2000)?;
+        let decode = inspect::Ceilings::decode_name(manifest.codec);
         let percent = |ceiling: f64| 100.0 * rate / (threads as f64 * ceiling);
         println!(
-            "single-thread zstd decompress: {:.0} images/s; pass = {:.0}% of {threads} x that",
-            ceilings.zstd,
-            percent(ceilings.zstd)
+            "single-thread {decode}: {:.0} images/s; pass = {:.0}% of {threads} x that",
+            ceilings.decode,
+            percent(ceilings.decode)
         );
         println!(
-            "single-thread pread + zstd: {:.0} images/s; pass = {:.0}% of {threads} x that",
-            ceilings.read_and_zstd,
-            percent(ceilings.read_and_zstd)
+            "single-thread pread + {decode}: {:.0} images/s; pass = {:.0}% of {threads} x that",
+            ceilings.read_and_decode,
+            percent(ceilings.read_and_decode)
         );
     }
     println!(
@@ -501,8 +524,8 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
 fn print_bench(b: &loader_bench::LoaderBench) {
     let percent = |rate: f64| 100.0 * rate / b.ceiling_images_per_sec;
     println!(
-        "loader: {:.0} images/s ({} images, {} threads, batch {}, read: {}, simd: {})",
-        b.images_per_sec, b.images, b.threads, b.batch_size, b.read, b.simd
+        "loader: {:.0} images/s ({} images, {} threads, batch {}, {} shards, read: {}, simd: {})",
+        b.images_per_sec, b.images, b.threads, b.batch_size, b.codec, b.read, b.simd
     );
     if !b.damaged_left_out.is_empty() {
         println!(
@@ -523,18 +546,20 @@ fn print_bench(b: &loader_bench::LoaderBench) {
         );
     }
     println!(
-        "ceiling: {:.0} images/s ({} threads x {:.0} single-thread zstd); ratio {:.1}%",
+        "ceiling: {:.0} images/s ({} threads x {:.0} single-thread {}); ratio {:.1}%",
         b.ceiling_images_per_sec,
         b.threads,
-        b.single_thread_zstd_images_per_sec,
+        b.single_thread_decode_images_per_sec,
+        b.decode,
         100.0 * b.ratio
     );
     println!(
-        "with the read: {:.0} images/s ({} threads x {:.0} single-thread pread + zstd); ratio {:.1}%",
-        b.single_thread_read_and_zstd_images_per_sec * b.threads as f64,
+        "with the read: {:.0} images/s ({} threads x {:.0} single-thread pread + {}); ratio {:.1}%",
+        b.single_thread_read_and_decode_images_per_sec * b.threads as f64,
         b.threads,
-        b.single_thread_read_and_zstd_images_per_sec,
-        100.0 * b.ratio_to_read_and_zstd
+        b.single_thread_read_and_decode_images_per_sec,
+        b.decode,
+        100.0 * b.ratio_to_read_and_decode
     );
     let list = |v: &[f64]| {
         v.iter()

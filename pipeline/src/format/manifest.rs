@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::shard::{MatchSearch, PixelFilter, Skipped};
+use crate::format::shard::{Codec, MatchSearch, PixelFilter, Skipped};
 use crate::ingest::codec::PreprocessOptions;
 use crate::ingest::{ClassInfo, Split};
 
 pub const FILE_NAME: &str = "manifest.json";
 pub const FORMAT: &str = "alexnet-rs shards";
+/// 3: `codec`; 2: each shard's `plan_id` and `index_xxh3`.
+pub const VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Geometry {
@@ -66,6 +68,10 @@ pub struct Manifest {
     #[serde(default)]
     pub zstd_search: MatchSearch,
     pub pixel_filter: PixelFilter,
+    /// How records are stored. Absent from manifests written before the
+    /// choice: those are zstd.
+    #[serde(default)]
+    pub codec: Codec,
     /// Seed of the train split's shuffled order.
     pub seed: u64,
     pub classes: Vec<ClassInfo>,

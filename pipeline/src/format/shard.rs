@@ -4,19 +4,22 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "ALXSHARD"
-//! 8       4     version (2; 1 is still read, see below)
+//! 8       4     version (3; 1 and 2 are still read, see below)
 //! 12      4     height        } geometry of every image, uint8 HWC
 //! 16      4     width         }
 //! 20      4     channels      }
 //! 24      4     pixel filter (0 none, 1 delta: see `PixelFilter`)
-//! 28      4     zstd level (i32, informative)
+//! 28      4     zstd level (i32, informative; 0 with the raw codec)
 //! 32      8     plan id: hash of what this shard was made from (resume)
 //! 40      4     zstd match search (0 full, 1 sparse: see `MatchSearch`)
 //! 44      4     split (0 train, 1 val)                 } identity: which
 //! 48      4     shard number within its split          } place in its set
 //! 52      4     files planned into this shard          } this file holds
 //! 56      8     split position of the first of them    } (`ShardIdentity`)
-//! 64      ...   records: one zstd frame per image, back to back
+//! 64      4     codec (0 zstd, 1 raw: see `Codec`)
+//! 68      12    reserved, zero
+//! 80      ...   records, back to back: one zstd frame per image, or with
+//!               the raw codec the image's bytes as they are
 //! I       ...   index (at footer.index_offset):
 //!                 u32 record count, then per record:
 //!                   u64 offset, u32 length, u32 label, u64 xxh3-64 of the raw
@@ -31,13 +34,15 @@
 //! checksum fails is truncated or damaged. Every read of a record checks its
 //! stored frame against the frame checksum before zstd sees it (a few
 //! microseconds a frame: the damage that still decompresses, a flipped bit
-//! in a literal, is caught too); `verify` also checks the pixels. Files are
-//! written under a temporary name and renamed when complete, so a
-//! finished-looking shard is always whole.
+//! in a literal, is caught too); `verify` also checks the pixels. A raw
+//! frame is its pixels, so its two checksums are one. Files are written
+//! under a temporary name and renamed when complete, so a finished-looking
+//! shard is always whole.
 //!
-//! Version 1 (48-byte header, no identity, no frame checksums) is read as
-//! well: its records are checked by their pixel checksums instead, which
-//! needs every pixel unfiltered, so it is slower to load.
+//! Version 2 is version 3 with a 64-byte header and zstd frames. Version 1
+//! (48-byte header, no identity, no frame checksums, zstd) is read as well:
+//! its records are checked by their pixel checksums instead, which needs
+//! every pixel unfiltered, so it is slower to load.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -51,11 +56,12 @@ use crate::ingest::Split;
 
 pub const MAGIC: &[u8; 8] = b"ALXSHARD";
 pub const FOOTER_MAGIC: &[u8; 8] = b"ALXSHEND";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The largest image side a header may give (the format stores 256).
 const MAX_SIDE: u32 = 1 << 14;
 /// Header bytes by version.
-const HEADER_LEN: u64 = 64;
+const HEADER_LEN: u64 = 80;
+const HEADER_LEN_V2: u64 = 64;
 const HEADER_LEN_V1: u64 = 48;
 const FOOTER_LEN: u64 = 32;
 
@@ -208,6 +214,44 @@ impl MatchSearch {
     }
 }
 
+/// How a record's pixels are stored.
+///
+/// `Zstd` (the default) keeps ImageNet in ~155 GB; each read decompresses.
+/// `Raw` stores the 196,608 bytes of a 256x256 image as they are (~250 GB
+/// for ImageNet): a reader whose shards stay in the page cache crops
+/// straight from the mapped file, with no decode at all.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    #[default]
+    Zstd,
+    Raw,
+}
+
+impl Codec {
+    fn code(self) -> u32 {
+        match self {
+            Self::Zstd => 0,
+            Self::Raw => 1,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        match code {
+            0 => Some(Self::Zstd),
+            1 => Some(Self::Raw),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Zstd => "zstd",
+            Self::Raw => "raw",
+        }
+    }
+}
+
 /// Geometry and encoding shared by every record of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardHeader {
@@ -217,6 +261,7 @@ pub struct ShardHeader {
     pub filter: PixelFilter,
     pub zstd_level: i32,
     pub zstd_search: MatchSearch,
+    pub codec: Codec,
     pub plan_id: u64,
     /// Where in its set this shard belongs; `None` only in files of
     /// format version 1, which did not record it. Every shard written
@@ -277,14 +322,6 @@ impl ShardHeader {
         self.width as usize * self.channels as usize
     }
 
-    /// Bytes before the first record: 64, or 48 in version 1 files.
-    fn len(&self) -> u64 {
-        match self.identity {
-            Some(_) => HEADER_LEN,
-            None => HEADER_LEN_V1,
-        }
-    }
-
     fn to_bytes(self) -> [u8; HEADER_LEN as usize] {
         let id = self
             .identity
@@ -303,12 +340,14 @@ impl ShardHeader {
         b[48..52].copy_from_slice(&id.number.to_le_bytes());
         b[52..56].copy_from_slice(&id.planned.to_le_bytes());
         b[56..64].copy_from_slice(&id.first.to_le_bytes());
+        b[64..68].copy_from_slice(&self.codec.code().to_le_bytes());
         b
     }
 
     /// `b`: the first `HEADER_LEN` bytes of the file (or all of it, when
-    /// shorter); the version says how many of them are the header.
-    fn from_bytes(b: &[u8], path: &Path) -> Result<Self, ShardError> {
+    /// shorter). Returns the header and its length, which the version
+    /// sets: the first record starts there.
+    fn from_bytes(b: &[u8], path: &Path) -> Result<(Self, u64), ShardError> {
         let bad = |detail: String| ShardError::Damaged {
             path: path.to_owned(),
             detail,
@@ -317,10 +356,18 @@ impl ShardHeader {
             return Err(bad("not a shard file (bad magic)".into()));
         }
         let version = le_u32(&b[8..12]);
-        if version != VERSION && version != 1 {
-            return Err(bad(format!(
-                "format version {version}, this build reads 1 and {VERSION}"
-            )));
+        let len = match version {
+            1 => HEADER_LEN_V1,
+            2 => HEADER_LEN_V2,
+            VERSION => HEADER_LEN,
+            _ => {
+                return Err(bad(format!(
+                    "format version {version}, this build reads 1 to {VERSION}"
+                )))
+            }
+        };
+        if b.len() < len as usize {
+            return Err(bad("header cut short".into()));
         }
         let filter = PixelFilter::from_code(le_u32(&b[24..28]))
             .ok_or_else(|| bad(format!("unknown pixel filter {}", le_u32(&b[24..28]))))?;
@@ -329,9 +376,6 @@ impl ShardHeader {
         let identity = if version == 1 {
             None
         } else {
-            if b.len() < HEADER_LEN as usize {
-                return Err(bad("header cut short".into()));
-            }
             let split = split_from_code(le_u32(&b[44..48]))
                 .ok_or_else(|| bad(format!("unknown split code {}", le_u32(&b[44..48]))))?;
             Some(ShardIdentity {
@@ -341,6 +385,18 @@ impl ShardHeader {
                 first: le_u64(&b[56..64]),
             })
         };
+        let codec = if version == VERSION {
+            if b[68..80].iter().any(|&x| x != 0) {
+                return Err(bad("reserved header bytes are not zero".into()));
+            }
+            Codec::from_code(le_u32(&b[64..68]))
+                .ok_or_else(|| bad(format!("unknown codec {}", le_u32(&b[64..68]))))?
+        } else {
+            Codec::Zstd
+        };
+        if codec == Codec::Raw && filter != PixelFilter::None {
+            return Err(bad("raw records with a pixel filter".into()));
+        }
         let (height, width, channels) =
             (le_u32(&b[12..16]), le_u32(&b[16..20]), le_u32(&b[20..24]));
         // Every size a reader computes comes from these: bounded here, so
@@ -353,16 +409,18 @@ impl ShardHeader {
                 "implausible geometry {height}x{width}x{channels}"
             )));
         }
-        Ok(Self {
+        let header = Self {
             height,
             width,
             channels,
             filter,
             zstd_level: le_u32(&b[28..32]) as i32,
             zstd_search,
+            codec,
             plan_id: le_u64(&b[32..40]),
             identity,
-        })
+        };
+        Ok((header, len))
     }
 }
 
@@ -421,36 +479,46 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShardError + '_ {
     }
 }
 
-/// Compresses one image into a record frame; reuse one per thread.
+/// Turns one image into a record frame (compressed, or as it is with the
+/// raw codec); reuse one per thread.
 pub struct RecordEncoder {
     header: ShardHeader,
-    compressor: zstd::bulk::Compressor<'static>,
+    /// `None` with the raw codec.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
     filtered: Vec<u8>,
 }
 
 impl RecordEncoder {
     pub fn new(header: ShardHeader) -> io::Result<Self> {
+        let compressor = match header.codec {
+            Codec::Zstd => Some(header.zstd_search.compressor(header.zstd_level)?),
+            Codec::Raw => None,
+        };
         Ok(Self {
             header,
-            compressor: header.zstd_search.compressor(header.zstd_level)?,
+            compressor,
             filtered: Vec::new(),
         })
     }
 
-    /// Replaces `frame`'s contents with the zstd frame of `pixels` and
+    /// Replaces `frame`'s contents with the record frame of `pixels` and
     /// returns the checksum of the raw pixels. The caller owns and reuses the
     /// frame buffers: a fresh one per image cost page faults on every frame
     /// (README, performance).
     pub fn encode(&mut self, pixels: &[u8], frame: &mut Vec<u8>) -> io::Result<u64> {
         assert_eq!(pixels.len(), self.header.image_len(), "image size");
         let checksum = xxh3_64(pixels);
+        frame.clear();
+        let Some(compressor) = &mut self.compressor else {
+            frame.extend_from_slice(pixels);
+            return Ok(checksum);
+        };
         let h = self.header;
         h.filter
             .apply(pixels, h.row_len(), h.channels as usize, &mut self.filtered);
-        frame.clear();
         // zstd's worst case, so that the frame is always written in one go.
         frame.reserve(zstd::zstd_safe::compress_bound(pixels.len()));
-        self.compressor.compress_to_buffer(&self.filtered, frame)?;
+        compressor.compress_to_buffer(&self.filtered, frame)?;
         Ok(checksum)
     }
 }
@@ -491,12 +559,15 @@ impl ShardWriter {
         checksum: u64,
     ) -> Result<(), ShardError> {
         self.out.write_all(frame).map_err(io_err(&self.temp_path))?;
+        // Hashed here even for a raw frame, whose checksum the caller
+        // gave: the index then says what was written, whoever wrote it.
+        let frame_checksum = xxh3_64(frame);
         self.records.push(RecordEntry {
             offset: self.offset,
             len: frame.len() as u32,
             label,
             checksum,
-            frame_checksum: Some(xxh3_64(frame)),
+            frame_checksum: Some(frame_checksum),
             name: name.to_owned(),
         });
         self.offset += frame.len() as u64;
@@ -714,8 +785,7 @@ impl ShardReader {
         let head_len = (file_len - FOOTER_LEN).min(HEADER_LEN) as usize;
         file.read_exact_at(&mut head[..head_len], 0)
             .map_err(io_err(path))?;
-        let header = ShardHeader::from_bytes(&head[..head_len], path)?;
-        let data_start = header.len();
+        let (header, data_start) = ShardHeader::from_bytes(&head[..head_len], path)?;
         let mut foot = [0u8; FOOTER_LEN as usize];
         file.read_exact_at(&mut foot, file_len - FOOTER_LEN)
             .map_err(io_err(path))?;
@@ -753,6 +823,20 @@ impl ShardReader {
                 "record {} lies outside the data area",
                 r.name
             )));
+        }
+        // A raw frame is handed out as the image: it must be one.
+        if header.codec == Codec::Raw {
+            if let Some(r) = records
+                .iter()
+                .find(|r| r.len as usize != header.image_len())
+            {
+                return Err(damaged(&format!(
+                    "raw record {} holds {} bytes, an image is {}",
+                    r.name,
+                    r.len,
+                    header.image_len()
+                )));
+            }
         }
         Ok(Self {
             path: path.to_owned(),
@@ -860,6 +944,56 @@ impl ShardReader {
         Ok(frame)
     }
 
+    /// Record `index`'s pixels straight from the memory map, checked (with
+    /// `verify`, against the pixel checksum too), for a raw shard that is
+    /// mapped: the image is used where it lies, with no
+    /// copy. `None` for other shards, whose records must be decoded.
+    pub fn mapped_pixels(&self, index: usize, verify: bool) -> Option<Result<&[u8], ShardError>> {
+        let map = self
+            .map
+            .as_ref()
+            .filter(|_| self.header.codec == Codec::Raw)?;
+        let r = &self.records[index];
+        // `open` checked that every record lies inside the file and that
+        // raw ones are one image long.
+        let pixels = &map[r.offset as usize..][..r.len as usize];
+        Some(self.check_raw(index, pixels, verify).map(|()| pixels))
+    }
+
+    /// Reads record `index` of a raw shard into `out` (one image long) and
+    /// checks it.
+    fn read_raw(&self, index: usize, out: &mut [u8], verify: bool) -> Result<(), ShardError> {
+        let r = &self.records[index];
+        let out = out
+            .get_mut(..r.len as usize)
+            .ok_or_else(|| self.record_error(index, "image larger than the buffer for it"))?;
+        match &self.map {
+            Some(map) => out.copy_from_slice(&map[r.offset as usize..][..r.len as usize]),
+            None => self
+                .file
+                .read_exact_at(out, r.offset)
+                .map_err(io_err(&self.path))?,
+        }
+        self.check_raw(index, out, verify)
+    }
+
+    /// A raw frame is its pixels: one hash checks it against its frame
+    /// checksum and, with `verify`, its pixel checksum.
+    fn check_raw(&self, index: usize, pixels: &[u8], verify: bool) -> Result<(), ShardError> {
+        let r = &self.records[index];
+        let sum = xxh3_64(pixels);
+        if r.frame_checksum.is_some_and(|frame| frame != sum) {
+            return Err(self.record_error(
+                index,
+                "stored bytes changed since it was written (frame checksum mismatch)",
+            ));
+        }
+        if verify && sum != r.checksum {
+            return Err(self.record_error(index, "pixel checksum mismatch"));
+        }
+        Ok(())
+    }
+
     /// Error for record `index` with a reason.
     pub fn record_error(&self, index: usize, detail: impl Into<String>) -> ShardError {
         ShardError::BadRecord {
@@ -918,6 +1052,9 @@ impl RecordDecoder {
         out: &mut [u8],
         verify: bool,
     ) -> Result<(), ShardError> {
+        if shard.header.codec == Codec::Raw {
+            return shard.read_raw(index, out, verify);
+        }
         let mut buffer = std::mem::take(&mut self.frame);
         let result = shard
             .read_frame(index, &mut buffer)
@@ -940,6 +1077,11 @@ impl RecordDecoder {
         if !shard.has_frame_checksums() {
             return self
                 .decode(shard, index, out, true)
+                .map(|()| PixelFilter::None);
+        }
+        if shard.header.codec == Codec::Raw {
+            return shard
+                .read_raw(index, out, false)
                 .map(|()| PixelFilter::None);
         }
         let mut buffer = std::mem::take(&mut self.frame);
@@ -969,9 +1111,9 @@ impl RecordDecoder {
         Ok(())
     }
 
-    /// As `decode`, for a frame the caller already holds (e.g. from a
+    /// As `decode`, for a zstd frame the caller already holds (e.g. from a
     /// memory map).
-    pub fn decode_bytes(
+    fn decode_bytes(
         &mut self,
         shard: &ShardReader,
         index: usize,
@@ -1013,6 +1155,7 @@ mod tests {
             filter,
             zstd_level: 1,
             zstd_search: MatchSearch::Full,
+            codec: Codec::Zstd,
             plan_id: 42,
             identity: Some(ShardIdentity {
                 split: Split::Val,
@@ -1029,8 +1172,21 @@ mod tests {
             .collect()
     }
 
+    /// The raw codec's header: pixels as they are.
+    fn raw_header() -> ShardHeader {
+        ShardHeader {
+            zstd_level: 0,
+            codec: Codec::Raw,
+            ..header(PixelFilter::None)
+        }
+    }
+
     fn write(dir: &Path, filter: PixelFilter) -> PathBuf {
-        let h = header(filter);
+        write_with(dir, header(filter))
+    }
+
+    /// Three images and one skipped file, under `h`.
+    fn write_with(dir: &Path, h: ShardHeader) -> PathBuf {
         let mut enc = RecordEncoder::new(h).expect("encoder");
         let mut w = ShardWriter::create(&dir.join("t.shard"), h).expect("create");
         for i in 0..3u8 {
@@ -1313,6 +1469,197 @@ mod tests {
             .decode_filtered(&shard, 1, &mut out)
             .expect_err("damaged");
         assert!(err.to_string().contains("record 1"), "{err}");
+    }
+
+    #[test]
+    fn raw_records_are_the_pixels_and_read_back_on_every_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_with(dir.path(), raw_header());
+        let bytes = std::fs::read(&path).expect("read");
+        assert_eq!(le_u32(&bytes[8..12]), VERSION);
+        let pread = ShardReader::open(&path).expect("open");
+        let mapped = ShardReader::open(&path).and_then(ShardReader::map_frames);
+        let mapped = mapped.expect("map");
+        for r in pread.records() {
+            let stored = &bytes[r.offset as usize..][..r.len as usize];
+            assert_eq!(
+                xxh3_64(stored),
+                r.checksum,
+                "{}: the frame is the pixels",
+                r.name
+            );
+            assert_eq!(r.frame_checksum, Some(r.checksum));
+        }
+        assert!(
+            pread.mapped_pixels(0, false).is_none(),
+            "pread: decoded into a buffer"
+        );
+        for shard in [&pread, &mapped] {
+            assert_eq!(shard.header(), &raw_header());
+            let mut dec = RecordDecoder::new().expect("decoder");
+            let mut out = vec![0; 60];
+            for i in 0..3 {
+                for verify in [true, false] {
+                    out.fill(0);
+                    dec.decode(shard, i, &mut out, verify).expect("decode");
+                    assert_eq!(out, image(i as u8));
+                }
+                out.fill(0);
+                let filter = dec.decode_filtered(shard, i, &mut out).expect("filtered");
+                assert_eq!((filter, &out), (PixelFilter::None, &image(i as u8)));
+            }
+        }
+        for i in 0..3 {
+            let pixels = mapped.mapped_pixels(i, true).expect("mapped raw");
+            assert_eq!(pixels.expect("intact"), image(i as u8));
+        }
+        // A mapped zstd shard has no pixels to hand out where they lie.
+        let zstd_dir = tempfile::tempdir().expect("tempdir");
+        let zstd = write(zstd_dir.path(), PixelFilter::None);
+        let zstd = ShardReader::open(&zstd).and_then(ShardReader::map_frames);
+        assert!(zstd.expect("map").mapped_pixels(0, false).is_none());
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_raw_record_fails_its_checksum_on_every_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_with(dir.path(), raw_header());
+        let at = {
+            let shard = ShardReader::open(&path).expect("open");
+            (shard.records()[1].offset + 17) as usize
+        };
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[at] ^= 0x04;
+        std::fs::write(&path, &bytes).expect("write");
+        let pread = ShardReader::open(&path).expect("the index is intact");
+        let mapped = ShardReader::open(&path).and_then(ShardReader::map_frames);
+        let mapped = mapped.expect("map");
+        let mut dec = RecordDecoder::new().expect("decoder");
+        let mut out = vec![0; 60];
+        let mut errors = vec![
+            mapped
+                .mapped_pixels(1, false)
+                .expect("mapped raw")
+                .expect_err("where it lies"),
+            mapped
+                .mapped_pixels(1, true)
+                .expect("mapped raw")
+                .expect_err("verified"),
+        ];
+        for shard in [&pread, &mapped] {
+            errors.push(dec.decode(shard, 1, &mut out, true).expect_err("verify"));
+            errors.push(
+                dec.decode(shard, 1, &mut out, false)
+                    .expect_err("no verify"),
+            );
+            errors.push(
+                dec.decode_filtered(shard, 1, &mut out)
+                    .expect_err("filtered"),
+            );
+            dec.decode(shard, 0, &mut out, true)
+                .expect("its neighbour is intact");
+        }
+        for err in errors {
+            let text = err.to_string();
+            assert!(
+                text.contains("t.shard: record 1 (c/1.JPEG)") && text.contains("frame checksum"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_raw_record_that_is_not_one_image_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.shard");
+        let mut w = ShardWriter::create(&path, raw_header()).expect("create");
+        let short = &image(0)[..59];
+        w.add(0, "c/short.JPEG", short, xxh3_64(short))
+            .expect("add");
+        w.finish().expect("finish");
+        let err = ShardReader::open(&path)
+            .err()
+            .expect("59 bytes is no image");
+        let text = err.to_string();
+        assert!(
+            text.contains("t.shard") && text.contains("raw record c/short.JPEG holds 59 bytes"),
+            "{text}"
+        );
+    }
+
+    /// Header bytes a reader must refuse, each with the reason it gives.
+    #[test]
+    fn codec_and_reserved_header_fields_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_with(dir.path(), raw_header());
+        let bytes = std::fs::read(&path).expect("read");
+        let cases: [(usize, u8, &str); 3] = [
+            (64, 7, "unknown codec 7"),
+            (70, 1, "reserved header bytes are not zero"),
+            (24, 1, "raw records with a pixel filter"),
+        ];
+        for (at, value, reason) in cases {
+            let mut changed = bytes.clone();
+            changed[at] = value;
+            std::fs::write(&path, &changed).expect("write");
+            let err = ShardReader::open(&path).err().expect(reason);
+            let text = err.to_string();
+            assert!(text.contains("t.shard") && text.contains(reason), "{text}");
+        }
+    }
+
+    /// A format-3 file rewritten as format 2 (64-byte header, zstd), as
+    /// the previous build wrote it.
+    fn as_version_2(path: &Path) -> Vec<u8> {
+        let shard = ShardReader::open(path).expect("open");
+        let bytes = std::fs::read(path).expect("read");
+        let shift = HEADER_LEN - HEADER_LEN_V2;
+        let mut out = bytes[..HEADER_LEN_V2 as usize].to_vec();
+        out[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let index_offset = shard
+            .records()
+            .iter()
+            .map(|r| r.offset + r.len as u64)
+            .max();
+        let index_offset = index_offset.expect("records");
+        out.extend_from_slice(&bytes[HEADER_LEN as usize..index_offset as usize]);
+        let mut records = shard.records().to_vec();
+        for r in &mut records {
+            r.offset -= shift;
+        }
+        let index = encode_index(&records, shard.skipped());
+        out.extend_from_slice(&index);
+        out.extend_from_slice(&(index_offset - shift).to_le_bytes());
+        out.extend_from_slice(&(index.len() as u64).to_le_bytes());
+        out.extend_from_slice(&xxh3_64(&index).to_le_bytes());
+        out.extend_from_slice(FOOTER_MAGIC);
+        out
+    }
+
+    #[test]
+    fn version_2_files_are_read_with_their_frame_checks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), PixelFilter::Delta);
+        let mut v2 = as_version_2(&path);
+        std::fs::write(&path, &v2).expect("write");
+        let shard = ShardReader::open(&path).expect("a version 2 file opens");
+        assert_eq!(shard.header(), &header(PixelFilter::Delta));
+        assert!(shard.has_frame_checksums());
+        let mut decoder = RecordDecoder::new().expect("decoder");
+        let mut out = vec![0; 60];
+        for i in 0..3 {
+            decoder.decode(&shard, i, &mut out, true).expect("decode");
+            assert_eq!(out, image(i as u8));
+        }
+        let at = (shard.records()[2].offset + 3) as usize;
+        drop(shard);
+        v2[at] ^= 0x10;
+        std::fs::write(&path, &v2).expect("write");
+        let shard = ShardReader::open(&path).expect("open");
+        let err = decoder
+            .decode_filtered(&shard, 2, &mut out)
+            .expect_err("damaged");
+        assert!(err.to_string().contains("frame checksum"), "{err}");
     }
 
     #[test]

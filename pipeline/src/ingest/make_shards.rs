@@ -32,8 +32,8 @@ use crate::format::manifest::{
     self, hex64, Geometry, Manifest, ManifestError, ShardInfo, SplitInfo,
 };
 use crate::format::shard::{
-    MatchSearch, PixelFilter, RecordEncoder, ShardError, ShardHeader, ShardIdentity, ShardReader,
-    ShardWriter, Skipped,
+    Codec, MatchSearch, PixelFilter, RecordEncoder, ShardError, ShardHeader, ShardIdentity,
+    ShardReader, ShardWriter, Skipped,
 };
 use crate::ingest::codec::{DecodeError, PreprocessOptions, Preprocessor};
 use crate::ingest::{self, ClassInfo, IngestError, SourceFile, Split, ValLabelOptions};
@@ -49,6 +49,8 @@ pub struct ShardsConfig {
     /// zstd's match search; `None` means `MatchSearch::default_for(zstd_level)`.
     pub zstd_search: Option<MatchSearch>,
     pub pixel_filter: PixelFilter,
+    /// How records are stored; the zstd settings above apply to `Zstd` only.
+    pub codec: Codec,
     pub preprocess: PreprocessOptions,
     /// Splits to write; `None` means train, and val when the tree has one.
     pub splits: Option<Vec<Split>>,
@@ -65,6 +67,16 @@ impl ShardsConfig {
             .unwrap_or_else(|| MatchSearch::default_for(self.zstd_level))
     }
 
+    /// (pixel filter, zstd level, match search) as the shards record them:
+    /// the configured ones, or (none, 0, full) with the raw codec, which
+    /// stores pixels as they are.
+    pub fn stored_encoding(&self) -> (PixelFilter, i32, MatchSearch) {
+        match self.codec {
+            Codec::Zstd => (self.pixel_filter, self.zstd_level, self.zstd_search()),
+            Codec::Raw => (PixelFilter::None, 0, MatchSearch::Full),
+        }
+    }
+
     pub fn new(imagenet: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
         Self {
             imagenet: imagenet.into(),
@@ -73,6 +85,7 @@ impl ShardsConfig {
             zstd_level: 1,
             zstd_search: None,
             pixel_filter: PixelFilter::Delta,
+            codec: Codec::Zstd,
             preprocess: PreprocessOptions::default(),
             splits: None,
             per_class: None,
@@ -175,15 +188,12 @@ pub fn make_shards(
         ));
     }
     // Checked here too, so that the mistake stops the run before any work.
-    config
-        .zstd_search()
-        .check_level(config.zstd_level)
-        .map_err(|why| {
-            MakeShardsError::Config(format!(
-                "{why}: with --level {} use --zstd-search full",
-                config.zstd_level
-            ))
-        })?;
+    let (filter, zstd_level, zstd_search) = config.stored_encoding();
+    zstd_search.check_level(zstd_level).map_err(|why| {
+        MakeShardsError::Config(format!(
+            "{why}: with --level {zstd_level} use --zstd-search full"
+        ))
+    })?;
     let mut summary = Summary::default();
     let classes = ingest::discover_classes(&config.imagenet)?;
     let mut listings = list_splits(config, &classes, &mut summary)?;
@@ -194,9 +204,10 @@ pub fn make_shards(
         height: config.preprocess.side as u32,
         width: config.preprocess.side as u32,
         channels: 3,
-        filter: config.pixel_filter,
-        zstd_level: config.zstd_level,
-        zstd_search: config.zstd_search(),
+        filter,
+        zstd_level,
+        zstd_search,
+        codec: config.codec,
         plan_id: 0,
         identity: None,
     };
@@ -358,17 +369,21 @@ fn plan_split(config: &ShardsConfig, split: Split, mut files: Vec<SourceFile>) -
 
 /// The settings part of a plan id.
 fn plan_settings(config: &ShardsConfig, split: Split) -> serde_json::Value {
+    let (filter, zstd_level, zstd_search) = config.stored_encoding();
     let mut settings = serde_json::json!({
         "format": crate::format::shard::VERSION,
         "split": split,
         "preprocess": config.preprocess,
-        "zstd_level": config.zstd_level,
-        "pixel_filter": config.pixel_filter,
+        "zstd_level": zstd_level,
+        "pixel_filter": filter,
     });
-    // Only when not `Full`, so shards written before the choice existed
-    // keep their ids and are still found finished.
-    if config.zstd_search() != MatchSearch::Full {
-        settings["zstd_search"] = serde_json::json!(config.zstd_search());
+    // Each only when not its default, as they were added: the settings of
+    // a zstd shard with zstd's own search read as they did before.
+    if zstd_search != MatchSearch::Full {
+        settings["zstd_search"] = serde_json::json!(zstd_search);
+    }
+    if config.codec != Codec::Zstd {
+        settings["codec"] = serde_json::json!(config.codec);
     }
     settings
 }
@@ -627,9 +642,10 @@ fn build_manifest(
         );
     }
     let side = config.preprocess.side as u32;
+    let (pixel_filter, zstd_level, zstd_search) = config.stored_encoding();
     Manifest {
         format: manifest::FORMAT.into(),
-        version: 2,
+        version: manifest::VERSION,
         id: hex64(id.digest()),
         created_by: format!("pipeline {}", env!("CARGO_PKG_VERSION")),
         source: config.imagenet.display().to_string(),
@@ -639,9 +655,10 @@ fn build_manifest(
             channels: 3,
         },
         preprocess: config.preprocess,
-        zstd_level: config.zstd_level,
-        zstd_search: config.zstd_search(),
-        pixel_filter: config.pixel_filter,
+        zstd_level,
+        zstd_search,
+        pixel_filter,
+        codec: config.codec,
         seed: config.seed,
         classes,
         splits,
@@ -672,6 +689,7 @@ mod tests {
             filter: PixelFilter::None,
             zstd_level: 1,
             zstd_search: MatchSearch::Full,
+            codec: Codec::Zstd,
             plan_id: 7,
             identity: Some(ShardIdentity {
                 split: Split::Train,
@@ -802,6 +820,23 @@ mod tests {
             "pixel_filter": config.pixel_filter,
         });
         assert_eq!(plan_settings(&config, Split::Train), before);
+    }
+
+    #[test]
+    fn the_raw_codec_enters_the_plan_id_and_drops_the_zstd_settings() {
+        let mut config = ShardsConfig::new("/tree", "/out");
+        let files = files(3);
+        let zstd = plan_id(&config, Split::Train, &files);
+        config.codec = Codec::Raw;
+        assert_ne!(plan_id(&config, Split::Train, &files), zstd);
+        assert_eq!(
+            config.stored_encoding(),
+            (PixelFilter::None, 0, MatchSearch::Full)
+        );
+        let settings = plan_settings(&config, Split::Train);
+        assert_eq!(settings["codec"], "raw");
+        assert_eq!(settings["pixel_filter"], "none");
+        assert!(settings.get("zstd_search").is_none(), "{settings}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::format::manifest::{Manifest, ManifestError};
 use crate::format::set;
-use crate::format::shard::{ReadMode, RecordDecoder, ShardError, ShardReader};
+use crate::format::shard::{PixelFilter, ReadMode, RecordDecoder, ShardError, ShardReader};
 use crate::ingest::Split;
 use crate::loader::aligned::AlignedBuf;
 use crate::loader::sampler::{mix, Order, RecordId, Sampler, SamplerError};
@@ -653,17 +653,16 @@ fn build_batch(
     let mut damaged = Vec::new();
     for (i, &id) in records.iter().enumerate() {
         let shard = &dataset.shards[id.shard as usize];
-        let decoded = if fused {
-            decoder
-                .decode_filtered(shard, id.index as usize, image)
-                .map(Some)
-        } else {
-            decoder
-                .decode(shard, id.index as usize, image, config.verify)
-                .map(|()| None)
-        };
-        let filter = match decoded {
-            Ok(filter) => filter,
+        let read = read_stored(
+            decoder,
+            shard,
+            id.index as usize,
+            image,
+            fused,
+            config.verify,
+        );
+        let mut stored = match read {
+            Ok(stored) => stored,
             Err(e @ ShardError::BadRecord { .. }) if config.skip_damaged => {
                 damaged.push(e.to_string());
                 continue;
@@ -679,15 +678,17 @@ fn build_batch(
             match &mut data {
                 BatchData::U8(d) => {
                     let dst = &mut d[slot..][..crop * crop * 3];
-                    match filter {
-                        Some(f) => augment::crop_u8_filtered(image, f, side, &view, crop, dst),
-                        None => augment::crop_u8(image, side, &view, crop, dst),
+                    match &mut stored {
+                        Stored::Filtered(image, f) => {
+                            augment::crop_u8_filtered(image, *f, side, &view, crop, dst)
+                        }
+                        Stored::Pixels(pixels) => augment::crop_u8(pixels, side, &view, crop, dst),
                     }
                 }
                 BatchData::F32(d) => {
                     let mean = dataset.mean.as_deref().unwrap_or_default();
                     augment::to_f32_chw(
-                        image,
+                        stored.unfiltered(side),
                         mean,
                         side,
                         &view,
@@ -719,6 +720,52 @@ fn build_batch(
     })
 }
 
+/// A record's pixels, as a batch reads them.
+enum Stored<'a> {
+    /// Unfiltered and checked: where they lie (a mapped raw shard), or
+    /// decoded into the worker's image buffer.
+    Pixels(&'a [u8]),
+    /// Decoded into the worker's buffer with the pixel filter still in
+    /// place, for a uint8 crop that undoes it only where it reads.
+    Filtered(&'a mut [u8], PixelFilter),
+}
+
+impl Stored<'_> {
+    /// The pixels, their filter undone in place first if need be.
+    fn unfiltered(&mut self, side: usize) -> &[u8] {
+        match self {
+            Stored::Pixels(pixels) => pixels,
+            Stored::Filtered(image, filter) => {
+                filter.undo(image, side * 3, 3);
+                *filter = PixelFilter::None;
+                image
+            }
+        }
+    }
+}
+
+/// Reads record `index` of `shard`: a mapped raw shard's image where it
+/// lies, no copy; any other into `image`, with its filter left in place
+/// when `keep_filter` (and the pixels then not checked: the frame is).
+fn read_stored<'a>(
+    decoder: &mut RecordDecoder,
+    shard: &'a ShardReader,
+    index: usize,
+    image: &'a mut [u8],
+    keep_filter: bool,
+    verify: bool,
+) -> Result<Stored<'a>, ShardError> {
+    if let Some(pixels) = shard.mapped_pixels(index, verify) {
+        return pixels.map(Stored::Pixels);
+    }
+    if keep_filter {
+        let filter = decoder.decode_filtered(shard, index, image)?;
+        return Ok(Stored::Filtered(image, filter));
+    }
+    decoder.decode(shard, index, image, verify)?;
+    Ok(Stored::Pixels(image))
+}
+
 /// A recycled buffer of the right kind, or a new one; sized to `len` values.
 fn take_buffer(shared: &Shared, len: usize) -> BatchData {
     let wanted_f32 = shared.config.output == Output::F32;
@@ -744,6 +791,7 @@ fn take_buffer(shared: &Shared, len: usize) -> BatchData {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::format::shard::Codec;
     use crate::ingest::codec::PreprocessOptions;
     use crate::ingest::make_shards::{make_shards, ShardsConfig};
 
@@ -752,6 +800,11 @@ pub(crate) mod tests {
 
     /// A shard folder of 3 classes x 9 textured PNGs (side 32), with stats.
     pub(crate) fn dataset() -> (tempfile::TempDir, Arc<Dataset>) {
+        dataset_with(Codec::Zstd)
+    }
+
+    /// `dataset()` with records stored by `codec`.
+    pub(crate) fn dataset_with(codec: Codec) -> (tempfile::TempDir, Arc<Dataset>) {
         let dir = tempfile::tempdir().expect("tempdir");
         for class in 0..3u32 {
             let d = dir.path().join("tree/train").join(format!("n{class}"));
@@ -770,6 +823,7 @@ pub(crate) mod tests {
         let mut config = ShardsConfig::new(dir.path().join("tree"), dir.path().join("shards"));
         config.shard_size = 4;
         config.jobs = 1;
+        config.codec = codec;
         config.preprocess = PreprocessOptions {
             side: SIDE,
             ..Default::default()
@@ -944,6 +998,66 @@ pub(crate) mod tests {
             want.sort_by_key(|w| w.0);
             got.sort_by_key(|g| g.0);
             assert!(want == got, "batch {k} differs");
+        }
+    }
+
+    /// Raw shards of the same images give the batches zstd shards give,
+    /// bit for bit: in every mode and output, read where they lie in the
+    /// map or by pread, with the pixel check or without.
+    #[test]
+    fn raw_and_zstd_shards_of_the_same_images_give_identical_batches() {
+        let (_zstd_dir, zstd) = dataset();
+        let (raw_dir, raw) = dataset_with(Codec::Raw);
+        let raw_shards = raw_dir.path().join("shards");
+        let raw_pread = Dataset::open_with(&raw_shards, Split::Train, ReadMode::Pread);
+        let raw_pread = Arc::new(raw_pread.expect("open"));
+        assert_eq!(raw.read_mode(), ReadMode::Map, "small shards are mapped");
+        assert_eq!(raw.manifest.codec, Codec::Raw);
+        assert_eq!(raw.mean(), zstd.mean(), "the stats pass reads both alike");
+        let (raw_stats, zstd_stats) = (raw.stats().expect("stats"), zstd.stats().expect("stats"));
+        assert_ne!(
+            raw_stats.manifest_id, zstd_stats.manifest_id,
+            "two shard sets"
+        );
+        let figures = |s: &crate::stats::Stats| {
+            (
+                s.images,
+                s.pixels,
+                s.channel_mean,
+                s.covariance,
+                s.eigenvalues,
+                s.eigenvectors,
+            )
+        };
+        assert_eq!(figures(raw_stats), figures(zstd_stats));
+        let bits = |b: &Batch| match &b.data {
+            BatchData::U8(d) => d.iter().map(|&v| v as u32).collect::<Vec<_>>(),
+            BatchData::F32(d) => d.iter().map(|v| v.to_bits()).collect(),
+        };
+        for mode in [Mode::Train, Mode::Center, Mode::Tencrop] {
+            for output in [Output::U8, Output::F32] {
+                for verify in [false, true] {
+                    let config = LoaderConfig {
+                        mode,
+                        verify,
+                        ..config(2, output)
+                    };
+                    let want =
+                        collect(Loader::new(zstd.clone(), config.clone(), 1, 0).expect("zstd"));
+                    for data in [&raw, &raw_pread] {
+                        let got =
+                            collect(Loader::new(data.clone(), config.clone(), 1, 0).expect("raw"));
+                        assert_eq!(got.len(), want.len());
+                        for (g, w) in got.iter().zip(&want) {
+                            let what =
+                                format!("{mode:?} {output:?} verify {verify}, batch {}", w.index);
+                            assert_eq!((&g.records, &g.labels), (&w.records, &w.labels), "{what}");
+                            assert_eq!(g.views, w.views, "{what}");
+                            assert!(bits(g) == bits(w), "{what}: pixels differ");
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -2,7 +2,8 @@
 //! (the CLI, the trainer, a Python binding) reports the same figures: the
 //! loader's images/s over epochs run back to back, each epoch's rate, the
 //! steady rate after the first, memory against the configured bound, and
-//! both single-thread ceilings of the same shards.
+//! both single-thread ceilings of the same shards (zstd decompression, or
+//! checking and copying raw frames).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::loader::{BufferPool, Dataset, Loader, LoaderConfig, LoaderError, Output};
-use crate::tools::inspect::{self, InspectError};
+use crate::tools::inspect::{self, Ceilings, InspectError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderBenchError {
@@ -27,15 +28,19 @@ pub struct LoaderBench {
     /// Over the whole run, from starting the loader to its last batch.
     pub images_per_sec: f64,
     pub images_per_sec_each_epoch: Vec<f64>,
-    /// Threads x the single-thread zstd rate.
+    /// Threads x the single-thread decode rate.
     pub ceiling_images_per_sec: f64,
     pub ratio: f64,
     /// The epochs after the first, together (None with one epoch).
     pub steady_images_per_sec: Option<f64>,
     pub steady_ratio: Option<f64>,
-    pub single_thread_zstd_images_per_sec: f64,
-    pub single_thread_read_and_zstd_images_per_sec: f64,
-    pub ratio_to_read_and_zstd: f64,
+    /// How the shards store images: "zstd" or "raw".
+    pub codec: String,
+    /// What the decode ceiling measures (`Ceilings::decode_name`).
+    pub decode: String,
+    pub single_thread_decode_images_per_sec: f64,
+    pub single_thread_read_and_decode_images_per_sec: f64,
+    pub ratio_to_read_and_decode: f64,
     pub threads: usize,
     pub prefetch: usize,
     pub batch_size: usize,
@@ -74,7 +79,7 @@ pub fn measure(
     // that resident after they are freed.
     let ceilings = inspect::ceilings(shards, &dataset.manifest, CEILING_FRAMES)?;
     let threads = config.threads as f64;
-    let ceiling_total = ceilings.zstd * threads;
+    let ceiling_total = ceilings.decode * threads;
     let images = figures.images();
     let rate = images as f64 / figures.seconds;
     let steady = figures.steady_rate();
@@ -85,9 +90,11 @@ pub fn measure(
         ratio: rate / ceiling_total,
         steady_images_per_sec: steady,
         steady_ratio: steady.map(|r| r / ceiling_total),
-        single_thread_zstd_images_per_sec: ceilings.zstd,
-        single_thread_read_and_zstd_images_per_sec: ceilings.read_and_zstd,
-        ratio_to_read_and_zstd: rate / (ceilings.read_and_zstd * threads),
+        codec: dataset.manifest.codec.name().into(),
+        decode: Ceilings::decode_name(dataset.manifest.codec).into(),
+        single_thread_decode_images_per_sec: ceilings.decode,
+        single_thread_read_and_decode_images_per_sec: ceilings.read_and_decode,
+        ratio_to_read_and_decode: rate / (ceilings.read_and_decode * threads),
         threads: config.threads,
         prefetch: config.prefetch,
         batch_size: config.batch_size,
