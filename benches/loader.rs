@@ -12,6 +12,7 @@ use pipeline::format::shard::{RecordDecoder, ShardReader};
 use pipeline::ingest::make_shards::{make_shards, ShardsConfig};
 use pipeline::ingest::Split;
 use pipeline::loader::augment::{self, Mode};
+use pipeline::loader::normalise;
 use pipeline::loader::{BufferPool, Dataset, Loader, LoaderConfig, Output};
 use pipeline::rng::SplitMix64;
 
@@ -69,7 +70,7 @@ fn benches(c: &mut Criterion) {
         eigenvectors: [[0.58, 0.58, 0.58], [0.7, 0.0, -0.7], [-0.4, 0.8, -0.4]],
         std: 0.1,
     };
-    let mean = data.mean().expect("mean").to_vec();
+    let mean = data.mean_planes().expect("mean").clone();
     let mut crop = vec![0u8; 224 * 224 * 3];
     let mut floats = vec![0f32; 224 * 224 * 3];
     group.bench_function("crop u8", |b| {
@@ -81,7 +82,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("crop f32 (mean + lighting)", |b| {
         b.iter(|| {
             let v = augment::views(Mode::Train, 256, 224, Some(&lighting), &mut rng)[0];
-            augment::to_f32_chw(&image, &mean, 256, &v, 224, &mut floats);
+            normalise::to_f32_chw(&image, &mean, &v, 224, &mut floats);
         })
     });
     group.finish();

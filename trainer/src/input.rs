@@ -4,7 +4,7 @@
 //! View (window position, mirror flag, lighting offset): 4x fewer bytes than
 //! float32. Here, on the training device, each pixel becomes
 //! `((pixel - mean) + light) * scale`, with the mean image cropped and
-//! mirrored like the view: the loader's float32 output (`augment::to_f32_chw`),
+//! mirrored like the view: the loader's float32 output (`normalise::to_f32_chw`),
 //! bit for bit (tested), times an optional per-channel scale.
 //!
 //! The mean crops of a whole batch are one gather: row indices `y + i` and
@@ -144,7 +144,7 @@ pub fn unit_variance_scale(stats: &pipeline::stats::Stats) -> [f32; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pipeline::loader::augment;
+    use pipeline::loader::{augment, normalise};
     use pipeline::rng::SplitMix64;
 
     /// Device normalisation of the uint8 crops equals the loader's float32
@@ -169,11 +169,12 @@ mod tests {
             .collect();
         let mut pixels = vec![0u8; n * crop * crop * 3];
         let mut want = vec![0f32; n * 3 * crop * crop];
+        let planes = normalise::MeanPlanes::from_hwc(&mean, side);
         for i in 0..n {
             let px = &mut pixels[i * crop * crop * 3..][..crop * crop * 3];
             augment::crop_u8(&images[i], side, &views[i], crop, px);
             let dst = &mut want[i * 3 * crop * crop..][..3 * crop * crop];
-            augment::to_f32_chw(&images[i], &mean, side, &views[i], crop, dst);
+            normalise::to_f32_chw(&images[i], &planes, &views[i], crop, dst);
         }
         let norm = InputNorm::new(&mean, side, crop, None, Device::Cpu);
         let got = norm.apply(&pixels, &views);

@@ -10,10 +10,11 @@
 //! Evaluation: the centre window, or ten: 4 corners + centre, and mirrors.
 //!
 //! A `View` is the parameters of one crop. Two hand-over forms: float32 CHW
-//! with everything applied (`to_f32_chw`), or the uint8 HWC crop with the
-//! mirror applied (`crop_u8`) plus its View, from which the trainer can apply
-//! mean and lighting on the GPU from 4x fewer bytes. `u8_crop_to_f32_chw`
-//! does that on the CPU and gives the same floats, bit for bit (tested).
+//! with everything applied (`normalise::to_f32_chw`), or the uint8 HWC crop
+//! with the mirror applied (`crop_u8`) plus its View, from which the trainer
+//! can apply mean and lighting on the GPU from 4x fewer bytes.
+//! `normalise::u8_crop_to_f32_chw` does that on the CPU and gives the same
+//! floats, bit for bit (tested).
 
 use crate::cpu::SimdLevel;
 use crate::format::shard::PixelFilter;
@@ -135,7 +136,7 @@ pub fn views(
 
 /// One crop row of RGB pixels, reversed pixel by pixel when mirrored.
 #[inline]
-fn copy_row(src_row: &[u8], dst_row: &mut [u8], flip: bool) {
+pub(crate) fn copy_row(src_row: &[u8], dst_row: &mut [u8], flip: bool) {
     if !flip {
         dst_row.copy_from_slice(src_row);
         return;
@@ -362,89 +363,6 @@ const LANES: [u8; 64] = {
     lanes
 };
 
-/// The float32 hand-over: `(pixel - mean) + light` in CHW order, from the
-/// stored image `src` and the per-pixel `mean` (both side x side x 3, HWC).
-pub fn to_f32_chw(
-    src: &[u8],
-    mean: &[f32],
-    side: usize,
-    view: &View,
-    crop: usize,
-    dst: &mut [f32],
-) {
-    normalise_chw(mean, side, view, crop, dst, |row, out| {
-        let at = ((view.y as usize + row) * side + view.x as usize) * 3;
-        copy_row(&src[at..][..crop * 3], out, view.flip);
-    });
-}
-
-/// Applies a view's mean and lighting to its uint8 crop (the second
-/// hand-over form): the same floats as `to_f32_chw` on the stored image.
-pub fn u8_crop_to_f32_chw(
-    crop_px: &[u8],
-    mean: &[f32],
-    side: usize,
-    view: &View,
-    crop: usize,
-    dst: &mut [f32],
-) {
-    normalise_chw(mean, side, view, crop, dst, |row, out| {
-        out.copy_from_slice(&crop_px[row * crop * 3..][..crop * 3]);
-    });
-}
-
-/// The one loop behind both float32 forms, so that they cannot drift apart:
-/// `crop_row(r, out)` writes row `r` of the crop (mirrored like the view,
-/// HWC, `crop * 3` bytes) into `out`. Row by row, the
-/// mean's row is gathered in the crop's order (reversed pixel by pixel when
-/// mirrored), then one loop does `(pixel - mean) + light` into the three
-/// planes: straight runs of stride-3 loads and unit-stride stores, which
-/// the compiler vectorises, where the per-value loop with its index
-/// arithmetic did not.
-#[inline(always)]
-fn normalise_chw(
-    mean: &[f32],
-    side: usize,
-    view: &View,
-    crop: usize,
-    dst: &mut [f32],
-    crop_row: impl Fn(usize, &mut [u8]),
-) {
-    let plane = crop * crop;
-    let (r_plane, rest) = dst[..3 * plane].split_at_mut(plane);
-    let (g_plane, b_plane) = rest.split_at_mut(plane);
-    let mut mean_row = vec![0f32; crop * 3];
-    let mut px = vec![0u8; crop * 3];
-    let [lr, lg, lb] = view.light;
-    for row in 0..crop {
-        let at = ((view.y as usize + row) * side + view.x as usize) * 3;
-        let stored_mean = &mean[at..][..crop * 3];
-        if view.flip {
-            for (d, s) in mean_row
-                .chunks_exact_mut(3)
-                .zip(stored_mean.chunks_exact(3).rev())
-            {
-                d.copy_from_slice(s);
-            }
-        } else {
-            mean_row.copy_from_slice(stored_mean);
-        }
-        crop_row(row, &mut px);
-        let out = row * crop..(row + 1) * crop;
-        for ((((r, g), b), p), m) in r_plane[out.clone()]
-            .iter_mut()
-            .zip(&mut g_plane[out.clone()])
-            .zip(&mut b_plane[out])
-            .zip(px.chunks_exact(3))
-            .zip(mean_row.chunks_exact(3))
-        {
-            *r = (p[0] as f32 - m[0]) + lr;
-            *g = (p[1] as f32 - m[1]) + lg;
-            *b = (p[2] as f32 - m[2]) + lb;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,58 +517,6 @@ mod tests {
 
     const SIDE: usize = 8;
     const CROP: usize = 5;
-
-    fn image() -> Vec<u8> {
-        (0..SIDE * SIDE * 3).map(|i| (i * 7 % 256) as u8).collect()
-    }
-
-    fn mean() -> Vec<f32> {
-        (0..SIDE * SIDE * 3)
-            .map(|i| (i % 13) as f32 * 0.5)
-            .collect()
-    }
-
-    /// The plain definition, index by index, for comparison.
-    fn reference(src: &[u8], mean: &[f32], view: &View) -> Vec<f32> {
-        let mut out = vec![0f32; 3 * CROP * CROP];
-        for c in 0..3 {
-            for y in 0..CROP {
-                for x in 0..CROP {
-                    let sx = if view.flip {
-                        view.x as usize + CROP - 1 - x
-                    } else {
-                        view.x as usize + x
-                    };
-                    let i = ((view.y as usize + y) * SIDE + sx) * 3 + c;
-                    out[(c * CROP + y) * CROP + x] = (src[i] as f32 - mean[i]) + view.light[c];
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn both_hand_over_forms_agree_with_the_definition() {
-        let (src, mean) = (image(), mean());
-        let mut rng = SplitMix64::new(1);
-        let lighting = Lighting {
-            eigenvalues: [3.0, 2.0, 1.0],
-            eigenvectors: [[0.6, 0.6, 0.52], [0.7, 0.0, -0.7], [-0.4, 0.8, -0.4]],
-            std: 0.1,
-        };
-        for _ in 0..50 {
-            let view = views(Mode::Train, SIDE, CROP, Some(&lighting), &mut rng)[0];
-            let want = reference(&src, &mean, &view);
-            let mut direct = vec![0f32; want.len()];
-            to_f32_chw(&src, &mean, SIDE, &view, CROP, &mut direct);
-            assert_eq!(direct, want);
-            let mut crop = vec![0u8; CROP * CROP * 3];
-            crop_u8(&src, SIDE, &view, CROP, &mut crop);
-            let mut from_u8 = vec![0f32; want.len()];
-            u8_crop_to_f32_chw(&crop, &mean, SIDE, &view, CROP, &mut from_u8);
-            assert_eq!(from_u8, want, "bit for bit");
-        }
-    }
 
     #[test]
     fn train_views_cover_every_offset_and_flip_half_the_time() {

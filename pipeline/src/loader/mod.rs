@@ -22,11 +22,13 @@
 //! worker's error, or panic, reaches the caller as that batch's error.
 //!
 //! `sampler`: which records make which batch, per epoch and rank;
-//! `augment`: crops, mirrors, PCA lighting and mean (paper 4.1);
+//! `augment`: crops, mirrors and PCA lighting draws (paper 4.1);
+//! `normalise`: the float32 hand-over (mean and lighting applied);
 //! `aligned`: page-aligned buffers for images and batches.
 
 pub mod aligned;
 pub mod augment;
+pub mod normalise;
 pub mod sampler;
 
 use std::collections::BTreeMap;
@@ -47,6 +49,7 @@ use crate::loader::sampler::{mix, Order, RecordId, Sampler, SamplerError};
 use crate::rng::SplitMix64;
 use crate::stats::{self, Stats, StatsError};
 use augment::{Lighting, Mode, View};
+use normalise::MeanPlanes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -115,6 +118,8 @@ pub struct Dataset {
     shards: Vec<ShardReader>,
     side: usize,
     mean: Option<Vec<f32>>,
+    /// The mean as the float32 hand-over reads it.
+    mean_planes: Option<MeanPlanes>,
     stats: Option<Stats>,
     pub manifest: Manifest,
 }
@@ -185,6 +190,7 @@ impl Dataset {
         Ok(Self {
             shards,
             side,
+            mean_planes: mean.as_deref().map(|m| MeanPlanes::from_hwc(m, side)),
             mean,
             stats,
             manifest,
@@ -212,6 +218,12 @@ impl Dataset {
     }
 
     /// stats.json, when `pipeline stats` has been run.
+    /// The mean image as planes (plain and mirrored), for
+    /// `normalise::to_f32_chw`.
+    pub fn mean_planes(&self) -> Option<&MeanPlanes> {
+        self.mean_planes.as_ref()
+    }
+
     pub fn stats(&self) -> Option<&Stats> {
         self.stats.as_ref()
     }
@@ -686,15 +698,12 @@ fn build_batch(
                     }
                 }
                 BatchData::F32(d) => {
-                    let mean = dataset.mean.as_deref().unwrap_or_default();
-                    augment::to_f32_chw(
-                        stored.unfiltered(side),
-                        mean,
-                        side,
-                        &view,
-                        crop,
-                        &mut d[slot..][..crop * crop * 3],
-                    );
+                    // `new` refuses float32 output without a mean.
+                    let Some(mean) = dataset.mean_planes.as_ref() else {
+                        return Err(LoaderError::Config("no mean image".into()));
+                    };
+                    let dst = &mut d[slot..][..crop * crop * 3];
+                    normalise::to_f32_chw(stored.unfiltered(side), mean, &view, crop, dst);
                 }
             }
             views.push(view);
@@ -928,8 +937,8 @@ pub(crate) mod tests {
                 augment::crop_u8(&image, SIDE, view, CROP, &mut want);
                 let got = &u8_data(b)[i * CROP * CROP * 3..][..CROP * CROP * 3];
                 assert_eq!(got, &want[..], "batch {} view {i}", b.index);
-                let mean = data.mean().expect("mean");
-                augment::u8_crop_to_f32_chw(got, mean, SIDE, view, CROP, &mut norm);
+                let mean = data.mean_planes().expect("mean");
+                normalise::u8_crop_to_f32_chw(got, mean, view, CROP, &mut norm);
                 assert_eq!(&fdata[i * CROP * CROP * 3..][..CROP * CROP * 3], &norm[..]);
             }
         }
@@ -1084,7 +1093,7 @@ pub(crate) mod tests {
             collect(Loader::new(data.clone(), config(2, Output::U8), 0, 0).expect("loader"));
         let floats =
             collect(Loader::new(data.clone(), config(2, Output::F32), 0, 0).expect("loader"));
-        let mean = data.mean().expect("mean");
+        let mean = data.mean_planes().expect("mean");
         let (n3, n) = (CROP * CROP * 3, CROP * CROP * 3);
         for (b, f) in bytes.iter().zip(&floats) {
             assert_eq!(b.views, f.views);
@@ -1094,10 +1103,9 @@ pub(crate) mod tests {
             );
             for (k, view) in b.views.iter().enumerate() {
                 let mut out = vec![0f32; n];
-                augment::u8_crop_to_f32_chw(
+                normalise::u8_crop_to_f32_chw(
                     &u8_data(b)[k * n3..][..n3],
                     mean,
-                    SIDE,
                     view,
                     CROP,
                     &mut out,
