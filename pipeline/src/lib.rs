@@ -30,5 +30,7 @@ mod error_line;
 pub use error_line::error_line;
 mod panics;
 pub mod progress;
+#[cfg(target_arch = "x86_64")]
+mod rgb_split;
 pub mod rng;
 mod value_enum;

@@ -81,6 +81,7 @@ unsafe fn undo_row_rgb_ssse3(row: &mut [u8]) {
 /// previous block, which is byte 13 + i % 3 of its upper half. Within a
 /// block: byte 16 + j of the upper half takes byte 13 + j % 3 of the lower
 /// half; the lower half takes nothing (0x80: zero).
+#[cfg(target_arch = "x86_64")]
 const fn carry_lanes_avx2(within: bool) -> [u8; 32] {
     let mut idx = [0u8; 32];
     let mut i = 0;
@@ -128,6 +129,7 @@ unsafe fn undo_row_rgb_avx2(row: &mut [u8]) {
 
 /// `vpermb` indices and lane mask that shift a 64-byte block up by `s`
 /// bytes (lanes below `s` become zero).
+#[cfg(target_arch = "x86_64")]
 const fn shift_up(s: usize) -> ([u8; 64], u64) {
     let mut idx = [0u8; 64];
     let mut i = s;
@@ -139,6 +141,7 @@ const fn shift_up(s: usize) -> ([u8; 64], u64) {
 }
 
 /// Lane i of a block takes its carry from byte 61 + i % 3 of the previous.
+#[cfg(target_arch = "x86_64")]
 const fn carry_lanes() -> [u8; 64] {
     let mut idx = [0u8; 64];
     let mut i = 0;
@@ -192,6 +195,7 @@ pub(crate) struct UndoRgbAvx512 {
 
 /// `vpermb` indices and lane masks of `UndoRgbAvx512`'s shifts, made at
 /// compile time: building them per row cost more than the row itself.
+#[cfg(target_arch = "x86_64")]
 const SHIFTS: [([u8; 64], u64); 5] = [
     shift_up(3),
     shift_up(6),
@@ -199,6 +203,7 @@ const SHIFTS: [([u8; 64], u64); 5] = [
     shift_up(24),
     shift_up(48),
 ];
+#[cfg(target_arch = "x86_64")]
 const CARRY: [u8; 64] = carry_lanes();
 
 #[cfg(target_arch = "x86_64")]

@@ -170,6 +170,7 @@ pub(crate) fn copy_row_reversed(level: SimdLevel, src_row: &[u8], dst_row: &mut 
 /// `pshufb` indices that reverse 5 RGB pixels (15 bytes) loaded from the
 /// byte before them; lane 15 is zero (its byte is overwritten by the next
 /// block, or by the tail).
+#[cfg(target_arch = "x86_64")]
 const fn reverse_5_pixels() -> [u8; 16] {
     let mut idx = [0x80u8; 16];
     let mut lane = 0;
@@ -221,6 +222,7 @@ fn copy_pixels_reversed(src_row: &[u8], dst_row: &mut [u8], from: usize) {
 
 /// `vpermb` indices that reverse the order of 21 RGB pixels (63 bytes):
 /// lane 3i + c takes byte 3(20 - i) + c; lane 63 is not stored.
+#[cfg(target_arch = "x86_64")]
 const fn reverse_21_pixels() -> [u8; 64] {
     let mut idx = [0u8; 64];
     let mut lane = 0;
@@ -353,6 +355,7 @@ unsafe fn undo_window_avx512(line: &[u8], start: usize, dst: &mut [u8]) {
 }
 
 /// 0, 1, ..., 63.
+#[cfg(target_arch = "x86_64")]
 const LANES: [u8; 64] = {
     let mut lanes = [0u8; 64];
     let mut i = 0;

@@ -15,6 +15,8 @@
 
 use crate::cpu::SimdLevel;
 use crate::loader::augment::{copy_row, View};
+#[cfg(target_arch = "x86_64")]
+use crate::rgb_split::GATHER;
 
 /// The per-pixel mean image as three planes, plain and mirrored.
 #[derive(Debug, Clone)]
@@ -159,30 +161,8 @@ fn normalise_row_portable(
     }
 }
 
-/// `pshufb` masks that gather channel c of 16 RGB pixels (48 bytes, in
-/// three 16-byte loads) into one register: mask `k` takes from load `k`
-/// the bytes that belong there and zeroes the rest (index 0x80).
-#[cfg(target_arch = "x86_64")]
-const fn channel_masks() -> [[[u8; 16]; 3]; 3] {
-    let mut masks = [[[0x80u8; 16]; 3]; 3];
-    let mut c = 0;
-    while c < 3 {
-        let mut j = 0;
-        while j < 16 {
-            let byte = 3 * j + c;
-            masks[c][byte / 16][j] = (byte % 16) as u8;
-            j += 1;
-        }
-        c += 1;
-    }
-    masks
-}
-
-#[cfg(target_arch = "x86_64")]
-const CHANNEL_MASKS: [[[u8; 16]; 3]; 3] = channel_masks();
-
 /// 16 pixels a step: three 16-byte loads, each channel gathered by three
-/// shuffles, widened to 2 x 8 floats, `(p - mean) + light`, stored. The
+/// shuffles (`rgb_split`), widened to 2 x 8 floats, `(p - mean) + light`, stored. The
 /// remainder (fewer than 16 pixels) takes the portable loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -195,7 +175,7 @@ unsafe fn normalise_row_avx2(
     use std::arch::x86_64::*;
     let n = planes[0].len();
     let blocks = n / 16;
-    let masks = CHANNEL_MASKS.map(|m| m.map(|k| _mm_loadu_si128(k.as_ptr().cast())));
+    let masks = GATHER.map(|m| m.map(|k| _mm_loadu_si128(k.as_ptr().cast())));
     let light = light.map(|l| _mm256_set1_ps(l));
     let [r, g, b] = planes;
     let outs = [r.as_mut_ptr(), g.as_mut_ptr(), b.as_mut_ptr()];

@@ -19,6 +19,8 @@
 //! `PIPELINE_SIMD` (see `cpu`) caps the level.
 
 use crate::cpu::SimdLevel;
+#[cfg(target_arch = "x86_64")]
+use crate::rgb_split::GATHER;
 
 /// Channel sums and products of `px` (a whole number of RGB pixels).
 pub fn moments(px: &[u8]) -> ([u64; 3], [u64; 6]) {
@@ -80,22 +82,8 @@ pub fn offset_form(p: [u64; 6], c: [u64; 3]) -> [i64; 6] {
 }
 
 /// Bytes of RGB the AVX-512 kernel takes at a time: 64 pixels.
+#[cfg(target_arch = "x86_64")]
 const AVX512_BLOCK: usize = 192;
-
-/// Shuffle mask that gathers channel `ch` of 16 pixels from the `part`-th
-/// 16-byte third of a 48-byte block; -1 (0x80) leaves a lane zero.
-const fn gather(ch: usize, part: usize) -> [i8; 16] {
-    let mut mask = [-1i8; 16];
-    let mut pixel = 0;
-    while pixel < 16 {
-        let byte = 3 * pixel + ch;
-        if byte / 16 == part {
-            mask[pixel] = (byte % 16) as i8;
-        }
-        pixel += 1;
-    }
-    mask
-}
 
 /// `px.len()` must be a multiple of 48.
 #[cfg(target_arch = "x86_64")]
@@ -103,7 +91,7 @@ const fn gather(ch: usize, part: usize) -> [i8; 16] {
 unsafe fn moments_ssse3(px: &[u8]) -> ([u64; 3], [u64; 6]) {
     use std::arch::x86_64::*;
     let masks: [[__m128i; 3]; 3] = std::array::from_fn(|ch| {
-        std::array::from_fn(|part| _mm_loadu_si128(gather(ch, part).as_ptr() as *const __m128i))
+        std::array::from_fn(|part| _mm_loadu_si128(GATHER[ch][part].as_ptr() as *const __m128i))
     });
     let zero = _mm_setzero_si128();
     let (mut c, mut p) = ([0u64; 3], [0u64; 6]);
@@ -167,7 +155,7 @@ unsafe fn moments_avx2(px: &[u8]) -> ([u64; 3], [u64; 6]) {
     let masks: [[__m256i; 3]; 3] = std::array::from_fn(|ch| {
         std::array::from_fn(|part| {
             _mm256_broadcastsi128_si256(
-                _mm_loadu_si128(gather(ch, part).as_ptr() as *const __m128i),
+                _mm_loadu_si128(GATHER[ch][part].as_ptr() as *const __m128i),
             )
         })
     });
@@ -224,6 +212,7 @@ unsafe fn moments_avx2(px: &[u8]) -> ([u64; 3], [u64; 6]) {
 /// 192 loaded, as `vpermt2b` indices into the first two 64-byte loads (0..128)
 /// for the pixels whose byte lies there, and as `vpermb` indices into the
 /// third load for the rest (whose lanes the mask picks).
+#[cfg(target_arch = "x86_64")]
 const fn avx512_gather(ch: usize) -> ([u8; 64], [u8; 64], u64) {
     let (mut first, mut third, mut from_third) = ([0u8; 64], [0u8; 64], 0u64);
     let mut i = 0;
@@ -278,6 +267,7 @@ pub(crate) struct SplitRgbAvx512 {
 }
 
 /// The gather tables of `SplitRgbAvx512`, made at compile time.
+#[cfg(target_arch = "x86_64")]
 const GATHERS: [([u8; 64], [u8; 64], u64); 3] =
     [avx512_gather(0), avx512_gather(1), avx512_gather(2)];
 
