@@ -33,7 +33,7 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch setup-gloo env build test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader learn-fashion gpu-stage demo clean
+.PHONY: setup setup-apt setup-python setup-torch setup-gloo env build test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader bench-peers check-aarch64 learn-fashion gpu-stage demo clean
 
 setup: setup-apt setup-python setup-torch setup-gloo
 
@@ -202,6 +202,50 @@ bench-loader: build setup-python setup-torch
 	PYTHONPATH=$$($(TORCH_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])') \
 	  $(PY) benches/loader_vs_torch.py --pipeline $(PIPELINE) --sample "$(SAMPLE)" \
 	  --work $(CACHE)/bench-loader $(if $(LOADER_SHARDS),--shards "$(LOADER_SHARDS)")
+
+# The pipeline crate built for 64-bit ARM (Grace, Graviton) with clippy:
+# only the portable kernels are compiled there, and no x86 code may be
+# left reachable or unused. Needs the rustup target and Debian's cross gcc
+# (for the C codecs' build scripts); installed here, once. Not part of
+# `make test` (~5 minutes of compiling on 2 cores).
+check-aarch64:
+	@dpkg -s gcc-aarch64-linux-gnu >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq gcc-aarch64-linux-gnu g++-aarch64-linux-gnu; }
+	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+	CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ \
+	  $(CARGO) clippy -p pipeline --all-targets --target aarch64-unknown-linux-gnu -- -D warnings
+
+# Our loader (zstd and raw shards) against DALI, FFCV and the PyTorch
+# DataLoader on the same 8,000 images, alternating rounds, medians: the
+# table lands in benches/results/<date>-<host>/peers/. DALI runs its CPU
+# pipeline from PyPI's nvidia-dali-cuda130 (no GPU needed); FFCV 1.0.2
+# builds from PyPI against Debian's OpenCV and libjpeg-turbo. Not part of
+# `make test`: ~15 minutes on 2 cores, ~2 GB under $(CACHE)/bench-peers.
+PEERS_VENV ?= $(CACHE)/peers
+PEERS_APT  := libopencv-dev libturbojpeg0-dev pkg-config
+PEERS_OUT  ?= benches/results/$(shell date +%Y-%m-%d)-$(shell hostname -s)/peers
+PEER_ROUNDS ?= 3
+bench-peers: build setup-torch $(PEERS_VENV)/.installed
+	PYTHONPATH=$$($(TORCH_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])') \
+	  $(PEERS_VENV)/bin/python benches/peers.py --pipeline $(PIPELINE) --sample "$(SAMPLE)" \
+	  --work $(CACHE)/bench-peers --rounds $(PEER_ROUNDS) --out $(PEERS_OUT)
+
+$(PEERS_VENV)/.installed:
+	@missing=""; for p in $(PEERS_APT); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q numpy==2.4.6 xxhash==3.6.0 zstandard==0.25.0 pillow==13.0.0 \
+	  nvidia-dali-cuda130==2.4.0
+	# FFCV is optional: peers.py leaves it out, saying so, if it fails to build.
+	PYTHONPATH=$$($(TORCH_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])') \
+	  $(PEERS_VENV)/bin/python -m pip install -q ffcv==1.0.2 || echo "ffcv did not build; bench-peers runs without it"
+	touch $@
 
 clean:
 	$(CARGO) clean
