@@ -248,7 +248,8 @@ def ours_rates(pipeline, shards, output, threads, batch, epochs):
                          check=True, capture_output=True, text=True)
     b = json.loads(out.stdout)
     per_epoch = b["images"] / epochs
-    return [(per_epoch, per_epoch / r) for r in b["images_per_sec_each_epoch"]], b["simd"]
+    extra = {k: b[k] for k in ("simd", "ratio", "steady_ratio", "decode")}
+    return [(per_epoch, per_epoch / r) for r in b["images_per_sec_each_epoch"]], extra
 
 
 # --- the series -----------------------------------------------------------
@@ -313,7 +314,7 @@ def table(rows, threads, batch, images, cpu):
         return statistics.median(rates) if rates else None
 
     base = median("ours-zstd", "u8")
-    lines = [f"CPU: {cpu}",
+    lines = [f"command: {' '.join(sys.argv)}", f"CPU: {cpu}",
              f"{images} images, batch {batch}, {threads} threads; medians over alternating "
              "rounds of the rate after the first epoch", "",
              "| loader | uint8 img/s | vs ours (zstd) | float32 img/s | vs ours (zstd) |",
@@ -372,9 +373,9 @@ def main():
                 try:
                     if peer.startswith("ours-"):
                         shards = os.path.join(args.work, "shards-" + peer[5:])
-                        rates, simd = ours_rates(args.pipeline, shards, output, args.threads,
-                                                 args.batch_size, args.epochs)
-                        row["simd"] = simd
+                        rates, extra = ours_rates(args.pipeline, shards, output, args.threads,
+                                                  args.batch_size, args.epochs)
+                        row.update(extra)
                     else:
                         rates = measure_in_child(args, peer, output)
                 except (RuntimeError, subprocess.CalledProcessError) as e:
