@@ -96,35 +96,67 @@ const fn carry_lanes_avx2(within: bool) -> [u8; 32] {
     idx
 }
 
-/// The SSSE3 scheme on 32-byte blocks. AVX2's byte shifts and shuffles stay
-/// inside each 16-byte half: each half is summed on its own (shifts by 3, 6
-/// and 12), the upper half then adds the lower half's last pixel, and the
-/// whole block the previous block's last pixel (one lane permute and one
-/// shuffle each).
+/// The SSSE3 scheme on 32-byte blocks (`UndoRgbAvx2`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn undo_row_rgb_avx2(row: &mut [u8]) {
     use std::arch::x86_64::*;
-    const CARRY: [u8; 32] = carry_lanes_avx2(false);
-    const HALF: [u8; 32] = carry_lanes_avx2(true);
-    let carry_idx = _mm256_loadu_si256(CARRY.as_ptr() as *const _);
-    let half_idx = _mm256_loadu_si256(HALF.as_ptr() as *const _);
+    let undo = UndoRgbAvx2::new();
     let mut previous = _mm256_setzero_si256();
     let blocks = row.len() / 32;
     for b in 0..blocks {
         let ptr = row.as_mut_ptr().add(b * 32) as *mut __m256i;
-        let mut v = _mm256_loadu_si256(ptr);
+        previous = undo.block(_mm256_loadu_si256(ptr), previous);
+        _mm256_storeu_si256(ptr, previous);
+    }
+    undo_row_scalar(row, 3, blocks * 32);
+}
+
+/// The AVX2 undo of one 32-byte block of an RGB row, in registers: for
+/// `undo_row_rgb_avx2` and for the loader's crop, which writes undone
+/// blocks straight to the batch. AVX2's byte shifts and shuffles stay
+/// inside each 16-byte half: each half is summed on its own (shifts by 3,
+/// 6 and 12), the upper half then adds the lower half's last pixel, and the
+/// whole block the previous block's last pixel (one lane permute and one
+/// shuffle each).
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct UndoRgbAvx2 {
+    carry_idx: std::arch::x86_64::__m256i,
+    half_idx: std::arch::x86_64::__m256i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl UndoRgbAvx2 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn new() -> Self {
+        use std::arch::x86_64::*;
+        const CARRY: [u8; 32] = carry_lanes_avx2(false);
+        const HALF: [u8; 32] = carry_lanes_avx2(true);
+        Self {
+            carry_idx: _mm256_loadu_si256(CARRY.as_ptr() as *const _),
+            half_idx: _mm256_loadu_si256(HALF.as_ptr() as *const _),
+        }
+    }
+
+    /// Block `v` (filtered) undone, given `previous`, the undone block
+    /// before it in the row (zero for a row's first block).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn block(
+        &self,
+        mut v: std::arch::x86_64::__m256i,
+        previous: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
         v = _mm256_add_epi8(v, _mm256_slli_si256::<3>(v));
         v = _mm256_add_epi8(v, _mm256_slli_si256::<6>(v));
         v = _mm256_add_epi8(v, _mm256_slli_si256::<12>(v));
         let lower = _mm256_permute2x128_si256::<0x00>(v, v);
-        v = _mm256_add_epi8(v, _mm256_shuffle_epi8(lower, half_idx));
+        v = _mm256_add_epi8(v, _mm256_shuffle_epi8(lower, self.half_idx));
         let carry = _mm256_permute2x128_si256::<0x11>(previous, previous);
-        v = _mm256_add_epi8(v, _mm256_shuffle_epi8(carry, carry_idx));
-        _mm256_storeu_si256(ptr, v);
-        previous = v;
+        _mm256_add_epi8(v, _mm256_shuffle_epi8(carry, self.carry_idx))
     }
-    undo_row_scalar(row, 3, blocks * 32);
 }
 
 /// `vpermb` indices and lane mask that shift a 64-byte block up by `s`

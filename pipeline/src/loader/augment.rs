@@ -297,6 +297,17 @@ pub fn crop_u8_filtered(
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if filter == PixelFilter::Delta && !view.flip && crate::cpu::simd_level() >= SimdLevel::Avx2 {
+        for row in 0..crop {
+            let line = &filtered[(y + row) * side * 3..][..(x + crop) * 3];
+            let dst_row = &mut dst[row * crop * 3..][..crop * 3];
+            // SAFETY: the CPU has AVX2 (checked above), and `line` ends
+            // where the window does.
+            unsafe { undo_window_avx2(line, x * 3, dst_row) };
+        }
+        return;
+    }
     for row in 0..crop {
         let line = &mut filtered[(y + row) * side * 3..][..(x + crop) * 3];
         filter.undo(line, line.len(), 3);
@@ -351,6 +362,44 @@ unsafe fn undo_window_avx512(line: &[u8], start: usize, dst: &mut [u8]) {
             n => _mm512_mask_storeu_epi8(out.as_mut_ptr() as *mut i8, (1u64 << n) - 1, v),
         }
         previous = current;
+    }
+}
+
+/// The AVX2 form of `undo_window_avx512`: `line`'s delta filter undone in
+/// registers, 32 bytes a block, and bytes `start..` of the result written to
+/// `dst` (`line.len() - start` bytes). Without a two-register byte permute,
+/// each whole undone block is stored where it lands in `dst`, at any
+/// alignment; the block holding `start` and a partial last block go
+/// through a stack buffer. Saves the in-place store and the separate copy.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn undo_window_avx2(line: &[u8], start: usize, dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let end = line.len();
+    assert_eq!(end - start, dst.len());
+    let undo = crate::format::delta::UndoRgbAvx2::new();
+    let mut spill = [0u8; 32];
+    let mut previous = _mm256_setzero_si256();
+    for from in (0..end).step_by(32) {
+        let whole = from + 32 <= end;
+        let v = if whole {
+            _mm256_loadu_si256(line.as_ptr().add(from) as *const _)
+        } else {
+            spill = [0; 32];
+            spill[..end - from].copy_from_slice(&line[from..]);
+            _mm256_loadu_si256(spill.as_ptr() as *const _)
+        };
+        previous = undo.block(v, previous);
+        if from + 32 <= start {
+            continue; // left of the window: only its carry is needed
+        }
+        if whole && from >= start {
+            _mm256_storeu_si256(dst.as_mut_ptr().add(from - start) as *mut _, previous);
+        } else {
+            _mm256_storeu_si256(spill.as_mut_ptr() as *mut _, previous);
+            let (skip, upto) = (start.saturating_sub(from), (end - from).min(32));
+            dst[from + skip - start..from + upto - start].copy_from_slice(&spill[skip..upto]);
+        }
     }
 }
 
@@ -453,7 +502,7 @@ mod tests {
         let side = 80;
         let (image, filtered) = image_and_filtered(side, 23, PixelFilter::Delta);
         for crop in 1..=70usize {
-            for x in [0u16, 1, 5, 10]
+            for x in [0u16, 1, 5, 10, 11, 21, 32]
                 .into_iter()
                 .filter(|&x| x as usize + crop <= side)
             {
