@@ -127,7 +127,7 @@ fn normalise_chw(
 
 /// One output row: `planes[c][j] = (px[3j + c] - mean[c][j]) + light[c]`,
 /// on the widest path at or below `level` (which the CPU must have).
-pub(crate) fn normalise_row_with(
+pub fn normalise_row_with(
     level: SimdLevel,
     px: &[u8],
     mean: [&[f32]; 3],
