@@ -28,6 +28,10 @@ def test_bench_reports_rate_ceiling_ratio_and_flat_memory(tmp_path, tree):
         assert abs(r["steady_ratio"] - r["steady_images_per_sec"] / r["ceiling_images_per_sec"]) < 1e-9
         read_total = r["threads"] * r["single_thread_read_and_decode_images_per_sec"]
         assert abs(r["ratio_to_read_and_decode"] - r["images_per_sec"] / read_total) < 1e-9
+        assert r["parallel_ceiling_images_per_sec"] > 0
+        assert abs(r["ratio_to_parallel_ceiling"]
+                   - r["images_per_sec"] / r["parallel_ceiling_images_per_sec"]) < 1e-9
+        assert (r["codec"], r["decode"]) == ("zstd", "zstd")
         private = r["peak_private_mb_after_each_epoch"]
         assert len(private) == 3 and 0 < max(private) <= r["memory_bound_mb"], r
         peaks = r["peak_resident_mb_after_each_epoch"]

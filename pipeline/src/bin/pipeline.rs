@@ -435,7 +435,7 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
             .collect();
         println!("passes (images/s, sorted by time): {}", rates.join(", "));
         println!("simd: {}", pipeline::cpu::simd_level().name());
-        let ceilings = inspect::ceilings(dir, &manifest, 2000)?;
+        let ceilings = inspect::ceilings(dir, &manifest, 2000, threads)?;
         let decode = inspect::Ceilings::decode_name(manifest.codec);
         let percent = |ceiling: f64| 100.0 * rate / (threads as f64 * ceiling);
         println!(
@@ -447,6 +447,11 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
             "single-thread pread + {decode}: {:.0} images/s; pass = {:.0}% of {threads} x that",
             ceilings.read_and_decode,
             percent(ceilings.read_and_decode)
+        );
+        println!(
+            "{threads} threads of {decode} at once: {:.0} images/s; pass = {:.0}% of that",
+            ceilings.parallel_decode,
+            100.0 * rate / ceilings.parallel_decode
         );
     }
     println!(
@@ -560,6 +565,13 @@ fn print_bench(b: &loader_bench::LoaderBench) {
         b.single_thread_read_and_decode_images_per_sec,
         b.decode,
         100.0 * b.ratio_to_read_and_decode
+    );
+    println!(
+        "parallel ceiling: {:.0} images/s ({} threads of {} at once); ratio {:.1}%",
+        b.parallel_ceiling_images_per_sec,
+        b.threads,
+        b.decode,
+        100.0 * b.ratio_to_parallel_ceiling
     );
     let list = |v: &[f64]| {
         v.iter()

@@ -189,6 +189,11 @@ pub struct Ceilings {
     /// Reading each frame with pread (from the page cache) and then
     /// decoding it: what any reader of the shards must do at least.
     pub read_and_decode: f64,
+    /// All of `threads` threads decoding the in-memory frames at once,
+    /// images/s in all: what the machine gives that many threads (shared
+    /// caches, memory bandwidth, clocks that drop as cores get busy), where
+    /// `threads x decode` assumes perfect scaling.
+    pub parallel_decode: f64,
 }
 
 impl Ceilings {
@@ -201,11 +206,16 @@ impl Ceilings {
     }
 }
 
-/// The `Ceilings` over up to `limit` records of the train split. Frames are
-/// first read into memory for the decode-only rate; the median of five
-/// passes is kept, because one short pass on a shared machine varies by a
-/// third.
-pub fn ceilings(dir: &Path, manifest: &Manifest, limit: usize) -> Result<Ceilings, InspectError> {
+/// The `Ceilings` over up to `limit` records of the train split, the
+/// parallel one with `threads` threads. Frames are first read into memory
+/// for the decode-only rates; the median of five passes is kept, because
+/// one short pass on a shared machine varies by a third.
+pub fn ceilings(
+    dir: &Path,
+    manifest: &Manifest,
+    limit: usize,
+    threads: usize,
+) -> Result<Ceilings, InspectError> {
     let info = manifest
         .split(Split::Train)
         .ok_or_else(|| InspectError::NotFound("no train split".into()))?;
@@ -229,6 +239,10 @@ pub fn ceilings(dir: &Path, manifest: &Manifest, limit: usize) -> Result<Ceiling
     let decode_rate = median_rate(records.len(), || {
         frames.iter().try_for_each(|frame| decode.run(frame))
     })?;
+    let threads = threads.max(1);
+    let parallel_rate = median_rate(records.len() * threads, || {
+        decode_in_parallel(&frames, threads, manifest.codec, manifest.image_len())
+    })?;
     drop(frames);
     let read_rate = median_rate(records.len(), || {
         records.iter().try_for_each(|&(s, i)| {
@@ -239,6 +253,31 @@ pub fn ceilings(dir: &Path, manifest: &Manifest, limit: usize) -> Result<Ceiling
     Ok(Ceilings {
         decode: decode_rate,
         read_and_decode: read_rate,
+        parallel_decode: parallel_rate,
+    })
+}
+
+/// `threads` threads, each decoding every frame once, all at the same time.
+fn decode_in_parallel(
+    frames: &[Vec<u8>],
+    threads: usize,
+    codec: Codec,
+    image_len: usize,
+) -> Result<(), InspectError> {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut decode = FrameDecoder::new(codec, image_len)?;
+                    frames.iter().try_for_each(|frame| decode.run(frame))
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|worker| {
+            worker
+                .join()
+                .unwrap_or_else(|_| Err(InspectError::NotFound("a ceiling thread panicked".into())))
+        })
     })
 }
 
@@ -302,9 +341,9 @@ mod tests {
         let lens: Vec<usize> = data.shard_lens().iter().map(|&n| n as usize).collect();
         assert!(lens.len() > 2 && lens[0] > 1, "several shards: {lens:?}");
         for limit in [1, lens[0] - 1, lens[0], lens[0] + 1, data.len() + 5] {
-            let c = ceilings(&out, &manifest, limit).expect("ceilings");
+            let c = ceilings(&out, &manifest, limit, 2).expect("ceilings");
             assert!(
-                c.decode > 0.0 && c.read_and_decode > 0.0,
+                c.decode > 0.0 && c.read_and_decode > 0.0 && c.parallel_decode > 0.0,
                 "limit {limit}: {c:?}"
             );
         }

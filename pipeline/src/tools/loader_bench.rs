@@ -41,6 +41,10 @@ pub struct LoaderBench {
     pub single_thread_decode_images_per_sec: f64,
     pub single_thread_read_and_decode_images_per_sec: f64,
     pub ratio_to_read_and_decode: f64,
+    /// `threads` threads decoding at once (`Ceilings::parallel_decode`):
+    /// the ceiling without the assumption that threads scale perfectly.
+    pub parallel_ceiling_images_per_sec: f64,
+    pub ratio_to_parallel_ceiling: f64,
     pub threads: usize,
     pub prefetch: usize,
     pub batch_size: usize,
@@ -77,7 +81,7 @@ pub fn measure(
     // After the loader, so that the peak memory above is the loader's: the
     // ceiling holds its frames in memory, and the allocator keeps much of
     // that resident after they are freed.
-    let ceilings = inspect::ceilings(shards, &dataset.manifest, CEILING_FRAMES)?;
+    let ceilings = inspect::ceilings(shards, &dataset.manifest, CEILING_FRAMES, config.threads)?;
     let threads = config.threads as f64;
     let ceiling_total = ceilings.decode * threads;
     let images = figures.images();
@@ -95,6 +99,8 @@ pub fn measure(
         single_thread_decode_images_per_sec: ceilings.decode,
         single_thread_read_and_decode_images_per_sec: ceilings.read_and_decode,
         ratio_to_read_and_decode: rate / (ceilings.read_and_decode * threads),
+        parallel_ceiling_images_per_sec: ceilings.parallel_decode,
+        ratio_to_parallel_ceiling: rate / ceilings.parallel_decode,
         threads: config.threads,
         prefetch: config.prefetch,
         batch_size: config.batch_size,
