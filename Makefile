@@ -33,7 +33,7 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch setup-gloo env build test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader bench-peers check-aarch64 learn-fashion gpu-stage demo clean
+.PHONY: setup setup-apt setup-python setup-torch setup-gloo env build python test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader bench-peers check-aarch64 learn-fashion gpu-stage demo clean
 
 setup: setup-apt setup-python setup-torch setup-gloo
 
@@ -120,9 +120,15 @@ lint: setup-apt setup-torch setup-gloo
 unit: setup-apt setup-torch setup-gloo
 	$(CARGO) test --release --workspace
 
+# The Python package (python/: pyo3 + maturin) built as a wheel and
+# installed into the test virtualenv; `pip install ./python` does the same
+# anywhere. pip reuses cargo's target/, so a rebuild takes seconds.
+python: build setup-python
+	$(PY) -m pip install -q ./python
+
 # End-to-end tests against independent references (Pillow, numpy, a Python
-# reader of the shard format).
-e2e: build setup-python
+# reader of the shard format), and of the Python package.
+e2e: build setup-python python
 	PIPELINE_BIN=$(abspath $(PIPELINE)) TRAINER_BIN=$(abspath $(TRAINER)) PHOTOS=$(PHOTOS) \
 	  $(PY) -m pytest -q tests/e2e
 

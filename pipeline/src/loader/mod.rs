@@ -567,23 +567,63 @@ impl Iterator for Loader {
     type Item = Result<Batch, LoaderError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.batches.len() {
-            return None;
+        match self.next_within(None) {
+            Ok(next) => next,
+            Err(TimedOut) => unreachable!("no deadline, no time-out"),
         }
+    }
+}
+
+/// `Loader::next_within` gave up waiting; nothing was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
+impl Loader {
+    /// As `next`, waiting at most `timeout` (None: as long as it takes)
+    /// for the batch. `Err(TimedOut)` leaves the loader as it was, to be
+    /// asked again: for a caller that must look at something else while it
+    /// waits (an interpreter checking for Ctrl-C).
+    pub fn next_within(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Option<Result<Batch, LoaderError>>, TimedOut> {
+        if self.next >= self.batches.len() {
+            return Ok(None);
+        }
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
         let result = loop {
             if let Some(result) = self.ready.remove(&(self.epoch, self.next)) {
                 break result;
             }
-            match self.done.recv() {
+            let received = match deadline {
+                None => self.done.recv().map_err(|_| None),
+                Some(deadline) => self.done.recv_deadline(deadline).map_err(|e| match e {
+                    crossbeam_channel::RecvTimeoutError::Timeout => Some(TimedOut),
+                    crossbeam_channel::RecvTimeoutError::Disconnected => None,
+                }),
+            };
+            match received {
                 Ok((key, result)) => {
                     self.ready.insert(key, result);
                 }
-                Err(_) => break Err(LoaderError::Worker("every worker has stopped".into())),
+                Err(Some(timed_out)) => return Err(timed_out),
+                Err(None) => break Err(LoaderError::Worker("every worker has stopped".into())),
             }
         };
         self.next += 1;
         self.issue();
-        Some(result)
+        Ok(Some(result))
+    }
+
+    /// Batches this rank gets in the current epoch, from its start.
+    pub fn batches_this_epoch(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// Batches of the current epoch handed out so far (counting from the
+    /// epoch's start, also when resumed): where a resumed loader starts.
+    pub fn position(&self) -> usize {
+        self.next
     }
 }
 
@@ -1068,6 +1108,36 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    /// Waiting in short slices (as the Python binding does, to look for
+    /// Ctrl-C in between) loses nothing: the same batches as `next`, and
+    /// the position counts them.
+    #[test]
+    fn waiting_in_slices_gives_the_batches_next_gives() {
+        let (_dir, data) = dataset();
+        let want = collect(Loader::new(data.clone(), config(2, Output::U8), 3, 0).expect("loader"));
+        let mut loader = Loader::new(data, config(2, Output::U8), 3, 0).expect("loader");
+        assert_eq!(loader.batches_this_epoch(), want.len());
+        let (mut got, mut timeouts) = (Vec::new(), 0);
+        loop {
+            match loader.next_within(Some(std::time::Duration::from_micros(50))) {
+                Err(TimedOut) => timeouts += 1,
+                Ok(None) => break,
+                Ok(Some(batch)) => {
+                    got.push(batch.expect("batch"));
+                    assert_eq!(loader.position(), got.len());
+                }
+            }
+        }
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(
+                (g.index, &g.records, u8_data(g)),
+                (w.index, &w.records, u8_data(w))
+            );
+        }
+        eprintln!("{timeouts} waits timed out");
     }
 
     #[test]
