@@ -121,15 +121,18 @@ unit: setup-apt setup-torch setup-gloo
 	$(CARGO) test --release --workspace
 
 # The Python package (python/: pyo3 + maturin) built as a wheel and
-# installed into the test virtualenv; `pip install ./python` does the same
+# installed into the test virtualenv and the trainer's torch one (for
+# python/examples/pytorch_train.py); `pip install ./python` does the same
 # anywhere. pip reuses cargo's target/, so a rebuild takes seconds.
-python: build setup-python
+python: build setup-python setup-torch
 	$(PY) -m pip install -q ./python
+	$(TORCH_VENV)/bin/python -m pip install -q ./python
 
 # End-to-end tests against independent references (Pillow, numpy, a Python
 # reader of the shard format), and of the Python package.
 e2e: build setup-python python
 	PIPELINE_BIN=$(abspath $(PIPELINE)) TRAINER_BIN=$(abspath $(TRAINER)) PHOTOS=$(PHOTOS) \
+	  TORCH_PY=$(TORCH_VENV)/bin/python \
 	  $(PY) -m pytest -q tests/e2e
 
 test: lint unit e2e

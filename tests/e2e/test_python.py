@@ -148,3 +148,23 @@ def test_ctrl_c_while_iterating_raises_keyboard_interrupt_and_exits(shards):
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 3 and "interrupted" in out, (p.returncode, out)
+
+
+def test_the_pytorch_example_learns_on_fashion_mnist(fashion):
+    """python/examples/pytorch_train.py (the loader's uint8 crops normalised
+    by torch, the paper's net at 1/16 width, CPU): the loss falls within
+    40 steps. Runs with the trainer's torch (TORCH_PY, set by make test)."""
+    import subprocess
+    torch_py = os.environ.get("TORCH_PY")
+    if not torch_py:
+        pytest.skip("TORCH_PY (a python with torch and alexnet_pipeline) is set by make test")
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "python", "examples",
+                           "pytorch_train.py")
+    p = subprocess.run([torch_py, example, "--shards", fashion / "shards", "--device", "cpu",
+                        "--steps", "40", "--width", "0.0625", "--batch-size", "32",
+                        "--threads", "2"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    losses = [float(line.split()[3]) for line in p.stdout.splitlines() if line.startswith("step ")]
+    assert len(losses) == 40
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first - 0.03, (first, last)
