@@ -581,11 +581,7 @@ impl ShardWriter {
     /// Writes index and footer, syncs, and renames into place.
     pub fn finish(mut self) -> Result<PathBuf, ShardError> {
         let index = encode_index(&self.records, &self.skipped);
-        let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
-        footer.extend_from_slice(&self.offset.to_le_bytes());
-        footer.extend_from_slice(&(index.len() as u64).to_le_bytes());
-        footer.extend_from_slice(&xxh3_64(&index).to_le_bytes());
-        footer.extend_from_slice(FOOTER_MAGIC);
+        let footer = encode_footer(self.offset, &index);
         let path = &self.temp_path;
         self.out.write_all(&index).map_err(io_err(path))?;
         self.out.write_all(&footer).map_err(io_err(path))?;
@@ -602,6 +598,16 @@ impl Drop for ShardWriter {
         // temporary name no longer exists and this does nothing).
         let _ = std::fs::remove_file(&self.temp_path);
     }
+}
+
+/// The footer of an index that starts at `index_offset`.
+fn encode_footer(index_offset: u64, index: &[u8]) -> [u8; FOOTER_LEN as usize] {
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    footer[0..8].copy_from_slice(&index_offset.to_le_bytes());
+    footer[8..16].copy_from_slice(&(index.len() as u64).to_le_bytes());
+    footer[16..24].copy_from_slice(&xxh3_64(index).to_le_bytes());
+    footer[24..32].copy_from_slice(FOOTER_MAGIC);
+    footer
 }
 
 fn encode_index(records: &[RecordEntry], skipped: &[Skipped]) -> Vec<u8> {
@@ -928,12 +934,11 @@ impl ShardReader {
         index: usize,
         buffer: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], ShardError> {
+        if let Some(frame) = self.mapped_frame(index) {
+            return Ok(frame);
+        }
         let r = &self.records[index];
         let len = r.len as usize;
-        if let Some(map) = &self.map {
-            // `open` checked that every record lies inside the file.
-            return Ok(&map[r.offset as usize..][..len]);
-        }
         if buffer.len() < len {
             buffer.resize(len, 0);
         }
@@ -944,19 +949,24 @@ impl ShardReader {
         Ok(frame)
     }
 
+    /// Record `index`'s stored frame in the memory map, if there is one.
+    fn mapped_frame(&self, index: usize) -> Option<&[u8]> {
+        let r = &self.records[index];
+        // `open` checked that every record lies inside the file.
+        let map = self.map.as_ref()?;
+        Some(&map[r.offset as usize..][..r.len as usize])
+    }
+
     /// Record `index`'s pixels straight from the memory map, checked (with
     /// `verify`, against the pixel checksum too), for a raw shard that is
     /// mapped: the image is used where it lies, with no
     /// copy. `None` for other shards, whose records must be decoded.
     pub fn mapped_pixels(&self, index: usize, verify: bool) -> Option<Result<&[u8], ShardError>> {
-        let map = self
-            .map
-            .as_ref()
-            .filter(|_| self.header.codec == Codec::Raw)?;
-        let r = &self.records[index];
-        // `open` checked that every record lies inside the file and that
-        // raw ones are one image long.
-        let pixels = &map[r.offset as usize..][..r.len as usize];
+        if self.header.codec != Codec::Raw {
+            return None;
+        }
+        // `open` checked that raw records are one image long.
+        let pixels = self.mapped_frame(index)?;
         Some(self.check_raw(index, pixels, verify).map(|()| pixels))
     }
 
@@ -967,8 +977,8 @@ impl ShardReader {
         let out = out
             .get_mut(..r.len as usize)
             .ok_or_else(|| self.record_error(index, "image larger than the buffer for it"))?;
-        match &self.map {
-            Some(map) => out.copy_from_slice(&map[r.offset as usize..][..r.len as usize]),
+        match self.mapped_frame(index) {
+            Some(frame) => out.copy_from_slice(frame),
             None => self
                 .file
                 .read_exact_at(out, r.offset)
@@ -1431,10 +1441,7 @@ mod tests {
         index = v1;
         let index_offset = out.len() as u64;
         out.extend_from_slice(&index);
-        out.extend_from_slice(&index_offset.to_le_bytes());
-        out.extend_from_slice(&(index.len() as u64).to_le_bytes());
-        out.extend_from_slice(&xxh3_64(&index).to_le_bytes());
-        out.extend_from_slice(FOOTER_MAGIC);
+        out.extend_from_slice(&encode_footer(index_offset, &index));
         out
     }
 
@@ -1629,10 +1636,7 @@ mod tests {
         }
         let index = encode_index(&records, shard.skipped());
         out.extend_from_slice(&index);
-        out.extend_from_slice(&(index_offset - shift).to_le_bytes());
-        out.extend_from_slice(&(index.len() as u64).to_le_bytes());
-        out.extend_from_slice(&xxh3_64(&index).to_le_bytes());
-        out.extend_from_slice(FOOTER_MAGIC);
+        out.extend_from_slice(&encode_footer(index_offset - shift, &index));
         out
     }
 

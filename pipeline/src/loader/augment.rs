@@ -269,6 +269,11 @@ pub fn crop_u8(src: &[u8], side: usize, view: &View, crop: usize, dst: &mut [u8]
     }
 }
 
+/// `undo_window_*`: a row's delta filter undone in registers, and the
+/// window from byte `start` on written to the crop row.
+#[cfg(target_arch = "x86_64")]
+type WindowUndo = unsafe fn(line: &[u8], start: usize, dst: &mut [u8]);
+
 /// As `crop_u8`, from a stored image whose pixel `filter` is still in
 /// place: only the rows the window covers, and each only up to the window's
 /// right edge, are unfiltered (in place), then copied while in L1. Saves the
@@ -287,26 +292,22 @@ pub fn crop_u8_filtered(
     // register version (one `vpermt2b` and one masked `vpermb` per 64 bytes
     // out) was 6% slower here, the shuffles being what bounds both.
     #[cfg(target_arch = "x86_64")]
-    if filter == PixelFilter::Delta && !view.flip && crate::cpu::simd_level() >= SimdLevel::Avx512 {
-        for row in 0..crop {
-            let line = &filtered[(y + row) * side * 3..][..(x + crop) * 3];
-            let dst_row = &mut dst[row * crop * 3..][..crop * 3];
-            // SAFETY: the CPU has the kernel's features (checked above), and
-            // `line` ends where the window does.
-            unsafe { undo_window_avx512(line, x * 3, dst_row) };
+    if filter == PixelFilter::Delta && !view.flip {
+        let kernel: Option<WindowUndo> = match crate::cpu::simd_level() {
+            SimdLevel::Avx512 => Some(undo_window_avx512),
+            SimdLevel::Avx2 => Some(undo_window_avx2),
+            _ => None,
+        };
+        if let Some(kernel) = kernel {
+            for row in 0..crop {
+                let line = &filtered[(y + row) * side * 3..][..(x + crop) * 3];
+                let dst_row = &mut dst[row * crop * 3..][..crop * 3];
+                // SAFETY: the CPU has the kernel's level (`simd_level` is
+                // one it supports), and `line` ends where the window does.
+                unsafe { kernel(line, x * 3, dst_row) };
+            }
+            return;
         }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if filter == PixelFilter::Delta && !view.flip && crate::cpu::simd_level() >= SimdLevel::Avx2 {
-        for row in 0..crop {
-            let line = &filtered[(y + row) * side * 3..][..(x + crop) * 3];
-            let dst_row = &mut dst[row * crop * 3..][..crop * 3];
-            // SAFETY: the CPU has AVX2 (checked above), and `line` ends
-            // where the window does.
-            unsafe { undo_window_avx2(line, x * 3, dst_row) };
-        }
-        return;
     }
     for row in 0..crop {
         let line = &mut filtered[(y + row) * side * 3..][..(x + crop) * 3];
