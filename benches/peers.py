@@ -103,6 +103,12 @@ def write_array(raw_shards, array, labels_path):
     os.rename(array + ".partial", array)
 
 
+def channel_mean(images):
+    """The per-channel mean of the first 500 images: what the peers'
+    float32 output subtracts."""
+    return images[: min(len(images), 500)].reshape(-1, 3).mean(0)
+
+
 def load_array(work):
     labels = np.load(os.path.join(work, "labels.npy"))
     images = np.memmap(os.path.join(work, "images.u8"), np.uint8, "r",
@@ -127,7 +133,7 @@ def dali_rates(work, output, threads, batch, epochs):
 
     images, labels = load_array(work)
     n = len(labels) // batch * batch
-    mean = [float(m) for m in images[: min(len(images), 500)].reshape(-1, 3).mean(0)]
+    mean = [float(m) for m in channel_mean(images)]
 
     class Source:
         """Batches of views into the mapped array, a new order each epoch."""
@@ -178,7 +184,7 @@ def dataloader_rates(work, output, threads, batch, epochs):
     from torch.utils.data import DataLoader, Dataset
 
     images, labels = load_array(work)
-    mean = images[: min(len(images), 500)].reshape(-1, 3).mean(0).astype(np.float32)
+    mean = channel_mean(images).astype(np.float32)
 
     class Crops(Dataset):
         def __len__(self):
@@ -229,7 +235,7 @@ def ffcv_rates(work, output, threads, batch, epochs):
     image_pipe = [RandomResizedCropRGBImageDecoder((CROP, CROP), scale=(side, side), ratio=(1, 1)),
                   RandomHorizontalFlip()]
     if output == "f32":
-        mean = images[: min(len(images), 500)].reshape(-1, 3).mean(0)
+        mean = channel_mean(images)
         image_pipe.append(NormalizeImage(mean, np.ones(3), np.float32))
     image_pipe.append(ToTensor())
     loader = Loader(beton, batch_size=batch, num_workers=threads, order=OrderOption.RANDOM,

@@ -1,7 +1,9 @@
-//! The hand-written AVX2 kernels against the same portable loops compiled
-//! for AVX2 by the compiler (what `multiversion`, or `pulp` over scalar
-//! code, would give: the loop as written, vectorised where the compiler
-//! can), and against the portable build the library falls back to. One
+//! The hand-written AVX2 kernels against the library's own portable loops
+//! (`delta::undo_row_scalar`, `normalise::normalise_row_portable`, inlined
+//! here) compiled for AVX2 by the compiler (what `multiversion`, or `pulp`
+//! over scalar code, would give: the loop as written, vectorised where the
+//! compiler can), and against the portable build the library falls back
+//! to. One
 //! process, one thread, the variants taking turns in each of 7 rounds;
 //! the median per round is printed, as ns per row, and the ratios.
 //!
@@ -18,28 +20,12 @@ use std::time::Instant;
 
 use pipeline::cpu::SimdLevel;
 use pipeline::format::delta;
-use pipeline::loader::normalise::normalise_row_with;
+use pipeline::loader::normalise::{normalise_row_portable, normalise_row_with};
 use pipeline::rng::SplitMix64;
-
-/// The library's portable undo loop, as written.
-fn undo_loop(row: &mut [u8]) {
-    for i in 3..row.len() {
-        row[i] = row[i].wrapping_add(row[i - 3]);
-    }
-}
 
 #[target_feature(enable = "avx2")]
 unsafe fn undo_loop_avx2(row: &mut [u8]) {
-    undo_loop(row)
-}
-
-/// The library's portable float32 row, as written.
-fn normalise_loop(px: &[u8], mean: [&[f32]; 3], light: [f32; 3], planes: [&mut [f32]; 3]) {
-    for (c, plane) in planes.into_iter().enumerate() {
-        for (j, out) in plane.iter_mut().enumerate() {
-            *out = (px[3 * j + c] as f32 - mean[c][j]) + light[c];
-        }
-    }
+    delta::undo_row_scalar(row, 3, 3)
 }
 
 #[target_feature(enable = "avx2")]
@@ -49,7 +35,7 @@ unsafe fn normalise_loop_avx2(
     light: [f32; 3],
     planes: [&mut [f32]; 3],
 ) {
-    normalise_loop(px, mean, light, planes)
+    normalise_row_portable(px, mean, light, planes, 0)
 }
 
 /// ns per call of each of `variants` (`run(k)` runs variant k once), the

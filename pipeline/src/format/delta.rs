@@ -41,8 +41,12 @@ pub fn undo_with(level: SimdLevel, data: &mut [u8], row_len: usize, channels: us
     }
 }
 
-/// The plain running sum, from byte `start` on.
-fn undo_row_scalar(row: &mut [u8], channels: usize, start: usize) {
+/// The plain running sum, from byte `start` on: the portable path, and
+/// the tail of the SIMD ones. Public (and inline) so that a measurement
+/// can compile this very loop for a wider instruction set
+/// (`examples/autovec_vs_kernels.rs`).
+#[inline]
+pub fn undo_row_scalar(row: &mut [u8], channels: usize, start: usize) {
     for i in start.max(channels)..row.len() {
         row[i] = row[i].wrapping_add(row[i - channels]);
     }

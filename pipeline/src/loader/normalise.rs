@@ -146,8 +146,12 @@ pub fn normalise_row_with(
     normalise_row_portable(px, mean, light, planes, 0);
 }
 
-/// The definition, from pixel `from` on.
-fn normalise_row_portable(
+/// The definition, from pixel `from` on: the portable path, and the tail
+/// of the AVX2 one. Public (and inline) so that a measurement can compile
+/// this very loop for a wider instruction set
+/// (`examples/autovec_vs_kernels.rs`).
+#[inline]
+pub fn normalise_row_portable(
     px: &[u8],
     mean: [&[f32]; 3],
     light: [f32; 3],
