@@ -22,10 +22,19 @@ import numpy as np
 from . import _native
 from ._native import DamagedShardError
 
-__all__ = ["Shards", "Loader", "Batch", "DamagedShardError"]
+__all__ = ["Shards", "Loader", "Batch", "DamagedShardError", "VIEW_DTYPE", "RECORD_DTYPE"]
 __version__ = _native.__version__
 
 CROP = 224
+#: One view of an image: its window's top-left corner in the stored 256 x
+#: 256 image, whether it is mirrored, and the RGB lighting offset added to
+#: every pixel (zero outside train mode).
+VIEW_DTYPE = np.dtype({"names": ["x", "y", "mirrored", "light"],
+                       "formats": ["<u2", "<u2", "?", ("<f4", 3)],
+                       "offsets": [0, 2, 4, 8], "itemsize": 20})
+#: Where an image is stored: its shard's number in the split and its index
+#: in that shard.
+RECORD_DTYPE = np.dtype([("shard", "<u4"), ("index", "<u4")])
 
 
 class Shards:
@@ -60,10 +69,13 @@ class Shards:
 
 
 class Batch(tuple):
-    """(images, labels), with `views`: each view's (x, y, mirrored,
-    lighting RGB), for applying the mean and lighting to uint8 crops on the
-    GPU; `records`: each image's (shard number, index in the shard); and
-    `index`, the batch's position in its epoch."""
+    """(images, labels), with `views`: a numpy array (VIEW_DTYPE) of each
+    view's x, y, mirrored and light, for applying the mean and lighting to
+    uint8 crops on the GPU; `records`: a numpy array (RECORD_DTYPE) of each
+    image's shard number and index in the shard; and `index`, the batch's
+    position in its epoch. In "tencrop" mode an image's ten views are
+    consecutive: images and views have 10x the length of labels and
+    records."""
 
     views = ()
     records = ()
@@ -130,10 +142,12 @@ class Loader:
 
     def _batch(self, buffer, labels, views, records):
         dtype = np.uint8 if buffer.dtype == "u8" else np.float32
+        views = np.frombuffer(views, dtype=VIEW_DTYPE)
+        records = np.frombuffer(records, dtype=RECORD_DTYPE)
         n = len(views)
         shape = (n, CROP, CROP, 3) if dtype == np.uint8 else (n, 3, CROP, CROP)
         images = np.frombuffer(buffer, dtype=dtype).reshape(shape)
-        labels = np.asarray(labels, dtype=np.int64)
+        labels = np.frombuffer(labels, dtype="<i8")
         if self._torch is not None:
             images, labels = self._torch.from_numpy(images), self._torch.from_numpy(labels)
         batch = Batch((images, labels))

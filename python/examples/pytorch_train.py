@@ -52,12 +52,13 @@ class DeviceNorm:
 
     def __call__(self, images, views):
         x = images.to(self.device, non_blocking=True).float()
-        means, lights = [], []
-        for vx, vy, flip, light in views:
+        means = []
+        for vx, vy, mirrored in zip(views["x"].tolist(), views["y"].tolist(),
+                                    views["mirrored"].tolist()):
             m = self.mean[vy:vy + x.shape[1], vx:vx + x.shape[2]]
-            means.append(m.flip(1) if flip else m)
-            lights.append(light)
-        x = (x - torch.stack(means)) + torch.tensor(lights, device=self.device)[:, None, None, :]
+            means.append(m.flip(1) if mirrored else m)
+        lights = torch.from_numpy(views["light"]).to(self.device)  # N x 3
+        x = (x - torch.stack(means)) + lights[:, None, None, :]
         return x.permute(0, 3, 1, 2).contiguous()
 
 

@@ -18,13 +18,15 @@ use std::time::Duration;
 
 use pipeline::format::shard::ReadMode;
 use pipeline::ingest::Split;
-use pipeline::loader::augment::Mode;
-use pipeline::loader::sampler::{Order, Sampler};
+use pipeline::loader::augment::{Mode, View};
+use pipeline::loader::sampler::{Order, RecordId};
 use pipeline::loader::{
-    Batch, BatchData, Dataset, Loader as RustLoader, LoaderConfig, LoaderError, Output, TimedOut,
+    check_config, Batch, BatchData, BufferPool, Dataset, Loader as RustLoader, LoaderConfig,
+    LoaderError, Output, TimedOut,
 };
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyByteArray;
 use pyo3::{create_exception, ffi};
 
 create_exception!(
@@ -68,16 +70,56 @@ where
         })
 }
 
-/// A batch for Python: pixels, labels, each view's (x, y, mirrored,
-/// lighting), each record's (shard, index).
+/// A batch for Python: pixels, then labels (int64), views and records as
+/// packed little-endian bytes that `numpy.frombuffer` reads with the
+/// dtypes in `alexnet_pipeline` (`VIEW_DTYPE`, `RECORD_DTYPE`): a few
+/// objects a batch instead of several per image.
 type NextBatch = (
     BatchBuffer,
-    Vec<u32>,
-    Vec<(u16, u16, bool, [f32; 3])>,
-    Vec<(u32, u32)>,
+    Py<PyByteArray>,
+    Py<PyByteArray>,
+    Py<PyByteArray>,
 );
 
+/// Bytes a view takes: x u16, y u16, mirrored u8, 3 padding, lighting 3 x f32.
+const VIEW_BYTES: usize = 20;
+
+fn packed_labels(labels: &[u32]) -> Vec<u8> {
+    labels
+        .iter()
+        .flat_map(|&l| i64::from(l).to_le_bytes())
+        .collect()
+}
+
+fn packed_views(views: &[View]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(views.len() * VIEW_BYTES);
+    for v in views {
+        out.extend_from_slice(&v.x.to_le_bytes());
+        out.extend_from_slice(&v.y.to_le_bytes());
+        out.extend_from_slice(&[u8::from(v.flip), 0, 0, 0]);
+        for c in v.light {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn packed_records(records: &[RecordId]) -> Vec<u8> {
+    records
+        .iter()
+        .flat_map(|r| {
+            let mut both = [0u8; 8];
+            both[..4].copy_from_slice(&r.shard.to_le_bytes());
+            both[4..].copy_from_slice(&r.index.to_le_bytes());
+            both
+        })
+        .collect()
+}
+
 /// Where iteration stands: the epoch, and the running loader once started.
+/// A loader that finished its epoch is kept: its workers are already
+/// making the next epoch's first batches, which `set_epoch(epoch + 1)`
+/// takes over instead of starting anew.
 struct State {
     epoch: u64,
     /// Batch of `epoch` to start from (`load_state_dict`).
@@ -85,10 +127,23 @@ struct State {
     running: Option<RustLoader>,
 }
 
+impl State {
+    /// The running loader, if it stands where the next iteration starts.
+    fn ready_loader(&mut self) -> Option<&mut RustLoader> {
+        let (epoch, start) = (self.epoch, self.start);
+        self.running
+            .as_mut()
+            .filter(|l| l.epoch() == epoch && RustLoader::position(l) == start)
+    }
+}
+
 #[pyclass(frozen, module = "alexnet_pipeline._native")]
 struct Loader {
     dataset: Arc<Dataset>,
     config: LoaderConfig,
+    /// Batch buffers, shared by every epoch's loader: made resident once,
+    /// not at each epoch's start.
+    pool: BufferPool,
     state: Mutex<State>,
 }
 
@@ -167,13 +222,17 @@ impl Loader {
             world,
             drop_last,
             skip_damaged,
+            // The next epoch's first batches are made while the caller
+            // finishes this one (taken over by `set_epoch(epoch + 1)`).
+            prefetch_next_epoch: true,
             ..LoaderConfig::default()
         };
         // Checked now (threads, prefetch, the mean for f32), not at the
-        // first batch: a loader positioned past the epoch's end makes none.
-        RustLoader::new(dataset.clone(), config.clone(), 0, usize::MAX).map_err(to_py)?;
+        // first batch.
+        check_config(&dataset, &config).map_err(to_py)?;
         Ok(Self {
             dataset,
+            pool: BufferPool::for_config(&config),
             config,
             state: Mutex::new(State {
                 epoch: 0,
@@ -186,23 +245,18 @@ impl Loader {
     /// Starts `epoch` from its first batch at the next iteration.
     fn set_epoch(&self, epoch: u64) {
         let mut state = self.state();
-        state.running = None;
+        if let Some(loader) = state.running.as_mut() {
+            if loader.epoch() + 1 == epoch && loader.remaining() == 0 {
+                loader.advance_epoch();
+            }
+        }
         state.epoch = epoch;
         state.start = 0;
     }
 
     /// Batches this rank gets in each epoch.
     fn __len__(&self) -> PyResult<usize> {
-        let c = &self.config;
-        let sampler = Sampler::new(
-            self.dataset.shard_lens(),
-            c.seed,
-            c.order,
-            (c.rank, c.world),
-            c.batch_size,
-            c.drop_last,
-        )
-        .map_err(|e| to_py(e.into()))?;
+        let sampler = check_config(&self.dataset, &self.config).map_err(to_py)?;
         Ok(sampler.batches_per_epoch())
     }
 
@@ -227,14 +281,18 @@ impl Loader {
     /// Starts (or restarts) the current epoch's iteration.
     fn start(&self) -> PyResult<()> {
         let mut state = self.state();
-        let loader = RustLoader::new(
-            self.dataset.clone(),
-            self.config.clone(),
-            state.epoch,
-            state.start,
-        )
-        .map_err(to_py)?;
-        state.running = Some(loader);
+        if state.ready_loader().is_none() {
+            state.running = None; // its workers stop before new ones start
+            let loader = RustLoader::with_pool(
+                self.dataset.clone(),
+                self.config.clone(),
+                self.pool.clone(),
+                state.epoch,
+                state.start,
+            )
+            .map_err(to_py)?;
+            state.running = Some(loader);
+        }
         // Iterating again without `set_epoch` repeats the epoch.
         state.start = 0;
         Ok(())
@@ -259,22 +317,16 @@ impl Loader {
                         return Err(interrupt);
                     }
                 }
-                Ok(None) => {
-                    self.state().running = None;
-                    return Ok(None);
-                }
+                Ok(None) => return Ok(None),
                 Ok(Some(batch)) => {
                     let batch = batch.map_err(to_py)?;
                     for damaged in &batch.damaged {
                         eprintln!("warning: {damaged}");
                     }
-                    let labels = batch.labels.clone();
-                    let records = batch.records.iter().map(|r| (r.shard, r.index)).collect();
-                    let views = batch
-                        .views
-                        .iter()
-                        .map(|v| (v.x, v.y, v.flip, v.light))
-                        .collect();
+                    let bytes = |b: Vec<u8>| PyByteArray::new(py, &b).unbind();
+                    let labels = bytes(packed_labels(&batch.labels));
+                    let views = bytes(packed_views(&batch.views));
+                    let records = bytes(packed_records(&batch.records));
                     return Ok(Some((BatchBuffer::new(batch), labels, views, records)));
                 }
             }

@@ -417,27 +417,8 @@ impl Loader {
         epoch: u64,
         start_batch: usize,
     ) -> Result<Self, LoaderError> {
-        if config.threads == 0 || config.prefetch == 0 || config.crop > dataset.side {
-            return Err(LoaderError::Config(format!(
-                "threads and prefetch must be at least 1 and the crop ({}) at most the stored side ({})",
-                config.crop, dataset.side
-            )));
-        }
+        let sampler = check_config(&dataset, &config)?;
         let lighting = lighting_for(&dataset, &config)?;
-        if config.output == Output::F32 && dataset.mean.is_none() {
-            return Err(LoaderError::Config(
-                "float32 output subtracts the mean image: run `pipeline stats` first (no mean.npy)"
-                    .into(),
-            ));
-        }
-        let sampler = Sampler::new(
-            dataset.shard_lens(),
-            config.seed,
-            config.order,
-            (config.rank, config.world),
-            config.batch_size,
-            config.drop_last,
-        )?;
         let batches = sampler.batches(epoch, 0);
         // At most `prefetch` jobs are out at once (see `issue`), so neither
         // channel ever blocks its sender; the bounds make that a property of
@@ -634,6 +615,34 @@ impl Drop for Loader {
             let _ = worker.join();
         }
     }
+}
+
+/// Whether `config` can load from `dataset` (threads, prefetch, crop, the
+/// rank's share, and the statistics float32 output and lighting need),
+/// with the sampler it implies: what `Loader::new` checks before it starts
+/// a thread, for callers that want the error before the first epoch.
+pub fn check_config(dataset: &Dataset, config: &LoaderConfig) -> Result<Sampler, LoaderError> {
+    if config.threads == 0 || config.prefetch == 0 || config.crop > dataset.side {
+        return Err(LoaderError::Config(format!(
+            "threads and prefetch must be at least 1 and the crop ({}) at most the stored side ({})",
+            config.crop, dataset.side
+        )));
+    }
+    lighting_for(dataset, config)?;
+    if config.output == Output::F32 && dataset.mean.is_none() {
+        return Err(LoaderError::Config(
+            "float32 output subtracts the mean image: run `pipeline stats` first (no mean.npy)"
+                .into(),
+        ));
+    }
+    Ok(Sampler::new(
+        dataset.shard_lens(),
+        config.seed,
+        config.order,
+        (config.rank, config.world),
+        config.batch_size,
+        config.drop_last,
+    )?)
 }
 
 fn lighting_for(dataset: &Dataset, config: &LoaderConfig) -> Result<Option<Lighting>, LoaderError> {
