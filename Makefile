@@ -33,7 +33,7 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch setup-gloo env build python test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader bench-peers check-aarch64 learn-fashion gpu-stage demo clean
+.PHONY: setup setup-apt setup-python setup-torch setup-gloo env build python test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader bench-peers bench-python check-aarch64 learn-fashion gpu-stage demo clean
 
 setup: setup-apt setup-python setup-torch setup-gloo
 
@@ -120,19 +120,24 @@ lint: setup-apt setup-torch setup-gloo
 unit: setup-apt setup-torch setup-gloo
 	$(CARGO) test --release --workspace
 
-# The Python package (python/: pyo3 + maturin) built as a wheel and
-# installed into the test virtualenv and the trainer's torch one (for
-# python/examples/pytorch_train.py); `pip install ./python` does the same
-# anywhere. pip reuses cargo's target/, so a rebuild takes seconds.
+# The Python package (python/: pyo3 + maturin) built once as a wheel, with
+# numpy's beside it in $(WHEELS), and installed into the test virtualenv
+# and the trainer's torch one (for python/examples/pytorch_train.py and the
+# benchmarks); `pip install ./python` does the same anywhere. maturin
+# reuses cargo's target/, so a rebuild takes seconds.
+WHEELS := target/wheels
 python: build setup-python setup-torch
-	$(PY) -m pip install -q ./python
-	$(TORCH_VENV)/bin/python -m pip install -q ./python
+	rm -rf $(WHEELS)
+	$(PY) -m pip wheel -q ./python -w $(WHEELS)
+	$(PY) -m pip install -q --force-reinstall --no-deps $(WHEELS)/alexnet_pipeline-*.whl
+	$(TORCH_VENV)/bin/python -m pip install -q --force-reinstall --no-deps \
+	  $(WHEELS)/alexnet_pipeline-*.whl
 
 # End-to-end tests against independent references (Pillow, numpy, a Python
 # reader of the shard format), and of the Python package.
 e2e: build setup-python python
 	PIPELINE_BIN=$(abspath $(PIPELINE)) TRAINER_BIN=$(abspath $(TRAINER)) PHOTOS=$(PHOTOS) \
-	  TORCH_PY=$(TORCH_VENV)/bin/python \
+	  TORCH_PY=$(TORCH_VENV)/bin/python WHEELS=$(abspath $(WHEELS)) \
 	  $(PY) -m pytest -q tests/e2e
 
 test: lint unit e2e
@@ -233,9 +238,13 @@ check-aarch64:
 # `make test`: ~15 minutes on 2 cores, ~2 GB under $(CACHE)/bench-peers.
 PEERS_VENV ?= $(CACHE)/peers
 PEERS_APT  := libopencv-dev libturbojpeg0-dev pkg-config
+# `make bench-python` is the same series: ours from Python (`alexnet_pipeline`)
+# is measured in it beside `pipeline bench` and the peers.
+bench-python: bench-peers
+
 PEERS_OUT  ?= benches/results/$(shell date +%Y-%m-%d)-$(shell hostname -s)/peers
 PEER_ROUNDS ?= 3
-bench-peers: build setup-torch $(PEERS_VENV)/.installed
+bench-peers: build python $(PEERS_VENV)/.installed
 	PYTHONPATH=$$($(TORCH_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])') \
 	  $(PEERS_VENV)/bin/python benches/peers.py --pipeline $(PIPELINE) --sample "$(SAMPLE)" \
 	  --work $(CACHE)/bench-peers --rounds $(PEER_ROUNDS) --out $(PEERS_OUT)

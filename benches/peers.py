@@ -13,6 +13,10 @@ over as
 
 Peers:
 - `ours, zstd shards` and `ours, raw shards`: `pipeline bench --json`.
+- `ours from Python` on each: the `alexnet_pipeline` package (when it
+  imports: `make python`), its batches as torch tensors, as a PyTorch
+  training loop would take them; the table gives its rate against
+  `pipeline bench`'s on the same shards.
 - `DALI external_source`: DALI's CPU pipeline (`device_id=None`) fed from
   one memory-mapped uint8 array of all images, cropped, mirrored and
   normalised by `fn.crop_mirror_normalize`.
@@ -56,10 +60,12 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
 from shardfmt import read_index  # noqa: E402
 from sample_tree import link_tree  # noqa: E402  (this folder)
 
-PEERS = ["ours-zstd", "ours-raw", "dali", "dataloader", "ffcv"]
+PEERS = ["ours-zstd", "python-zstd", "ours-raw", "python-raw", "dali", "dataloader", "ffcv"]
 NAMES = {
     "ours-zstd": "ours, zstd shards (`pipeline bench`)",
+    "python-zstd": "ours from Python, zstd shards (`alexnet_pipeline`)",
     "ours-raw": "ours, raw shards (`pipeline bench`)",
+    "python-raw": "ours from Python, raw shards (`alexnet_pipeline`)",
     "dali": "DALI external_source + crop_mirror_normalize",
     "dataloader": "PyTorch DataLoader",
     "ffcv": "FFCV, raw-pixel .beton",
@@ -209,6 +215,24 @@ def dataloader_rates(work, output, threads, batch, epochs):
     return epoch_rates(run_epoch, epochs)
 
 
+def python_rates(codec):
+    """Ours through the Python package, batches as torch tensors (each
+    epoch a fresh order, as `pipeline bench` runs it)."""
+    def rates(work, output, threads, batch, epochs):
+        import alexnet_pipeline as ap
+
+        loader = ap.Loader(os.path.join(work, f"shards-{codec}"), batch_size=batch, mode="train",
+                           output=output, threads=threads)
+
+        def run_epoch(epoch):
+            loader.set_epoch(epoch)
+            return sum(len(x) for x, _ in loader)
+
+        return epoch_rates(run_epoch, epochs)
+
+    return rates
+
+
 def ffcv_rates(work, output, threads, batch, epochs):
     from ffcv.fields import IntField, RGBImageField
     from ffcv.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder
@@ -294,7 +318,8 @@ def measure_in_child(args, peer, output):
 
 
 def available(peer):
-    module = {"dali": "nvidia.dali", "dataloader": "torch", "ffcv": "ffcv"}.get(peer)
+    module = {"dali": "nvidia.dali", "dataloader": "torch", "ffcv": "ffcv",
+              "python-zstd": "alexnet_pipeline", "python-raw": "alexnet_pipeline"}.get(peer)
     if module is None:
         return True
     probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
@@ -333,6 +358,13 @@ def table(rows, threads, batch, images, cpu):
         if u8 or f32:
             lines.append(f"| {NAMES[peer]} | {show(u8)} | {ratio(u8, base)} | {show(f32)} | "
                          f"{ratio(f32, base_f32)} |")
+    lines += ["", "From Python (`alexnet_pipeline`, torch tensors) against `pipeline bench` "
+              "on the same shards:", "", "| shards | uint8 | float32 |", "|---|---|---|"]
+    for codec in ("zstd", "raw"):
+        cells = [ratio(median(f"python-{codec}", o), median(f"ours-{codec}", o))
+                 for o in ("u8", "f32")]
+        if any(c != "-" for c in cells):
+            lines.append(f"| {codec} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -354,7 +386,8 @@ def main():
     ap.add_argument("--output", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        run = {"dali": dali_rates, "dataloader": dataloader_rates, "ffcv": ffcv_rates}[args.child]
+        run = {"dali": dali_rates, "dataloader": dataloader_rates, "ffcv": ffcv_rates,
+               "python-zstd": python_rates("zstd"), "python-raw": python_rates("raw")}[args.child]
         print(json.dumps(run(args.work, args.output, args.threads, args.batch_size, args.epochs)))
         return
     prepare(args.pipeline, args.sample, args.work, args.copies)

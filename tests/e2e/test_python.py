@@ -35,33 +35,101 @@ def decoded(shards_dir):
 
 
 def crop(img, view):
-    x, y, flip, _ = view
+    x, y, flip = int(view["x"]), int(view["y"]), bool(view["mirrored"])
     c = img[y:y + CROP, x:x + CROP]
     return c[:, ::-1] if flip else c
 
 
-def test_u8_and_f32_batches_are_numpy_crops_of_the_stored_images(shards):
+CORNERS = {(0, 0), (32, 0), (0, 32), (32, 32), (16, 16)}
+
+
+def check_views(mode, views, per_image):
+    """The windows each mode promises, from the views the loader reports."""
+    places = [(int(v["x"]), int(v["y"]), bool(v["mirrored"])) for v in views]
+    if mode == "center":
+        assert places == [(16, 16, False)] * len(places)
+    elif mode == "tencrop":
+        for k in range(0, len(places), per_image):
+            assert set(places[k:k + per_image]) == {(x, y, m) for x, y in CORNERS
+                                                     for m in (False, True)}
+    else:
+        assert all(0 <= x <= 32 and 0 <= y <= 32 for x, y, _ in places)
+    if mode != "train":
+        assert not views["light"].any()
+
+
+@pytest.mark.parametrize("mode", ["train", "center", "tencrop"])
+@pytest.mark.parametrize("output", ["u8", "f32"])
+def test_batches_are_numpy_crops_of_the_stored_images(shards, mode, output):
+    """Every pixel of every batch of an epoch against numpy's crop, mirror,
+    mean subtraction and lighting of the images the Python shard reader
+    decodes: exact (the float32 arithmetic is (pixel - mean) + light in
+    float32, the same operations in the same order)."""
     images = decoded(shards)
     mean = np.load(os.path.join(shards, "mean.npy"))
-    seen = 0
-    for output in ("u8", "f32"):
-        loader = ap.Loader(shards, batch_size=5, output=output, threads=2, seed=3, tensors=False)
-        loader.set_epoch(1)
+    per_image = 10 if mode == "tencrop" else 1
+    loader = ap.Loader(shards, batch_size=5, mode=mode, output=output, threads=2, seed=3,
+                       tensors=False)
+    loader.set_epoch(1)
+    seen = set()
+    for batch in loader:
+        x, y = batch
+        assert len(x) == len(batch.views) == per_image * len(y) == per_image * len(batch.records)
+        check_views(mode, batch.views, per_image)
+        for k, view in enumerate(batch.views):
+            record = tuple(batch.records[k // per_image])
+            want = crop(images[record], view)
+            if output == "u8":
+                assert x.shape[1:] == (CROP, CROP, 3) and x.dtype == np.uint8
+                np.testing.assert_array_equal(x[k], want)
+            else:
+                light = view["light"].astype(np.float32)
+                ref = ((want.astype(np.float32) - crop(mean, view)) + light).transpose(2, 0, 1)
+                assert x.shape[1:] == (3, CROP, CROP) and x.dtype == np.float32
+                np.testing.assert_array_equal(x[k], ref)
+            seen.add(record)
+    assert len(seen) == len(images) // 5 * 5  # drop_last
+
+
+def test_lighting_is_the_papers_pca_draw(shards):
+    """Each view's light is sum_i alpha_i (lambda_i / 255) v_i, the paper's
+    offset with stats.json's eigen pairs (v_i its rows; its covariance is
+    in 0..255 units, hence the 1/255, see docs/design.md) and alpha_i drawn
+    from N(0, 0.1): solved back, the alphas reproduce the light and have a
+    standard deviation near 0.1 and a mean near 0."""
+    s = ap.Shards(shards)
+    scale = s.eigenvalues / 255
+    alphas = []
+    loader = ap.Loader(s, batch_size=4, threads=2, tensors=False)
+    for epoch in range(8):
+        loader.set_epoch(epoch)
         for batch in loader:
-            x, y = batch
-            assert len(x) == len(y) == len(batch.records) == len(batch.views)
-            for k, (record, view) in enumerate(zip(batch.records, batch.views)):
-                want = crop(images[tuple(record)], view)
-                if output == "u8":
-                    assert x.shape[1:] == (CROP, CROP, 3) and x.dtype == np.uint8
-                    np.testing.assert_array_equal(x[k], want)
-                else:
-                    light = np.asarray(view[3], np.float32)
-                    ref = ((want.astype(np.float32) - crop(mean, view)) + light).transpose(2, 0, 1)
-                    assert x.dtype == np.float32
-                    np.testing.assert_array_equal(x[k], ref)
-                seen += 1
-    assert seen > 10
+            light = batch.views["light"].astype(np.float64)
+            alpha = (light @ s.eigenvectors.T) / scale
+            np.testing.assert_allclose((alpha * scale) @ s.eigenvectors, light, atol=1e-4)
+            alphas.append(alpha)
+    alphas = np.concatenate(alphas)
+    assert len(alphas) > 100
+    std, mean = alphas.std(0), alphas.mean(0)
+    assert ((0.08 < std) & (std < 0.12)).all() and (abs(mean) < 0.03).all(), (std, mean)
+
+
+def test_epochs_back_to_back_are_each_epochs_own_batches(shards):
+    """set_epoch(e + 1) right after epoch e takes over batches the workers
+    made ahead: they must be epoch e + 1's, as a fresh loader makes them."""
+    def epoch_of(loader, epoch):
+        loader.set_epoch(epoch)
+        return [(b.records.tolist(), b[0].copy()) for b in loader]
+
+    running = ap.Loader(shards, batch_size=3, threads=2, tensors=False)
+    got = [epoch_of(running, e) for e in range(3)]
+    got.append([(b.records.tolist(), b[0].copy()) for b in running])  # epoch 2 again
+    for e, batches in zip([0, 1, 2, 2], got):
+        fresh = epoch_of(ap.Loader(shards, batch_size=3, threads=2, tensors=False), e)
+        assert [r for r, _ in batches] == [r for r, _ in fresh]
+        for (_, a), (_, b) in zip(batches, fresh):
+            np.testing.assert_array_equal(a, b)
+    assert got[0][0][0] != got[1][0][0]
 
 
 def test_a_kept_batch_holds_its_own_pixels_while_more_are_drawn(shards):
@@ -75,12 +143,9 @@ def test_a_kept_batch_holds_its_own_pixels_while_more_are_drawn(shards):
 
 
 def test_state_dict_continues_with_the_batches_of_an_uninterrupted_run(shards):
-    def records(batches):
-        return [list(map(tuple, b.records)) for b in batches]
-
     whole = ap.Loader(shards, batch_size=3, threads=2, tensors=False)
     whole.set_epoch(2)
-    want = [(b.records, b[0].copy()) for b in whole]
+    want = [(b.records.tolist(), b[0].copy()) for b in whole]
     part = ap.Loader(shards, batch_size=3, threads=2, tensors=False)
     part.set_epoch(2)
     it = iter(part)
@@ -90,7 +155,7 @@ def test_state_dict_continues_with_the_batches_of_an_uninterrupted_run(shards):
     assert state == {"epoch": 2, "batch": 3}
     resumed = ap.Loader(shards, batch_size=3, threads=2, tensors=False)
     resumed.load_state_dict(state)
-    got = [(b.records, b[0]) for b in resumed]
+    got = [(b.records.tolist(), b[0]) for b in resumed]
     assert len(got) == len(want) - 3 == len(resumed) - 3
     for (gr, gx), (wr, wx) in zip(got, want[3:]):
         assert gr == wr
@@ -99,9 +164,10 @@ def test_state_dict_continues_with_the_batches_of_an_uninterrupted_run(shards):
 
 def test_ranks_together_are_the_one_process_epoch(shards):
     one = {tuple(r) for b in ap.Loader(shards, batch_size=4, threads=1, tensors=False)
-           for r in b.records}
+           for r in b.records.tolist()}
     ranks = [{tuple(r) for b in ap.Loader(shards, batch_size=2, threads=1, rank=k, world=2,
-                                           tensors=False) for r in b.records} for k in range(2)]
+                                           tensors=False) for r in b.records.tolist()}
+             for k in range(2)]
     assert not ranks[0] & ranks[1]
     assert ranks[0] | ranks[1] == one
 
@@ -168,3 +234,28 @@ def test_the_pytorch_example_learns_on_fashion_mnist(fashion):
     assert len(losses) == 40
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < first - 0.03, (first, last)
+
+
+def test_the_wheel_installs_and_loads_in_a_fresh_venv_without_rust(tmp_path, shards):
+    """The wheel `make python` builds (WHEELS: it and numpy's), installed
+    offline into a new virtualenv whose PATH has no cargo or rustc, imports
+    and loads a batch: installing it needs no Rust."""
+    import subprocess
+    import sys
+    wheels = os.environ.get("WHEELS")
+    if not wheels:
+        pytest.skip("WHEELS (the folder `make python` builds the wheel into) is set by make test")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    path = f"{venv}/bin:/usr/bin:/bin"
+    assert shutil.which("cargo", path=path) is None and shutil.which("rustc", path=path) is None
+    env = {"PATH": path, "HOME": str(tmp_path), "PIP_NO_INDEX": "1"}
+    subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--find-links", wheels,
+                    "alexnet-pipeline"], check=True, env=env)
+    code = ("import sys, alexnet_pipeline as ap\n"
+            "loader = ap.Loader(sys.argv[1], batch_size=4, threads=1)\n"
+            "x, y = next(iter(loader))\n"
+            "print(type(x).__module__, x.shape, x.dtype, len(y))\n")
+    out = subprocess.run([venv / "bin" / "python", "-c", code, shards], check=True, env=env,
+                         capture_output=True, text=True, cwd=tmp_path).stdout
+    assert out.split() == ["numpy", "(4,", "224,", "224,", "3)", "uint8", "4"]
