@@ -9,6 +9,7 @@
 //! | kernels, ranks | `kernels`, `dist` | our CUDA kernels (fused ReLU + LRN, one-pass SGD) and `--kernels`; data-parallel ranks and their reductions |
 //! | definitions | `lrn`, `named_tensors` | the LRN as the paper defines it; tensors restored by name |
 //! | plumbing | `sys` | CUDA driver, NVRTC, streams, graphs, autograd calls and c10d process groups tch lacks |
+//! | randomness | `random` | normal draws from a seeded local generator (initial weights, tests' inputs) |
 //!
 //! `tests/layering.rs` fails when a module reaches up. The binary
 //! (`src/bin/trainer.rs`) is the CLI on top of all of them.
@@ -26,5 +27,6 @@ pub mod metric;
 pub mod model;
 pub mod named_tensors;
 pub mod optim;
+pub mod random;
 pub mod step;
 pub mod sys;

@@ -195,7 +195,6 @@ impl AlexNet {
     ) -> Self {
         let widths = Widths::scaled(config.width_mult);
         let shapes = layer_shapes(&config, &widths);
-        tch::manual_seed(seed);
         let columns = [0, 1].map(|c| {
             shapes
                 .iter()
@@ -205,7 +204,10 @@ impl AlexNet {
                     let out = b_len[c];
                     let mut shape = w_shape.clone();
                     shape[0] = out;
-                    let weight = (Tensor::randn(&shape, (Kind::Float, Device::Cpu)) * std)
+                    // Each tensor its own stream of the seed: the same
+                    // weights whatever else draws meanwhile.
+                    let stream = (seed as u64) ^ ((c * LAYERS.len() + l + 1) as u64) << 56;
+                    let weight = (crate::random::randn(&shape, stream) * std)
                         .to_device(placement.device(c))
                         .set_requires_grad(true);
                     let bias = Tensor::full([out], bias, (Kind::Float, placement.device(c)))
@@ -627,7 +629,7 @@ mod tests {
             Placement::One(Device::Cpu),
             Precision::F32,
         );
-        let x = Tensor::randn([3, 3, 99, 99], (Kind::Float, Device::Cpu));
+        let x = crate::random::randn(&[3, 3, 99, 99], 1);
         assert_eq!(net.forward(&x, false).size(), vec![3, 10]);
         // Column B of conv2 reads only its own column's 6 conv1 maps; conv3
         // reads both columns' 16 + 16.
@@ -644,7 +646,7 @@ mod tests {
     #[test]
     fn lrn_matches_the_formula_within_each_column() {
         let (n, c, hw) = (2i64, 12i64, 3i64);
-        let x = Tensor::randn([n, c, hw, hw], (Kind::Float, Device::Cpu)) * 30.0;
+        let x = crate::random::randn(&[n, c, hw, hw], 2) * 30.0;
         let band = lrn_band(c, 2, Lrn::PAPER, Device::Cpu);
         let got = Vec::<f32>::try_from(local_response_norm(&x, &band, Lrn::PAPER).flatten(0, -1))
             .unwrap();
@@ -692,6 +694,50 @@ mod tests {
         }
     }
 
+    /// The seed alone decides the weights (they come from a local
+    /// generator, not libtorch's global one, which other threads draw
+    /// from), and no two tensors share their draws.
+    #[test]
+    fn the_seed_alone_decides_the_weights() {
+        let make = |seed| {
+            AlexNet::new(
+                small(10),
+                Init::Paper,
+                seed,
+                Placement::One(Device::Cpu),
+                Precision::F32,
+            )
+        };
+        let (a, b) = (make(3), make(3));
+        let _ = Tensor::randn([1000], (Kind::Float, Device::Cpu)); // moves the global generator
+        let (c, d) = (make(3), make(4));
+        for (((name, x), (_, y)), ((_, z), (_, w))) in a
+            .named_parameters()
+            .iter()
+            .zip(b.named_parameters().iter())
+            .zip(c.named_parameters().iter().zip(d.named_parameters().iter()))
+        {
+            assert!(x.equal(y) && x.equal(z), "{name}: same seed, other weights");
+            if name.ends_with("weight") {
+                assert!(!x.equal(w), "{name}: seeds 3 and 4 give the same weights");
+            }
+        }
+        let params = a.named_parameters();
+        let firsts: Vec<f64> = params
+            .iter()
+            .filter(|(n, _)| n.ends_with("weight"))
+            .map(|(_, t)| t.flatten(0, -1).double_value(&[0]))
+            .collect();
+        let mut distinct = firsts.clone();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            firsts.len(),
+            "tensors start with the same draw"
+        );
+    }
+
     #[test]
     fn kaiming_init_scales_with_fan_in() {
         let net = AlexNet::new(
@@ -733,8 +779,8 @@ mod tests {
             Precision::F32,
         );
         let split = one.to_placement(Placement::Split(Device::Cpu, Device::Cpu), Precision::F32);
-        let x = Tensor::randn([4, 3, 99, 99], (Kind::Float, Device::Cpu));
-        let weights = Tensor::randn([4, 7], (Kind::Float, Device::Cpu));
+        let x = crate::random::randn(&[4, 3, 99, 99], 3);
+        let weights = crate::random::randn(&[4, 7], 4);
         let mut logits = Vec::new();
         for net in [&one, &split] {
             let y = net.forward(&x, true);
@@ -775,7 +821,7 @@ mod tests {
             Precision::F32,
         );
         let half = net.to_placement(Placement::One(Device::Cpu), Precision::Bf16);
-        let x = Tensor::randn([2, 3, 99, 99], (Kind::Float, Device::Cpu));
+        let x = crate::random::randn(&[2, 3, 99, 99], 5);
         let (a, b) = (net.forward(&x, false), half.forward(&x, false));
         assert_eq!(b.kind(), Kind::Float);
         let err = (&a - &b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]);
@@ -804,7 +850,7 @@ mod tests {
             Placement::One(Device::Cpu),
             Precision::F32,
         );
-        let x = Tensor::randn([2, 3, 99, 99], (Kind::Float, Device::Cpu));
+        let x = crate::random::randn(&[2, 3, 99, 99], 6);
         let run = |train: bool, seed: i64| {
             tch::manual_seed(seed);
             net.forward(&x, train)
@@ -843,7 +889,7 @@ mod tests {
                 Precision::F32,
             );
             let side = config.input_side;
-            let mut x = Tensor::randn([batch, 3, side, side], (Kind::Float, Device::Cpu));
+            let mut x = crate::random::randn(&[batch, 3, side, side], 7 + batch as u64);
             if nhwc {
                 x = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
             }

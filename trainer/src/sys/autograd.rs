@@ -78,11 +78,12 @@ mod tests {
     /// call is an error, not a crash.
     #[test]
     fn gradients_given_output_gradients() {
-        let opts = (Kind::Double, Device::Cpu);
-        let w = Tensor::randn([3, 4], opts).set_requires_grad(true);
-        let x = Tensor::randn([3, 4], opts).set_requires_grad(true);
-        let unused = Tensor::randn([2], opts).set_requires_grad(true);
-        let g = Tensor::randn([3, 4], opts);
+        let draw =
+            |shape: &[i64], seed| crate::random::randn_on(shape, seed, Kind::Double, Device::Cpu);
+        let w = draw(&[3, 4], 1).set_requires_grad(true);
+        let x = draw(&[3, 4], 2).set_requires_grad(true);
+        let unused = draw(&[2], 3).set_requires_grad(true);
+        let g = draw(&[3, 4], 4);
         let y = &w * &x;
         let got = grad(&[&y], &[&g], &[&w, &x, &unused]).unwrap();
         assert!(got[0].allclose(&(&g * &x), 1e-12, 1e-12, false));
@@ -96,7 +97,7 @@ mod tests {
             .contains("backward through the graph a second time"));
         // A gradient of the wrong shape is refused.
         let y = &w * &x;
-        let bad = grad(&[&y], &[&Tensor::ones([5], opts)], &[&w]);
+        let bad = grad(&[&y], &[&Tensor::ones([5], (Kind::Double, Device::Cpu))], &[&w]);
         assert!(bad.is_err());
     }
 }
