@@ -100,11 +100,7 @@ pub fn evaluate(
         let labels = crate::input::batch_labels(&batch, norm.device());
         let n = labels.size()[0];
         let (h1, h5, loss) = tch::no_grad(|| {
-            let probs = net.forward(&x, false).softmax(-1, Kind::Float);
-            let classes = probs.size()[1];
-            let probs = probs
-                .view([n, batch.views_per_image as i64, classes])
-                .mean_dim(1, false, Kind::Float);
+            let probs = image_probs(&net.forward(&x, false), batch.views_per_image);
             score(&probs, &labels)
         });
         sums.images += n as f64;
@@ -114,6 +110,17 @@ pub fn evaluate(
         progress.advance(n as u64);
     }
     Ok(sums)
+}
+
+/// Class probabilities per image from the logits of its `views`
+/// consecutive views: each view's softmax, averaged (the paper's ten-crop
+/// prediction; one view: its softmax).
+pub fn image_probs(logits: &Tensor, views: usize) -> Tensor {
+    let probs = logits.softmax(-1, Kind::Float);
+    let classes = probs.size()[1];
+    probs
+        .view([-1, views as i64, classes])
+        .mean_dim(1, false, Kind::Float)
 }
 
 /// (top-1 hits, top-5 hits, summed cross-entropy) of class probabilities.
@@ -148,5 +155,44 @@ mod tests {
         assert_eq!((h1, h5), (1.0, 2.0));
         let want = -(0.5f64.ln() + 0.12f64.ln() + 0.05f64.ln());
         assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+    }
+
+    /// Ten views of two images, three classes, with logits the logs of
+    /// known probabilities, worked by hand:
+    /// - image A (label 1): view 0 says [.05 .05 .9], views 1-9 [.3 .4 .3];
+    ///   the mean is [.275 .365 .36]: class 1, a hit. View 0 alone would
+    ///   say class 2, and so would averaging the logits (the geometric
+    ///   mean: class 2 by 0.03).
+    /// - image B (label 0): views 0-4 say [.2 .5 .3], views 5-9 [.6 .1 .3];
+    ///   the mean is [.4 .3 .3]: class 0, a hit; view 0 alone says class 1.
+    #[test]
+    fn ten_crop_averages_the_views_softmax() {
+        let a0 = [0.05f32, 0.05, 0.9];
+        let a = [0.3f32, 0.4, 0.3];
+        let (b0, b1) = ([0.2f32, 0.5, 0.3], [0.6f32, 0.1, 0.3]);
+        let mut probs: Vec<f32> = a0.to_vec();
+        (0..9).for_each(|_| probs.extend(a));
+        (0..5).for_each(|_| probs.extend(b0));
+        (0..5).for_each(|_| probs.extend(b1));
+        // Logits: log-probabilities plus a per-view constant, which the
+        // softmax must remove.
+        let logits: Vec<f32> = probs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.ln() + (i / 3) as f32)
+            .collect();
+        let logits = Tensor::from_slice(&logits).view([20, 3]);
+        let got = image_probs(&logits, 10);
+        let want = Tensor::from_slice(&[0.275f32, 0.365, 0.36, 0.4, 0.3, 0.3]).view([2, 3]);
+        assert!(got.allclose(&want, 1e-6, 1e-6, false), "{got}");
+        let labels = Tensor::from_slice(&[1i64, 0]);
+        let (h1, h5, loss) = score(&got, &labels);
+        assert_eq!((h1, h5), (2.0, 2.0));
+        let want_loss = -(0.365f64.ln() + 0.4f64.ln());
+        assert!((loss - want_loss).abs() < 1e-5, "{loss} vs {want_loss}");
+        // One view per image: view 0 of each alone misses both.
+        let firsts = logits.view([2, 10, 3]).select(1, 0);
+        let (h1, _, _) = score(&image_probs(&firsts, 1), &labels);
+        assert_eq!(h1, 0.0);
     }
 }

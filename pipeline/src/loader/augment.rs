@@ -575,18 +575,24 @@ mod tests {
     fn train_views_cover_every_offset_and_flip_half_the_time() {
         let mut rng = SplitMix64::new(2);
         let mut xs = [0u32; SIDE - CROP + 1];
+        let mut ys = [0u32; SIDE - CROP + 1];
+        let mut same = 0;
         let mut flips = 0;
         let n = 30_000;
         for _ in 0..n {
             let v = views(Mode::Train, SIDE, CROP, None, &mut rng)[0];
             xs[v.x as usize] += 1;
+            ys[v.y as usize] += 1;
+            same += u32::from(v.x == v.y);
             flips += v.flip as u32;
-            assert!(v.y as usize <= SIDE - CROP);
             assert_eq!(v.light, [0.0; 3]);
         }
-        for count in xs {
-            assert!((7_000..8_000).contains(&count), "{xs:?}");
+        // Each of x and y takes every offset equally often, and they are
+        // drawn apart (x == y about one time in SIDE - CROP + 1).
+        for count in xs.iter().chain(&ys) {
+            assert!((7_000..8_000).contains(count), "x {xs:?} y {ys:?}");
         }
+        assert!((7_000..8_000).contains(&same), "x == y {same} times");
         assert!((14_400..15_600).contains(&flips), "{flips}");
     }
 

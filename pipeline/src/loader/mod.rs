@@ -1172,8 +1172,11 @@ pub(crate) mod tests {
             collect(Loader::new(data.clone(), config(2, Output::U8), 0, 0).expect("loader"));
         let floats =
             collect(Loader::new(data.clone(), config(2, Output::F32), 0, 0).expect("loader"));
-        let mean = data.mean_planes().expect("mean");
-        let (n3, n) = (CROP * CROP * 3, CROP * CROP * 3);
+        // The mean image as stored (HWC), indexed here by hand rather than
+        // through the loader's own mean planes.
+        let mean = data.mean().expect("mean");
+        let side = data.side();
+        let n = CROP * CROP * 3;
         for (b, f) in bytes.iter().zip(&floats) {
             assert_eq!(b.views, f.views);
             assert!(
@@ -1181,17 +1184,28 @@ pub(crate) mod tests {
                 "lighting is on"
             );
             for (k, view) in b.views.iter().enumerate() {
-                let mut out = vec![0f32; n];
-                normalise::u8_crop_to_f32_chw(
-                    &u8_data(b)[k * n3..][..n3],
-                    mean,
-                    view,
-                    CROP,
-                    &mut out,
-                );
-                assert_eq!(out, f32_data(f)[k * n..][..n]);
+                let (pixels, floats) = (&u8_data(b)[k * n..][..n], &f32_data(f)[k * n..][..n]);
+                for (y, x, c) in window_indices(CROP) {
+                    // Output column x of a mirrored view comes from stored
+                    // column x0 + CROP - 1 - x.
+                    let sx = usize::from(view.x) + if view.flip { CROP - 1 - x } else { x };
+                    let sy = usize::from(view.y) + y;
+                    let want = (f32::from(pixels[(y * CROP + x) * 3 + c])
+                        - mean[(sy * side + sx) * 3 + c])
+                        + view.light[c];
+                    assert_eq!(
+                        floats[(c * CROP + y) * CROP + x],
+                        want,
+                        "{view:?} {y} {x} {c}"
+                    );
+                }
             }
         }
+    }
+
+    /// Every (row, column, channel) of a crop x crop x 3 window.
+    fn window_indices(crop: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        (0..crop).flat_map(move |y| (0..crop).flat_map(move |x| (0..3).map(move |c| (y, x, c))))
     }
 
     #[test]

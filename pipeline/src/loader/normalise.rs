@@ -306,6 +306,39 @@ mod tests {
         }
     }
 
+    /// A mirrored 2 x 2 window of a 3 x 3 image, worked by hand: pixel
+    /// (y, x, c) is 100c + 10y + x, the mean 0.5 except [1, 2, 3] at (1, 2),
+    /// the light [0.25, -1, 2]; output column 0 is stored column 2.
+    #[test]
+    fn a_mirrored_window_worked_by_hand() {
+        let side = 3;
+        let src: Vec<u8> = (0..side * side * 3)
+            .map(|i| (100 * (i % 3) + 10 * (i / 3 / side) + (i / 3) % side) as u8)
+            .collect();
+        let mut mean = vec![0.5f32; side * side * 3];
+        mean[(side + 2) * 3..][..3].copy_from_slice(&[1.0, 2.0, 3.0]);
+        let view = View {
+            x: 1,
+            y: 1,
+            flip: true,
+            light: [0.25, -1.0, 2.0],
+        };
+        let want = [
+            11.25, 10.75, 21.75, 20.75, // R: 12 - 1 + 0.25, 11 - 0.5 + 0.25, ...
+            109.0, 109.5, 120.5, 119.5, // G: 112 - 2 - 1, ...
+            211.0, 212.5, 223.5, 222.5, // B: 212 - 3 + 2, ...
+        ];
+        let planes = MeanPlanes::from_hwc(&mean, side);
+        let mut direct = [0f32; 12];
+        to_f32_chw(&src, &planes, &view, 2, &mut direct);
+        assert_eq!(direct, want);
+        let mut crop_px = [0u8; 12];
+        crop_u8(&src, side, &view, 2, &mut crop_px);
+        let mut from_u8 = [0f32; 12];
+        u8_crop_to_f32_chw(&crop_px, &planes, &view, 2, &mut from_u8);
+        assert_eq!(from_u8, want);
+    }
+
     #[test]
     fn mirrored_planes_hold_each_row_reversed() {
         let side = 6;

@@ -180,7 +180,7 @@ pub fn locate(
 
 /// Single-thread rates (images/s) that passes over the shards are measured
 /// against, each the median of five passes over the same records.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ceilings {
     /// Decoding alone, frames already in memory: zstd decompression, or for
     /// raw shards checking each frame and copying it out. The loader's and
@@ -194,6 +194,9 @@ pub struct Ceilings {
     /// caches, memory bandwidth, clocks that drop as cores get busy), where
     /// `threads x decode` assumes perfect scaling.
     pub parallel_decode: f64,
+    /// The records each rate was measured over (the first `limit` of the
+    /// train split, across as many shards as that takes).
+    pub records: Vec<(usize, usize)>,
 }
 
 impl Ceilings {
@@ -254,6 +257,7 @@ pub fn ceilings(
         decode: decode_rate,
         read_and_decode: read_rate,
         parallel_decode: parallel_rate,
+        records,
     })
 }
 
@@ -340,8 +344,19 @@ mod tests {
         let manifest = Manifest::load(&out).expect("manifest");
         let lens: Vec<usize> = data.shard_lens().iter().map(|&n| n as usize).collect();
         assert!(lens.len() > 2 && lens[0] > 1, "several shards: {lens:?}");
+        // The split's records in stored order: shard by shard.
+        let stored: Vec<(usize, usize)> = lens
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &n)| (0..n).map(move |i| (s, i)))
+            .collect();
         for limit in [1, lens[0] - 1, lens[0], lens[0] + 1, data.len() + 5] {
             let c = ceilings(&out, &manifest, limit, 2).expect("ceilings");
+            assert_eq!(
+                c.records,
+                stored[..limit.min(stored.len())],
+                "limit {limit}"
+            );
             assert!(
                 c.decode > 0.0 && c.read_and_decode > 0.0 && c.parallel_decode > 0.0,
                 "limit {limit}: {c:?}"
