@@ -117,8 +117,16 @@ lint: setup-apt setup-torch setup-gloo
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
+# Kernel tests run every SIMD path this CPU has; those it lacks are listed
+# after the tests (see pipeline::cpu::not_tested_here), not passed in silence.
+NOT_TESTED := $(abspath target/kernels-not-tested.txt)
 unit: setup-apt setup-torch setup-gloo
-	$(CARGO) test --release --workspace
+	rm -f $(NOT_TESTED)
+	KERNELS_NOT_TESTED=$(NOT_TESTED) $(CARGO) test --release --workspace
+	@if [ -s $(NOT_TESTED) ]; then \
+	  echo "Kernel paths this CPU cannot run, so not tested here (run make unit on a CPU that has them):"; \
+	  sed 's/^not tested on this CPU: /  /' $(NOT_TESTED) | sort -u; \
+	else echo "Every kernel path was tested on this CPU."; fi
 
 # The Python package (python/: pyo3 + maturin) built once as a wheel, with
 # numpy's beside it in $(WHEELS), and installed into the test virtualenv

@@ -542,7 +542,9 @@ mod tests {
             // SAFETY: checked just above.
             assert_eq!(unsafe { moments_avx512(&white) }.1, [65025 * 4097 * 64; 6]);
         }
-        eprintln!("AVX-512 kernel tested: {}", has_avx512_kernel());
+        if !has_avx512_kernel() {
+            crate::cpu::not_tested_here("rgb_moments: the AVX-512 VNNI moments kernel");
+        }
     }
 
     /// The offset-form kernel against the portable products, past its flush
@@ -551,7 +553,7 @@ mod tests {
     #[test]
     fn offset_products_equal_the_portable_path() {
         if !has_avx512_kernel() {
-            eprintln!("no AVX-512 VNNI here: offset kernel not tested");
+            crate::cpu::not_tested_here("rgb_moments: the AVX-512 VNNI offset-products kernel");
             return;
         }
         let mut rng = SplitMix64::new(13);
