@@ -113,6 +113,17 @@ def test_resume_refuses_to_overwrite_and_continues(fashion, tmp_path):
                            / "state.json"))
     assert state["settings"]["epochs"] == 7
     assert state["settings"]["shards"] == str((fashion / "shards").resolve())
+    # Resumed on another shard set (a subset of the same photos, so another
+    # manifest id): refused, naming the checkpoint, both sets and why.
+    other = tmp_path / "other"
+    pipeline("shards", "--imagenet", fashion / "tree", "--out", other, "--per-class", "20")
+    pipeline("stats", "--shards", other)
+    p = trainer("run", "--shards", other, "--out", out, "--width-mult", "0.0625",
+                "--batch-size", "16", "--quiet", "--max-steps", "6", "--resume", check=False)
+    assert p.returncode != 0 and "trained on shard set" in p.stderr and str(other) in p.stderr, \
+        p.stderr
+    steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
+    assert steps == [1, 2, 3, 4, 5]
 
 
 def test_errors_are_one_clear_line(fashion, tmp_path):
@@ -160,14 +171,28 @@ def test_fused_lrn_step_matches_the_band_lrn_step():
     assert p.returncode != 0 and "--check-lrn" in p.stderr, p.stderr
 
 
+def logged_steps(metrics):
+    """Steps metrics.jsonl holds so far (a line each, written as it ends)."""
+    if not metrics.exists():
+        return 0
+    return sum('"loss"' in line for line in open(metrics))
+
+
 def test_ctrl_c_checkpoints_and_resume_continues(fashion, tmp_path):
+    """Ctrl-C once two steps are logged (waiting for that, not for a time):
+    the run checkpoints where it stopped and says how to resume; resumed,
+    it goes on from the next step."""
     import signal
     import time
     out = tmp_path / "c"
     args = [TRAINER, "run", "--shards", fashion / "shards", "--out", out, "--width-mult", "0.0625",
             "--batch-size", "16", "--quiet", "--init", "kaiming", "--max-steps", "100000"]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    deadline = time.time() + 300
+    while logged_steps(out / "metrics.jsonl") < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no step logged in 300 s"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -175,7 +200,7 @@ def test_ctrl_c_checkpoints_and_resume_continues(fashion, tmp_path):
     state = json.load(open(out / "checkpoints" / (out / "checkpoints" / "LATEST").read_text().strip()
                            / "state.json"))
     stopped = state["step"]
-    assert stopped >= 1
+    assert stopped >= 2
     trainer("run", *map(str, args[2:-2]), "--max-steps", stopped + 2, "--resume")
     steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
     assert steps == list(range(1, stopped + 3))
