@@ -44,6 +44,8 @@
 #            long enough that start-up costs do not hide the scaling.
 #
 # Output: $OUT (default gpu-out/) gets log.txt and one file per section.
+# Exit status 1 when a check failed (the kernels' self-checks, --check-lrn's
+# comparison of the fused and band LRN steps): log.txt names each.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -81,13 +83,18 @@ EOF
 }
 
 SECTIONS=${SECTIONS:-bench ceiling train pipeline fashion demo}
+# Checks that must pass; the script exits 1 naming them when one did not.
+FAILED=()
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 W=$(mktemp -d)
 
 if want bench; then
   log "bench: trainer bench (every configuration) and the PyTorch eager reference"
+  # A bench that fails (a kernel's self-check when it loads, --check-lrn's
+  # comparison, a crash) fails the script: see FAILED.
   bench() { echo "# trainer bench $*" >>"$OUT/bench.txt"
-            timeout 90 "$T" bench --devices cuda:0 "$@" 2>&1 | tee -a "$OUT/bench.txt"; }
+            timeout 90 "$T" bench --devices cuda:0 "$@" 2>&1 | tee -a "$OUT/bench.txt"
+            [ "${PIPESTATUS[0]}" = 0 ] || FAILED+=("trainer bench $*"); }
   bench --batch-size 128 --kernels on --check-lrn --steps 20
   bench --batch-size 128 --kernels on --check-lrn --amp bf16 --steps 20
   bench --batch-size 128                     # the defaults
@@ -243,5 +250,10 @@ if want scale; then
   done
   timeout 150 python3 benches/shards_scaling.py --pipeline "$P" --sample "$STAGE/sample" --copies 40 \
     --jobs 1 16 2>&1 | tee -a "$OUT/pipeline.txt"
+fi
+if ((${#FAILED[@]})); then
+  log "FAILED: ${#FAILED[@]} check(s)"
+  printf '  %s\n' "${FAILED[@]}" | tee -a "$OUT/log.txt"
+  exit 1
 fi
 log "done"

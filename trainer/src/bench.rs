@@ -46,6 +46,37 @@ pub struct LrnComparison {
     pub worst: [(String, f64); 2],
 }
 
+impl LrnComparison {
+    /// Whether the fused step agrees with the band step as the two must:
+    /// in float32 both are the float32 reference up to rounding (loss to
+    /// 1e-5 of itself, every gradient to 1e-4); in bfloat16 the fused
+    /// step's gradients may be no further from the float32 reference than
+    /// twice the band step's (the rounding of bfloat16 itself) plus 1e-3.
+    /// The error says which gradient and by how much.
+    pub fn verdict(&self, precision: Precision) -> Result<(), String> {
+        let [band_loss, fused_loss, _] = self.loss;
+        let [(_, band), (name, fused)] = &self.worst;
+        let (allowed, loss_ok) = match precision {
+            Precision::F32 => (
+                1e-4,
+                (band_loss - fused_loss).abs() <= 1e-5 * band_loss.abs(),
+            ),
+            Precision::Bf16 => (2.0 * band + 1e-3, fused_loss.is_finite()),
+        };
+        if !loss_ok {
+            return Err(format!(
+                "losses differ: band {band_loss:.6}, fused {fused_loss:.6}"
+            ));
+        }
+        if fused.is_nan() || *fused > allowed {
+            return Err(format!(
+                "gradient of {name} is {fused:.2e} from the float32 reference (allowed {allowed:.1e})"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Compares the fused and band LRN at the benchmark's sizes.
 pub fn compare_lrn(opts: &BenchOptions, fused: FusedLrn) -> Result<LrnComparison, StepError> {
     let device = opts.placement.first();

@@ -723,6 +723,9 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             c.worst[1].1,
             c.worst[1].0
         );
+        if let Err(why) = c.verdict(opts.precision) {
+            bail!("--check-lrn: the fused LRN step disagrees with the band step: {why}");
+        }
     }
     let result = bench(&opts)?;
     let amp = if args.amp.is_some() { "bf16" } else { "fp32" };
