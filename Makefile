@@ -40,14 +40,20 @@ setup: setup-apt setup-python setup-torch setup-gloo
 # cmake + nasm build the vendored libjpeg-turbo (SIMD) behind turbojpeg-sys;
 # libopenblas-dev is the LAPACK behind ndarray-linalg (stats); libopenblas0-serial
 # its single-threaded build, which pipeline/build.rs prefers (no spinning threads).
-setup-apt:
-	@missing=""; for p in $(APT_PACKAGES); do \
+# $(call apt_install,PACKAGES): installs those of the Debian PACKAGES that
+# are missing (with sudo unless root); nothing when all are there.
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+setup-apt:
+	$(call apt_install,$(APT_PACKAGES))
 
 setup-python: $(PYENV)/.installed $(PHOTOS)/.installed
 
@@ -231,9 +237,7 @@ bench-loader: build setup-python setup-torch
 # (for the C codecs' build scripts); installed here, once. Not part of
 # `make test` (~5 minutes of compiling on 2 cores).
 check-aarch64:
-	@dpkg -s gcc-aarch64-linux-gnu >/dev/null 2>&1 || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq gcc-aarch64-linux-gnu g++-aarch64-linux-gnu; }
+	$(call apt_install,gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)
 	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 	CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ \
 	  $(CARGO) clippy -p pipeline --all-targets --target aarch64-unknown-linux-gnu -- -D warnings
@@ -258,12 +262,7 @@ bench-peers: build python $(PEERS_VENV)/.installed
 	  --work $(CACHE)/bench-peers --rounds $(PEER_ROUNDS) --out $(PEERS_OUT)
 
 $(PEERS_VENV)/.installed:
-	@missing=""; for p in $(PEERS_APT); do \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
-	fi
+	$(call apt_install,$(PEERS_APT))
 	python3 -m venv $(PEERS_VENV)
 	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PEERS_VENV)/bin/python -m pip install -q numpy==2.4.6 xxhash==3.6.0 zstandard==0.25.0 pillow==13.0.0 \
