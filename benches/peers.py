@@ -22,6 +22,11 @@ Peers:
   normalised by `fn.crop_mirror_normalize`.
 - `PyTorch DataLoader`: a Dataset over the same mapped array, numpy crops,
   worker processes, default collate.
+- `PyTorch DataLoader, our zstd shards`: a Dataset over the zstd shards
+  themselves, as `make bench-loader` runs it (benches/loader_vs_torch.py:
+  pread of a frame, python-zstandard, torch undoes the delta filter on the
+  crop's rows, lighting draws); for f32 the crop is then made float CHW
+  with the channel mean subtracted, in the worker.
 - `FFCV` (when the ffcv package imports): a .beton of raw pixels
   (`RGBImageField(write_mode="raw")`) read by FFCV's random resized crop
   held to a 224x224 window of the 256x256 image, its mirror, and for f32
@@ -60,7 +65,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
 from shardfmt import read_index  # noqa: E402
 from sample_tree import link_tree  # noqa: E402  (this folder)
 
-PEERS = ["ours-zstd", "python-zstd", "ours-raw", "python-raw", "dali", "dataloader", "ffcv"]
+PEERS = ["ours-zstd", "python-zstd", "ours-raw", "python-raw", "dali", "dataloader",
+         "dataloader-shards", "ffcv"]
 NAMES = {
     "ours-zstd": "ours, zstd shards (`pipeline bench`)",
     "python-zstd": "ours from Python, zstd shards (`alexnet_pipeline`)",
@@ -68,6 +74,7 @@ NAMES = {
     "python-raw": "ours from Python, raw shards (`alexnet_pipeline`)",
     "dali": "DALI external_source + crop_mirror_normalize",
     "dataloader": "PyTorch DataLoader",
+    "dataloader-shards": "PyTorch DataLoader, our zstd shards",
     "ffcv": "FFCV, raw-pixel .beton",
 }
 
@@ -215,6 +222,31 @@ def dataloader_rates(work, output, threads, batch, epochs):
     return epoch_rates(run_epoch, epochs)
 
 
+def dataloader_shards_rates(work, output, threads, batch, epochs):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from loader_vs_torch import ShardCrops
+
+    mean = torch.from_numpy(channel_mean(load_array(work)[0]).astype(np.float32))
+
+    class Crops(ShardCrops):
+        def __getitem__(self, i):
+            crop, label, alphas = super().__getitem__(i)
+            if output == "f32":
+                crop = (crop.float() - mean).permute(2, 0, 1).contiguous()
+            return crop, label
+
+    loader = DataLoader(Crops(os.path.join(work, "shards-zstd")), batch_size=batch, shuffle=True,
+                        num_workers=threads, drop_last=True, persistent_workers=True,
+                        prefetch_factor=2)
+
+    def run_epoch(_):
+        return sum(len(x) for x, _ in loader)
+
+    return epoch_rates(run_epoch, epochs)
+
+
 def python_rates(codec):
     """Ours through the Python package, batches as torch tensors (each
     epoch a fresh order, as `pipeline bench` runs it)."""
@@ -318,7 +350,8 @@ def measure_in_child(args, peer, output):
 
 
 def available(peer):
-    module = {"dali": "nvidia.dali", "dataloader": "torch", "ffcv": "ffcv",
+    module = {"dali": "nvidia.dali", "dataloader": "torch", "dataloader-shards": "torch",
+              "ffcv": "ffcv",
               "python-zstd": "alexnet_pipeline", "python-raw": "alexnet_pipeline"}.get(peer)
     if module is None:
         return True
@@ -386,7 +419,8 @@ def main():
     ap.add_argument("--output", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        run = {"dali": dali_rates, "dataloader": dataloader_rates, "ffcv": ffcv_rates,
+        run = {"dali": dali_rates, "dataloader": dataloader_rates,
+               "dataloader-shards": dataloader_shards_rates, "ffcv": ffcv_rates,
                "python-zstd": python_rates("zstd"), "python-raw": python_rates("raw")}[args.child]
         print(json.dumps(run(args.work, args.output, args.threads, args.batch_size, args.epochs)))
         return
