@@ -97,7 +97,11 @@ mod tests {
             .contains("backward through the graph a second time"));
         // A gradient of the wrong shape is refused.
         let y = &w * &x;
-        let bad = grad(&[&y], &[&Tensor::ones([5], (Kind::Double, Device::Cpu))], &[&w]);
+        let bad = grad(
+            &[&y],
+            &[&Tensor::ones([5], (Kind::Double, Device::Cpu))],
+            &[&w],
+        );
         assert!(bad.is_err());
     }
 }
