@@ -91,6 +91,27 @@ def test_batches_are_numpy_crops_of_the_stored_images(shards, mode, output):
     assert len(seen) == len(images) // 5 * 5  # drop_last
 
 
+def test_the_first_batch_is_the_command_lines(shards, tmp_path):
+    """`pipeline sheet` prints the first training batch of (seed, epoch) as
+    the command line's loader makes it: the package's batch has the same
+    windows, mirrors, lighting and classes."""
+    import re
+    p = run("sheet", "--shards", shards, "--out", tmp_path / "s.png", "--batch-size", "6",
+            "--seed", "5", "--epoch", "2")
+    line = re.compile(r"^\s*\d+\s+(\d+)\s+(\d+)\s+(yes|no)\s+"
+                      r"\(\s*([-+\d.]+),\s*([-+\d.]+),\s*([-+\d.]+)\)\s+(.+?)\s*$")
+    want = [m.groups() for m in map(line.match, p.stdout.splitlines()) if m]
+    assert len(want) == 6, p.stdout
+    loader = ap.Loader(shards, batch_size=6, seed=5, threads=2, tensors=False)
+    loader.set_epoch(2)
+    batch = next(iter(loader))
+    classes = ap.Shards(shards).classes
+    got = [(str(v["x"]), str(v["y"]), "yes" if v["mirrored"] else "no",
+            *(f"{c:+.2f}" for c in v["light"]), classes[label][2] or classes[label][1])
+           for v, label in zip(batch.views, batch[1])]
+    assert got == [tuple(w) for w in want]
+
+
 def test_lighting_is_the_papers_pca_draw(shards):
     """Each view's light is sum_i alpha_i (lambda_i / 255) v_i, the paper's
     offset with stats.json's eigen pairs (v_i its rows; its covariance is
@@ -170,6 +191,45 @@ def test_ranks_together_are_the_one_process_epoch(shards):
              for k in range(2)]
     assert not ranks[0] & ranks[1]
     assert ranks[0] | ranks[1] == one
+
+
+def test_rank_and_world_default_to_torch_distributed(shards):
+    """Two processes in a torch.distributed gloo group (env:// rendezvous,
+    as torchrun sets it up), each with a Loader given no rank or world:
+    each takes its own part, and the parts make the one-process epoch."""
+    import json
+    import socket
+    import subprocess
+    torch_py = os.environ.get("TORCH_PY")
+    if not torch_py:
+        pytest.skip("TORCH_PY (a python with torch and alexnet_pipeline) is set by make test")
+    code = (
+        "import json, sys, torch.distributed as dist, alexnet_pipeline as ap\n"
+        "dist.init_process_group('gloo')\n"
+        "loader = ap.Loader(sys.argv[1], batch_size=2, threads=1, tensors=False)\n"
+        "print(json.dumps([dist.get_rank(), len(loader),\n"
+        "                  [r for b in loader for r in b.records.tolist()]]))\n"
+        "dist.barrier()\n"
+        "dist.destroy_process_group()\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([torch_py, "-c", code, shards], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RANK": str(k), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for k in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    parts = sorted(json.loads(o.strip().splitlines()[-1]) for o in outs)
+    assert [rank for rank, _, _ in parts] == [0, 1]
+    got = [{tuple(r) for r in records} for _, _, records in parts]
+    for _, batches, records in parts:
+        assert batches == len(records) // 2 and records
+    one = {tuple(r) for b in ap.Loader(shards, batch_size=4, threads=1, tensors=False)
+           for r in b.records.tolist()}
+    assert not got[0] & got[1]
+    assert got[0] | got[1] == one
 
 
 def test_errors_are_python_exceptions_naming_the_problem(tmp_path, shards):
