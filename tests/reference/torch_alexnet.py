@@ -2,11 +2,12 @@
 plain PyTorch modules (paper_alexnet.py, groups=2, the paper's column LRN),
 fed the same weights and input, returning logits and gradients.
 
-    python torch_alexnet.py IN.safetensors OUT.safetensors
+    python torch_alexnet.py [--double] IN.safetensors OUT.safetensors
 
 IN holds the model's tensors (a.conv1.weight ...) plus `input` (N,3,S,S) and
 `grad_weights` (N, classes); OUT gets `logits` and `grad.<name>` for every
 parameter, for the loss sum(logits * grad_weights), dropout off.
+--double computes in float64 (the outputs are written as float32).
 """
 import json
 import struct
@@ -62,10 +63,15 @@ def paper_alexnet_with(w):
 
 
 def main():
-    src, dst = sys.argv[1], sys.argv[2]
+    args = sys.argv[1:]
+    double = "--double" in args
+    src, dst = [a for a in args if a != "--double"]
     t = read_safetensors(src)
     model, modules = paper_alexnet_with(t)
     model.eval()  # dropout off
+    if double:
+        model.double()
+        t = {name: v.double() for name, v in t.items()}
     logits = model(t["input"])
     (logits * t["grad_weights"]).sum().backward()
     out = {"logits": logits}

@@ -57,7 +57,7 @@ impl LrnComparison {
         let [band_loss, fused_loss, _] = self.loss;
         let [(_, band), (name, fused)] = &self.worst;
         let (allowed, loss_ok) = match precision {
-            Precision::F32 => (
+            Precision::F32 | Precision::F64 => (
                 1e-4,
                 (band_loss - fused_loss).abs() <= 1e-5 * band_loss.abs(),
             ),
