@@ -38,12 +38,20 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Standard normal (Box-Muller; one of the pair is used, for simplicity
-    /// and so that every draw costs the same two numbers).
+    /// Standard normal: the first of `normal_pair` (so that every draw
+    /// costs the same two numbers).
     pub fn normal(&mut self) -> f64 {
+        self.normal_pair().0
+    }
+
+    /// Two independent standard normals from two uniforms (Box-Muller),
+    /// for a caller that wants many draws at half the logarithms.
+    pub fn normal_pair(&mut self) -> (f64, f64) {
         let u1 = 1.0 - self.uniform(); // (0, 1]: ln is finite
         let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
+        (r * cos, r * sin)
     }
 
     /// Fisher-Yates shuffle.

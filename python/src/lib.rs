@@ -128,12 +128,11 @@ struct State {
 }
 
 impl State {
-    /// The running loader, if it stands where the next iteration starts.
-    fn ready_loader(&mut self) -> Option<&mut RustLoader> {
-        let (epoch, start) = (self.epoch, self.start);
+    /// Whether the running loader stands where the next iteration starts.
+    fn loader_is_ready(&self) -> bool {
         self.running
-            .as_mut()
-            .filter(|l| l.epoch() == epoch && RustLoader::position(l) == start)
+            .as_ref()
+            .is_some_and(|l| l.epoch() == self.epoch && RustLoader::position(l) == self.start)
     }
 }
 
@@ -144,6 +143,8 @@ struct Loader {
     /// Batch buffers, shared by every epoch's loader: made resident once,
     /// not at each epoch's start.
     pool: BufferPool,
+    /// Batches this rank gets in each epoch (fixed by the configuration).
+    batches_per_epoch: usize,
     state: Mutex<State>,
 }
 
@@ -229,10 +230,11 @@ impl Loader {
         };
         // Checked now (threads, prefetch, the mean for f32), not at the
         // first batch.
-        check_config(&dataset, &config).map_err(to_py)?;
+        let sampler = check_config(&dataset, &config).map_err(to_py)?;
         Ok(Self {
             dataset,
             pool: BufferPool::for_config(&config),
+            batches_per_epoch: sampler.batches_per_epoch(),
             config,
             state: Mutex::new(State {
                 epoch: 0,
@@ -255,9 +257,8 @@ impl Loader {
     }
 
     /// Batches this rank gets in each epoch.
-    fn __len__(&self) -> PyResult<usize> {
-        let sampler = check_config(&self.dataset, &self.config).map_err(to_py)?;
-        Ok(sampler.batches_per_epoch())
+    fn __len__(&self) -> usize {
+        self.batches_per_epoch
     }
 
     /// (epoch, batches of it already handed out).
@@ -281,7 +282,7 @@ impl Loader {
     /// Starts (or restarts) the current epoch's iteration.
     fn start(&self) -> PyResult<()> {
         let mut state = self.state();
-        if state.ready_loader().is_none() {
+        if !state.loader_is_ready() {
             state.running = None; // its workers stop before new ones start
             let loader = RustLoader::with_pool(
                 self.dataset.clone(),

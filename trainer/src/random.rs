@@ -18,13 +18,8 @@ pub fn randn(shape: &[i64], seed: u64) -> Tensor {
     let mut rng = SplitMix64::new(seed);
     let mut values = Vec::with_capacity(n as usize);
     while values.len() < n as usize {
-        // Box-Muller: each pair of uniforms gives two normals.
-        let u1 = 1.0 - rng.uniform(); // (0, 1]: ln is finite
-        let u2 = rng.uniform();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
-        values.push((r * cos) as f32);
-        values.push((r * sin) as f32);
+        let (a, b) = rng.normal_pair();
+        values.extend([a as f32, b as f32]);
     }
     values.truncate(n as usize);
     Tensor::from_slice(&values).view(shape)
