@@ -33,7 +33,7 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch setup-gloo env build python test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader bench-peers bench-python check-aarch64 learn-fashion gpu-stage demo clean
+.PHONY: setup setup-apt setup-python setup-torch setup-gloo env build python test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader bench-peers bench-python check-aarch64 test-aarch64 learn-fashion gpu-stage demo clean
 
 setup: setup-apt setup-python setup-torch setup-gloo
 
@@ -236,11 +236,35 @@ bench-loader: build setup-python setup-torch
 # left reachable or unused. Needs the rustup target and Debian's cross gcc
 # (for the C codecs' build scripts); installed here, once. Not part of
 # `make test` (~5 minutes of compiling on 2 cores).
+AARCH64_ENV := CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+  CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ \
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+
 check-aarch64:
 	$(call apt_install,gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)
 	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
-	CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ \
-	  $(CARGO) clippy -p pipeline --all-targets --target aarch64-unknown-linux-gnu -- -D warnings
+	$(AARCH64_ENV) $(CARGO) clippy -p pipeline --all-targets --target aarch64-unknown-linux-gnu -- -D warnings
+
+# The pipeline's unit tests built for aarch64 and run under qemu-user, on
+# any x86-64 Debian: the portable kernel paths (all that aarch64 compiles)
+# on an ARM target. Adds the arm64 architecture to dpkg, for the arm64
+# glibc and OpenBLAS the tests link, and registers qemu-aarch64 with
+# binfmt_misc (some tests run their own binary again as a child). The
+# binaries run on the arm64 glibc in /lib, not under `qemu -L
+# /usr/aarch64-linux-gnu`: that folder's loader (the cross toolchain's)
+# with the multiarch libc hangs at the first thread. Not part of `make
+# test`; ~10 minutes the first time, then about one.
+BINFMT := /proc/sys/fs/binfmt_misc
+test-aarch64: check-aarch64
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	dpkg --print-foreign-architectures | grep -qx arm64 || $$SUDO dpkg --add-architecture arm64
+	$(call apt_install,qemu-user qemu-user-binfmt libc6:arm64 libopenblas-dev:arm64 libopenblas0-serial:arm64)
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	if [ ! -e $(BINFMT)/qemu-aarch64 ]; then \
+	  [ -e $(BINFMT)/register ] || $$SUDO mount -t binfmt_misc binfmt_misc $(BINFMT); \
+	  $$SUDO sh -c 'cat /usr/lib/binfmt.d/qemu-aarch64.conf > $(BINFMT)/register'; \
+	fi
+	$(AARCH64_ENV) $(CARGO) test --release -p pipeline --target aarch64-unknown-linux-gnu
 
 # Our loader (zstd and raw shards) against DALI, FFCV and the PyTorch
 # DataLoader on the same 8,000 images, alternating rounds, medians: the

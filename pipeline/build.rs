@@ -12,11 +12,13 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // The target's library folder, not the host's: a cross build for
+    // aarch64 on x86-64 must not point its rpath at x86-64 libraries.
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let serial = [
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/usr/lib64",
-        "/usr/lib",
+        format!("/usr/lib/{arch}-linux-gnu"),
+        "/usr/lib64".into(),
+        "/usr/lib".into(),
     ]
     .iter()
     .map(|dir| std::path::Path::new(dir).join("openblas-serial"))

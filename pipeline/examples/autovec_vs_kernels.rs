@@ -23,12 +23,14 @@ use pipeline::format::delta;
 use pipeline::loader::normalise::{normalise_row_portable, normalise_row_with};
 use pipeline::rng::SplitMix64;
 
-#[target_feature(enable = "avx2")]
+// Elsewhere (aarch64) the attribute does not exist, and `main` stops
+// before any call: no AVX2 there.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
 unsafe fn undo_loop_avx2(row: &mut [u8]) {
     delta::undo_row_scalar(row, 3, 3)
 }
 
-#[target_feature(enable = "avx2")]
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
 unsafe fn normalise_loop_avx2(
     px: &[u8],
     mean: [&[f32]; 3],
