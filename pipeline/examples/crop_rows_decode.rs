@@ -20,9 +20,9 @@
 
 use std::time::Instant;
 
-use pipeline::format::shard::{RecordDecoder, ShardReader};
+use pipeline::format::shard::{MatchSearch, RecordDecoder, ShardReader};
 use pipeline::rng::SplitMix64;
-use zstd::zstd_safe::{zstd_sys, CParameter, ParamSwitch};
+use zstd::zstd_safe::{zstd_sys, CParameter};
 
 const SIDE: usize = 256;
 const CROP: usize = 224;
@@ -31,15 +31,7 @@ const ROW: usize = SIDE * 3;
 type Error = Box<dyn std::error::Error>;
 
 fn compress(image: &[u8], max_block: Option<u32>) -> Result<Vec<u8>, Error> {
-    let mut c = zstd::bulk::Compressor::new(1)?;
-    for p in [
-        CParameter::MinMatch(7),
-        CParameter::HashLog(12),
-        CParameter::TargetLength(8),
-        CParameter::LiteralCompressionMode(ParamSwitch::Enable),
-    ] {
-        c.set_parameter(p)?;
-    }
+    let mut c = MatchSearch::Sparse.compressor(1)?;
     if let Some(bytes) = max_block {
         c.set_parameter(CParameter::MaxBlockSize(bytes))?;
     }

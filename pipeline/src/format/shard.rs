@@ -194,8 +194,9 @@ impl MatchSearch {
         }
     }
 
-    /// A compressor at `level` with this search.
-    fn compressor(self, level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+    /// A compressor at `level` with this search (what `pipeline shards`
+    /// writes frames with).
+    pub fn compressor(self, level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
         use zstd::zstd_safe::{CParameter, ParamSwitch};
         self.check_level(level)
             .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
