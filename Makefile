@@ -42,9 +42,13 @@ setup: setup-apt setup-python setup-torch setup-gloo
 # its single-threaded build, which pipeline/build.rs prefers (no spinning threads).
 # $(call apt_install,PACKAGES): installs those of the Debian PACKAGES that
 # are missing (with sudo unless root); nothing when all are there.
+# A package installed for two architectures (after `make test-aarch64`:
+# libopenblas-dev for amd64 and arm64) is ambiguous to `dpkg -s NAME`, hence
+# the second try with the native architecture's name.
 define apt_install
-	@missing=""; for p in $(1); do \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@native=$$(dpkg --print-architecture); missing=""; for p in $(1); do \
+	  dpkg -s $$p >/dev/null 2>&1 || dpkg -s $$p:$$native >/dev/null 2>&1 \
+	    || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
