@@ -40,6 +40,9 @@ setup: setup-apt setup-python setup-torch setup-gloo
 # cmake + nasm build the vendored libjpeg-turbo (SIMD) behind turbojpeg-sys;
 # libopenblas-dev is the LAPACK behind ndarray-linalg (stats); libopenblas0-serial
 # its single-threaded build, which pipeline/build.rs prefers (no spinning threads).
+# Root runs system commands itself; anyone else through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 # $(call apt_install,PACKAGES): installs those of the Debian PACKAGES that
 # are missing (with sudo unless root); nothing when all are there.
 # A package installed for two architectures (after `make test-aarch64`:
@@ -51,8 +54,7 @@ define apt_install
 	    || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 endef
 
@@ -260,13 +262,11 @@ check-aarch64:
 # test`; ~10 minutes the first time, then about one.
 BINFMT := /proc/sys/fs/binfmt_misc
 test-aarch64: check-aarch64
-	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	dpkg --print-foreign-architectures | grep -qx arm64 || $$SUDO dpkg --add-architecture arm64
+	@dpkg --print-foreign-architectures | grep -qx arm64 || $(SUDO) dpkg --add-architecture arm64
 	$(call apt_install,qemu-user qemu-user-binfmt libc6:arm64 libopenblas-dev:arm64 libopenblas0-serial:arm64)
-	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	if [ ! -e $(BINFMT)/qemu-aarch64 ]; then \
-	  [ -e $(BINFMT)/register ] || $$SUDO mount -t binfmt_misc binfmt_misc $(BINFMT); \
-	  $$SUDO sh -c 'cat /usr/lib/binfmt.d/qemu-aarch64.conf > $(BINFMT)/register'; \
+	@if [ ! -e $(BINFMT)/qemu-aarch64 ]; then \
+	  [ -e $(BINFMT)/register ] || $(SUDO) mount -t binfmt_misc binfmt_misc $(BINFMT); \
+	  $(SUDO) sh -c 'cat /usr/lib/binfmt.d/qemu-aarch64.conf > $(BINFMT)/register'; \
 	fi
 	$(AARCH64_ENV) $(CARGO) test --release -p pipeline --target aarch64-unknown-linux-gnu
 

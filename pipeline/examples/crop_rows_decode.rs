@@ -125,8 +125,8 @@ fn main() -> Result<(), Error> {
     let mut out = vec![0u8; SIDE * SIDE * 3];
     let mut whole = zstd::bulk::Decompressor::new()?;
     let mut blocks = BlockDecoder::new();
-    for (set, need) in frames.iter().flat_map(|f| f.iter().zip(&needs)).take(50) {
-        blocks.decode_until(set, &mut out, *need)?;
+    for (frame, need) in frames.iter().flat_map(|f| f.iter().zip(&needs)).take(50) {
+        blocks.decode_until(frame, &mut out, *need)?;
     }
     let (mut t_whole, mut t_rows) = (vec![vec![]; sizes.len()], vec![vec![]; sizes.len()]);
     for _ in 0..rounds {
