@@ -4,6 +4,9 @@
 #
 #   benches/ab_loader_stats.sh BEFORE AFTER OUT_DIR [ROUNDS] [SAMPLE]
 #
+# LOADER_ARGS adds options to `pipeline bench` (e.g. "--output f32");
+# STATS=0 leaves the statistics pass out.
+#
 # Each binary writes its own shards of the same 8,000-image train split (the
 # 1,000-photo ImageNet sample linked 8 times, `benches/sample_tree.py`), so
 # that each reads the format it writes; then `pipeline stats --bench` and
@@ -31,10 +34,13 @@ done
 for round in $(seq 1 "$rounds"); do
   for side in before after; do
     bin=${!side}
-    echo "# $side round $round" >>"$out/ab-stats.txt"
-    "$bin" stats --shards "$work/$side" --jobs 2 --bench 2>/dev/null \
-      | grep -E 'passes|single-thread' >>"$out/ab-stats.txt"
-    "$bin" bench --shards "$work/$side" --threads 2 --epochs 4 --json 2>/dev/null \
+    if [ "${STATS:-1}" != 0 ]; then
+      echo "# $side round $round" >>"$out/ab-stats.txt"
+      "$bin" stats --shards "$work/$side" --jobs 2 --bench 2>/dev/null \
+        | grep -E 'passes|single-thread' >>"$out/ab-stats.txt"
+    fi
+    # shellcheck disable=SC2086 # LOADER_ARGS is a list of options
+    "$bin" bench --shards "$work/$side" --threads 2 --epochs 4 --json ${LOADER_ARGS:-} 2>/dev/null \
       | python3 -c "import json,sys; d=json.load(sys.stdin); d.update(binary='$side', round=$round); print(json.dumps(d))" \
       >>"$out/ab-loader.jsonl"
   done
@@ -55,6 +61,8 @@ for line in open(f"{out}/ab-stats.txt"):
     elif line.startswith("passes"):
         rates = [float(x) for x in line.split(":")[1].split(",")]
         stats[side].append(statistics.median(rates))
+if not stats["before"]:
+    sys.exit(0)
 m = {s: statistics.median(v) for s, v in stats.items()}
 print(f"stats images/s (median of rounds' medians): before {m['before']:.0f}, after {m['after']:.0f}, after/before {m['after']/m['before']:.3f}")
 PY
