@@ -217,13 +217,13 @@ impl Dataset {
         self.mean.as_deref()
     }
 
-    /// stats.json, when `pipeline stats` has been run.
-    /// The mean image as planes (plain and mirrored), for
-    /// `normalise::to_f32_chw`.
+    /// The mean image as planes (plain and mirrored), for the float32
+    /// hand-over (`normalise`).
     pub fn mean_planes(&self) -> Option<&MeanPlanes> {
         self.mean_planes.as_ref()
     }
 
+    /// stats.json, when `pipeline stats` has been run.
     pub fn stats(&self) -> Option<&Stats> {
         self.stats.as_ref()
     }
@@ -707,9 +707,11 @@ fn build_batch(
     // order (rank r's j-th record is the epoch's record r + world j), so
     // that data-parallel ranks augment each record as one process would.
     let epoch_seed = mix(mix(config.seed, epoch), 0);
-    // One uint8 view per image and no checksum: unfilter only what the crop
-    // reads, while copying it (augment::crop_u8_filtered).
-    let fused = per_image == 1 && !config.verify && matches!(data, BatchData::U8(_));
+    // One view per image and no checksum: unfilter only what the crop
+    // reads, while copying it (augment::crop_u8_filtered); float32 output
+    // then normalises that crop from `crop_px`, which stays in L2.
+    let fused = per_image == 1 && !config.verify;
+    let mut crop_px = Vec::new();
     let mut kept = Vec::with_capacity(records.len());
     let mut damaged = Vec::new();
     for (i, &id) in records.iter().enumerate() {
@@ -752,7 +754,16 @@ fn build_batch(
                         return Err(LoaderError::Config("no mean image".into()));
                     };
                     let dst = &mut d[slot..][..crop * crop * 3];
-                    normalise::to_f32_chw(stored.unfiltered(side), mean, &view, crop, dst);
+                    match &mut stored {
+                        Stored::Filtered(image, f) => {
+                            crop_px.resize(crop * crop * 3, 0);
+                            augment::crop_u8_filtered(image, *f, side, &view, crop, &mut crop_px);
+                            normalise::u8_crop_to_f32_chw(&crop_px, mean, &view, crop, dst);
+                        }
+                        Stored::Pixels(pixels) => {
+                            normalise::to_f32_chw(pixels, mean, &view, crop, dst)
+                        }
+                    }
                 }
             }
             views.push(view);
@@ -784,22 +795,8 @@ enum Stored<'a> {
     /// decoded into the worker's image buffer.
     Pixels(&'a [u8]),
     /// Decoded into the worker's buffer with the pixel filter still in
-    /// place, for a uint8 crop that undoes it only where it reads.
+    /// place, for a crop that undoes it only where it reads.
     Filtered(&'a mut [u8], PixelFilter),
-}
-
-impl Stored<'_> {
-    /// The pixels, their filter undone in place first if need be.
-    fn unfiltered(&mut self, side: usize) -> &[u8] {
-        match self {
-            Stored::Pixels(pixels) => pixels,
-            Stored::Filtered(image, filter) => {
-                filter.undo(image, side * 3, 3);
-                *filter = PixelFilter::None;
-                image
-            }
-        }
-    }
 }
 
 /// Reads record `index` of `shard`: a mapped raw shard's image where it
