@@ -155,10 +155,11 @@ python: build setup-python setup-torch
 
 # End-to-end tests against independent references (Pillow, numpy, a Python
 # reader of the shard format), and of the Python package.
+# --durations lists the slowest tests, to keep `make test` inside its budget.
 e2e: build setup-python python
 	PIPELINE_BIN=$(abspath $(PIPELINE)) TRAINER_BIN=$(abspath $(TRAINER)) PHOTOS=$(PHOTOS) \
 	  TORCH_PY=$(TORCH_VENV)/bin/python WHEELS=$(abspath $(WHEELS)) \
-	  $(PY) -m pytest -q tests/e2e
+	  $(PY) -m pytest -q --durations=8 tests/e2e
 
 test: lint unit e2e
 
