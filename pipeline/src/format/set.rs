@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::format::manifest::{hex64, Geometry, Manifest, ShardInfo};
-use crate::format::shard::{ShardError, ShardReader};
+use crate::format::shard::{ReadMode, ShardError, ShardReader};
 use crate::ingest::Split;
 
 /// Opens every shard of `split` that `manifest` (of the folder `dir`)
@@ -35,6 +35,22 @@ pub fn open_split(
             Ok(shard)
         })
         .collect()
+}
+
+/// As `open_split`, then reading frames as `read` says: `ReadMode::Auto`
+/// maps the shards when they fit in half of this machine's memory.
+pub fn open_split_read(
+    dir: &Path,
+    manifest: &Manifest,
+    split: Split,
+    read: ReadMode,
+) -> Result<Vec<ShardReader>, ShardError> {
+    let shards = open_split(dir, manifest, split)?;
+    let bytes = shards.iter().map(ShardReader::file_len).sum();
+    if read.resolve(bytes) != ReadMode::Map {
+        return Ok(shards);
+    }
+    shards.into_iter().map(ShardReader::map_frames).collect()
 }
 
 /// Whether `shard` holds images of the set's geometry: readers size their

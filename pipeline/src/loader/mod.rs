@@ -148,14 +148,7 @@ impl Dataset {
                 g.channels
             )));
         }
-        let mut shards = set::open_split(dir, &manifest, split)?;
-        let bytes = shards.iter().map(ShardReader::file_len).sum();
-        if read.resolve(bytes) == ReadMode::Map {
-            shards = shards
-                .into_iter()
-                .map(ShardReader::map_frames)
-                .collect::<Result<_, _>>()?;
-        }
+        let shards = set::open_split_read(dir, &manifest, split, read)?;
         check_labels(dir, &info.shards, &shards, manifest.classes.len())?;
         let side = g.width as usize;
         let stats_path = dir.join(stats::STATS_FILE);

@@ -145,67 +145,128 @@ unsafe fn moments_ssse3(px: &[u8]) -> ([u64; 3], [u64; 6]) {
 }
 
 /// The SSSE3 kernel on two 48-byte blocks at once, one in each 16-byte half
-/// of the AVX2 registers (`vpshufb` shuffles within halves, so the gather
-/// masks are the SSSE3 ones in both): half the instructions per pixel.
-/// `px.len()` must be a multiple of 96.
+/// of the AVX2 registers (`MomentsAvx2`). `px.len()` must be a multiple of
+/// 96.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn moments_avx2(px: &[u8]) -> ([u64; 3], [u64; 6]) {
     use std::arch::x86_64::*;
-    let masks: [[__m256i; 3]; 3] = std::array::from_fn(|ch| {
-        std::array::from_fn(|part| {
-            _mm256_broadcastsi128_si256(
-                _mm_loadu_si128(GATHER[ch][part].as_ptr() as *const __m128i),
-            )
-        })
-    });
-    let zero = _mm256_setzero_si256();
-    let (mut c, mut p) = ([0u64; 3], [0u64; 6]);
-    // As in the SSSE3 kernel: an i32 lane gains at most 260,100 a 96-byte
-    // step; flush every 4,096 steps.
-    for slice in px.chunks(96 * 4096) {
-        let mut sum = [zero; 3]; // u64 lanes, from vpsadbw
-        let mut prod = [zero; 6]; // i32 lanes
-        for step in slice.chunks_exact(96) {
-            let ptr = step.as_ptr() as *const __m128i;
-            // Third k of the first block in the low half, of the second in
-            // the high half.
-            let parts: [__m256i; 3] =
-                std::array::from_fn(|k| _mm256_loadu2_m128i(ptr.add(3 + k), ptr.add(k)));
-            let chan: [__m256i; 3] = std::array::from_fn(|ch| {
-                _mm256_or_si256(
-                    _mm256_or_si256(
-                        _mm256_shuffle_epi8(parts[0], masks[ch][0]),
-                        _mm256_shuffle_epi8(parts[1], masks[ch][1]),
-                    ),
-                    _mm256_shuffle_epi8(parts[2], masks[ch][2]),
-                )
-            });
-            for ch in 0..3 {
-                sum[ch] = _mm256_add_epi64(sum[ch], _mm256_sad_epu8(chan[ch], zero));
-            }
-            let lo = chan.map(|v| _mm256_unpacklo_epi8(v, zero));
-            let hi = chan.map(|v| _mm256_unpackhi_epi8(v, zero));
-            for (k, &(a, b)) in PAIRS.iter().enumerate() {
-                let both = _mm256_add_epi32(
-                    _mm256_madd_epi16(lo[a], lo[b]),
-                    _mm256_madd_epi16(hi[a], hi[b]),
-                );
-                prod[k] = _mm256_add_epi32(prod[k], both);
-            }
-        }
-        for ch in 0..3 {
-            let mut lanes = [0u64; 4];
-            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum[ch]);
-            c[ch] += lanes.iter().sum::<u64>();
-        }
-        for k in 0..6 {
-            let mut lanes = [0u32; 8];
-            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, prod[k]);
-            p[k] += lanes.iter().map(|&v| v as u64).sum::<u64>();
+    let mut moments = MomentsAvx2::new();
+    for step in px.chunks_exact(96) {
+        let ptr = step.as_ptr() as *const __m128i;
+        // Third k of the first block in the low half, of the second in the
+        // high half.
+        moments.add(std::array::from_fn(|k| {
+            _mm256_loadu2_m128i(ptr.add(3 + k), ptr.add(k))
+        }));
+    }
+    moments.finish()
+}
+
+/// Channel sums and products of RGB pixels fed 32 at a time: two 48-byte
+/// blocks side by side, the k-th 16 bytes of one in the low half of
+/// register k and of the other in the high half. `vpshufb` shuffles within
+/// halves, so the gather masks are the SSSE3 ones in both, and each step is
+/// the SSSE3 kernel's instructions for twice the pixels. For
+/// `moments_avx2` and for the stats sweep (`stats::kernel`), which feeds
+/// it pixels undone in registers.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct MomentsAvx2 {
+    masks: [[std::arch::x86_64::__m256i; 3]; 3],
+    /// u64 lanes, from `vpsadbw`: no overflow.
+    sum: [std::arch::x86_64::__m256i; 3],
+    /// i32 lanes, flushed into `p` every `STEPS_PER_FLUSH` steps.
+    prod: [std::arch::x86_64::__m256i; 6],
+    steps: usize,
+    p: [u64; 6],
+}
+
+/// An i32 lane of `MomentsAvx2` gains at most 2 * 2 * 255^2 = 260,100 a
+/// step: 4,096 steps stay far below 2^31.
+#[cfg(target_arch = "x86_64")]
+const STEPS_PER_FLUSH: usize = 4096;
+
+#[cfg(target_arch = "x86_64")]
+impl MomentsAvx2 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn new() -> Self {
+        use std::arch::x86_64::*;
+        Self {
+            masks: std::array::from_fn(|ch| {
+                std::array::from_fn(|part| {
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                        GATHER[ch][part].as_ptr() as *const __m128i
+                    ))
+                })
+            }),
+            sum: [_mm256_setzero_si256(); 3],
+            prod: [_mm256_setzero_si256(); 6],
+            steps: 0,
+            p: [0; 6],
         }
     }
-    (c, p)
+
+    /// Adds 32 pixels laid out as the type's comment says.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn add(&mut self, parts: [std::arch::x86_64::__m256i; 3]) {
+        use std::arch::x86_64::*;
+        if self.steps == STEPS_PER_FLUSH {
+            self.flush();
+        }
+        self.steps += 1;
+        let zero = _mm256_setzero_si256();
+        let masks = &self.masks;
+        let chan: [__m256i; 3] = std::array::from_fn(|ch| {
+            _mm256_or_si256(
+                _mm256_or_si256(
+                    _mm256_shuffle_epi8(parts[0], masks[ch][0]),
+                    _mm256_shuffle_epi8(parts[1], masks[ch][1]),
+                ),
+                _mm256_shuffle_epi8(parts[2], masks[ch][2]),
+            )
+        });
+        for (sum, &v) in self.sum.iter_mut().zip(&chan) {
+            *sum = _mm256_add_epi64(*sum, _mm256_sad_epu8(v, zero));
+        }
+        let lo = chan.map(|v| _mm256_unpacklo_epi8(v, zero));
+        let hi = chan.map(|v| _mm256_unpackhi_epi8(v, zero));
+        for (k, &(a, b)) in PAIRS.iter().enumerate() {
+            let both = _mm256_add_epi32(
+                _mm256_madd_epi16(lo[a], lo[b]),
+                _mm256_madd_epi16(hi[a], hi[b]),
+            );
+            self.prod[k] = _mm256_add_epi32(self.prod[k], both);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn flush(&mut self) {
+        use std::arch::x86_64::*;
+        for k in 0..6 {
+            let mut lanes = [0u32; 8];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, self.prod[k]);
+            self.p[k] += lanes.iter().map(|&v| v as u64).sum::<u64>();
+            self.prod[k] = _mm256_setzero_si256();
+        }
+        self.steps = 0;
+    }
+
+    /// Channel sums and products of every pixel added.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn finish(mut self) -> ([u64; 3], [u64; 6]) {
+        use std::arch::x86_64::*;
+        self.flush();
+        let c = self.sum.map(|s| {
+            let mut lanes = [0u64; 4];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, s);
+            lanes.iter().sum::<u64>()
+        });
+        (c, self.p)
+    }
 }
 
 /// Indices that gather channel `ch` of 64 pixels: byte `3 * i + ch` of the
