@@ -33,7 +33,7 @@ FASHION  ?= $(CACHE)/fashion-mnist
 RUNS     ?= runs
 PY_PACKAGES  := pillow==13.0.0 numpy==2.4.6 zstandard==0.25.0 xxhash==3.6.0 pytest==9.0.2
 
-.PHONY: setup setup-apt setup-python setup-torch setup-gloo env build python test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader bench-peers bench-python check-aarch64 test-aarch64 learn-fashion gpu-stage demo clean
+.PHONY: features-match setup setup-apt setup-python setup-torch setup-gloo env build python test lint unit e2e check-imagenet shards stats verify bench-shards bench-loader bench-peers bench-python check-aarch64 test-aarch64 learn-fashion gpu-stage demo clean
 
 setup: setup-apt setup-python setup-torch setup-gloo
 
@@ -125,9 +125,21 @@ env:
 build: setup-apt setup-torch setup-gloo
 	$(CARGO) build --release --workspace
 
-lint: setup-apt setup-torch setup-gloo
+lint: setup-apt setup-torch setup-gloo features-match
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+# `cargo build` and `cargo test` must resolve the same features for every
+# crate both compile, or the release build after the tests compiles those
+# crates again (see the root Cargo.toml's either and rustix).
+features-match: setup-apt setup-torch setup-gloo
+	@mkdir -p target
+	@$(CARGO) tree --workspace -e normal,build -f '{p} [{f}]' --prefix none | LC_ALL=C sort -u >target/features-build.txt
+	@$(CARGO) tree --workspace -e normal,build,dev -f '{p} [{f}]' --prefix none | LC_ALL=C sort -u >target/features-test.txt
+	@if LC_ALL=C comm -23 target/features-build.txt target/features-test.txt | grep .; then \
+	  echo "cargo build resolves the crates above with other features than cargo test: add them to the root Cargo.toml"; \
+	  exit 1; \
+	fi
 
 # Kernel tests run every SIMD path this CPU has; those it lacks are listed
 # after the tests (see pipeline::cpu::not_tested_here), not passed in silence.
