@@ -11,8 +11,9 @@
 # 1,000-photo ImageNet sample linked 8 times, `benches/sample_tree.py`), so
 # that each reads the format it writes; then `pipeline stats --bench` and
 # `pipeline bench --epochs 4 --json` run ROUNDS times each, before and after
-# in turn. Raw output goes to OUT_DIR (ab-loader.jsonl, ab-stats.txt); the
-# medians are printed at the end.
+# in turn (which goes first alternates between rounds). Raw output goes to
+# OUT_DIR (ab-loader.jsonl, ab-stats.txt); the medians, each round's
+# after/before and the rounds "after" won are printed at the end.
 set -euo pipefail
 before=$(realpath "$1"); after=$(realpath "$2"); out=$(realpath -m "$3")
 rounds=${4:-5}
@@ -32,7 +33,11 @@ done
 
 : >"$out/ab-loader.jsonl"; : >"$out/ab-stats.txt"
 for round in $(seq 1 "$rounds"); do
-  for side in before after; do
+  # Which binary goes first alternates between rounds: the second of a pair
+  # runs on a machine the first has just warmed (or slowed).
+  order="before after"
+  [ $((round % 2)) = 0 ] && order="after before"
+  for side in $order; do
     bin=${!side}
     if [ "${STATS:-1}" != 0 ]; then
       echo "# $side round $round" >>"$out/ab-stats.txt"
@@ -50,9 +55,22 @@ python3 - "$out" <<'PY'
 import json, re, statistics, sys
 out = sys.argv[1]
 rows = [json.loads(l) for l in open(f"{out}/ab-loader.jsonl")]
+
+
+def paired(before, after):
+    """Each round's after/before (the two ran back to back), their median,
+    and in how many rounds after was the faster: on a noisy machine a
+    change that wins most rounds is more telling than one median."""
+    ratios = [a / b for b, a in zip(before, after)]
+    wins = sum(r > 1 for r in ratios)
+    return f"per round after/before median {statistics.median(ratios):.3f}, faster in {wins} of {len(ratios)}"
+
+
 for key in ("images_per_sec", "steady_images_per_sec", "ratio"):
-    m = {s: statistics.median(r[key] for r in rows if r["binary"] == s) for s in ("before", "after")}
-    print(f"loader {key}: before {m['before']:.3f}, after {m['after']:.3f}, after/before {m['after']/m['before']:.3f}")
+    by = {s: [r[key] for r in rows if r["binary"] == s] for s in ("before", "after")}
+    m = {s: statistics.median(v) for s, v in by.items()}
+    print(f"loader {key}: before {m['before']:.3f}, after {m['after']:.3f}, after/before {m['after']/m['before']:.3f}; "
+          + paired(by["before"], by["after"]))
 stats = {"before": [], "after": []}
 side = None
 for line in open(f"{out}/ab-stats.txt"):
@@ -64,5 +82,6 @@ for line in open(f"{out}/ab-stats.txt"):
 if not stats["before"]:
     sys.exit(0)
 m = {s: statistics.median(v) for s, v in stats.items()}
-print(f"stats images/s (median of rounds' medians): before {m['before']:.0f}, after {m['after']:.0f}, after/before {m['after']/m['before']:.3f}")
+print(f"stats images/s (median of rounds' medians): before {m['before']:.0f}, after {m['after']:.0f}, after/before {m['after']/m['before']:.3f}; "
+      + paired(stats["before"], stats["after"]))
 PY
