@@ -216,3 +216,29 @@ def test_export_writes_the_stored_image_and_says_what_it_is(tmp_path, tree):
     assert f"source={name}" in p.stdout
     p = run("export", "--shards", tree["out"], "--record", 10**6, "--out", png, check=False)
     assert p.returncode != 0 and "out of range" in p.stderr
+
+
+def test_a_split_with_nothing_stored_fails_naming_why(tmp_path):
+    """Links that lead nowhere, or files that are all not images, leave a
+    split with nothing in it: the run exits non-zero with one line that says
+    why, where a zero status would let a script go on to train on nothing."""
+    links = tmp_path / "links" / "train" / "n01440764"
+    links.mkdir(parents=True)
+    for k in range(3):
+        os.symlink(tmp_path / f"gone{k}.JPEG", links / f"{k}.JPEG")
+    p = run("shards", "--imagenet", tmp_path / "links", "--out", tmp_path / "a",
+            "--splits", "train", check=False)
+    assert p.returncode != 0
+    assert "no image file to store in train; 3 could not be read, e.g. " in p.stderr, p.stderr
+    assert "0.JPEG: cannot stat file" in p.stderr, p.stderr
+    assert not (tmp_path / "a").exists(), "nothing written"
+    notes = tmp_path / "notes" / "train" / "n01440764"
+    notes.mkdir(parents=True)
+    for k in range(3):
+        (notes / f"{k}.JPEG").write_text("not an image\n")
+    p = run("shards", "--imagenet", tmp_path / "notes", "--out", tmp_path / "b",
+            "--splits", "train", check=False)
+    assert p.returncode != 0
+    assert "train: none of its 3 files could be stored" in p.stderr, p.stderr
+    for k in range(3):
+        assert f"{k}.JPEG: not an image" in p.stderr, "each is named with its reason"

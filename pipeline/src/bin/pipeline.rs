@@ -346,6 +346,18 @@ fn run_shards(args: ShardsArgs) -> Result<ExitCode> {
         summary.written as f64 / secs.max(1e-9),
     );
     println!("manifest: {}", config.out.join("manifest.json").display());
+    // Every file of a split failed to decode: the set is of no use, and a
+    // zero exit status would let a script carry on to `pipeline stats`.
+    for (split, info) in &manifest.splits {
+        if info.images == 0 {
+            bail!(
+                "{}: none of its {} files could be stored; each is named above with its \
+                 reason, and in manifest.json under skipped",
+                split.name(),
+                info.skipped.len()
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

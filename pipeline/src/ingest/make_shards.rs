@@ -114,7 +114,32 @@ pub enum MakeShardsError {
     Config(String),
     #[error("{0}: another `pipeline shards` is writing into this folder; wait for it, or choose another --out")]
     Busy(PathBuf),
+    /// A split whose folder holds no file that could be read: a wrong
+    /// path, an empty folder, or links that lead nowhere. Nothing is written.
+    #[error("{folder}: no image file to store in {split}{}", unreadable_example(.unreadable, .first))]
+    NothingToStore {
+        split: &'static str,
+        folder: PathBuf,
+        unreadable: usize,
+        first: Option<Skipped>,
+    },
 }
+
+/// "; N could not be read, e.g. PATH: REASON", or nothing.
+fn unreadable_example(unreadable: &usize, first: &Option<Skipped>) -> String {
+    match first {
+        Some(s) => format!(
+            "; {unreadable} could not be read, e.g. {}: {}",
+            s.path, s.reason
+        ),
+        None => String::new(),
+    }
+}
+
+/// Unreadable files of a split reported one by one, before a summary line
+/// says how many more there are (all are in the manifest): a tree of broken
+/// links should not bury the terminal.
+const UNREADABLE_NOTES: usize = 20;
 
 /// What a run did, for the closing summary.
 #[derive(Debug, Default, Clone)]
@@ -196,7 +221,7 @@ pub fn make_shards(
     })?;
     let mut summary = Summary::default();
     let classes = ingest::discover_classes(&config.imagenet)?;
-    let mut listings = list_splits(config, &classes, &mut summary)?;
+    let mut listings = list_splits(config, &classes, &mut summary, progress)?;
     // Held until the run ends (dropped with it).
     let _lock = prepare_output(&config.out)?;
 
@@ -279,10 +304,13 @@ pub fn make_shards(
     Ok((manifest, summary))
 }
 
+/// The files of each split asked for; what could not be read is reported
+/// to `progress`, and a split with nothing to store is an error.
 fn list_splits(
     config: &ShardsConfig,
     classes: &[ClassInfo],
     summary: &mut Summary,
+    progress: &dyn Progress,
 ) -> Result<Vec<(Split, ingest::SplitListing)>, MakeShardsError> {
     let splits = config
         .splits
@@ -310,9 +338,36 @@ fn list_splits(
                 }
             }
         };
+        if listing.files.is_empty() {
+            return Err(MakeShardsError::NothingToStore {
+                split: split.name(),
+                folder: config.imagenet.join(split.name()),
+                unreadable: listing.unreadable.len(),
+                first: listing.unreadable.first().cloned(),
+            });
+        }
+        report_unreadable(split, &listing.unreadable, progress);
         listings.push((split, listing));
     }
     Ok(listings)
+}
+
+/// Notes for the files a listing could not read, as the encoders' skips
+/// are noted: the first `UNREADABLE_NOTES`, then how many more.
+fn report_unreadable(split: Split, unreadable: &[Skipped], progress: &dyn Progress) {
+    for s in unreadable.iter().take(UNREADABLE_NOTES) {
+        progress.note(&format!("skipped {}: {}", s.path, s.reason));
+    }
+    if let Some(more) = unreadable
+        .len()
+        .checked_sub(UNREADABLE_NOTES)
+        .filter(|&n| n > 0)
+    {
+        progress.note(&format!(
+            "skipped {more} more unreadable files of {} (manifest.json lists each with its reason)",
+            split.name()
+        ));
+    }
 }
 
 /// Makes `out`, takes its lock, proves it writable and clears partial
@@ -775,6 +830,87 @@ mod tests {
         drop(first);
         prepare_output(&out).expect("after the first");
         assert!(!partial.exists(), "a dead run's partial file is cleared");
+    }
+
+    /// Notes, kept for a test to read.
+    #[derive(Default)]
+    struct Notes(std::sync::Mutex<Vec<String>>);
+
+    impl Progress for Notes {
+        fn note(&self, text: &str) {
+            self.0.lock().expect("notes").push(text.to_owned());
+        }
+    }
+
+    /// A tree whose train/n01/ holds `good` 16-pixel PNGs and `dangling`
+    /// links to files that do not exist.
+    fn tree_with_links(good: usize, dangling: usize) -> (tempfile::TempDir, ShardsConfig) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let class = dir.path().join("tree").join("train").join("n01");
+        std::fs::create_dir_all(&class).expect("mkdir");
+        for k in 0..good {
+            let img =
+                image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8, y as u8, k as u8]));
+            img.save(class.join(format!("good{k}.png"))).expect("png");
+        }
+        for k in 0..dangling {
+            let target = dir.path().join(format!("gone{k}.JPEG"));
+            std::os::unix::fs::symlink(target, class.join(format!("link{k:02}.JPEG")))
+                .expect("link");
+        }
+        let mut config = ShardsConfig::new(dir.path().join("tree"), dir.path().join("shards"));
+        config.splits = Some(vec![Split::Train]);
+        config.jobs = 1;
+        config.preprocess.side = 16;
+        (dir, config)
+    }
+
+    /// Files the listing cannot read are noted as the encoders' skips are
+    /// (the first 20, then a count) and all are in the manifest.
+    #[test]
+    fn unreadable_files_are_noted_and_listed() {
+        let (_dir, config) = tree_with_links(1, 25);
+        let notes = Notes::default();
+        let (manifest, _) = make_shards(&config, &notes).expect("shards");
+        let notes = notes.0.into_inner().expect("notes");
+        let per_file: Vec<&String> = notes
+            .iter()
+            .filter(|n| n.contains("link") && n.contains("cannot stat file"))
+            .collect();
+        assert_eq!(per_file.len(), UNREADABLE_NOTES, "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("skipped 5 more unreadable files of train")),
+            "{notes:?}"
+        );
+        let train = manifest.split(Split::Train).expect("train");
+        assert_eq!((train.images, train.skipped.len()), (1, 25));
+    }
+
+    /// A split with no file that can be read stops the run before anything
+    /// is written, naming the folder, the count and one file with its reason.
+    #[test]
+    fn a_split_with_nothing_readable_is_an_error() {
+        let (_dir, config) = tree_with_links(0, 3);
+        let err = make_shards(&config, &Silent).expect_err("nothing to store");
+        let text = err.to_string();
+        assert!(
+            matches!(err, MakeShardsError::NothingToStore { unreadable: 3, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("train: no image file to store in train; 3 could not be read, e.g. "),
+            "{text}"
+        );
+        assert!(text.contains("link00.JPEG: cannot stat file"), "{text}");
+        assert!(!config.out.exists(), "nothing written");
+        // An empty class folder: the same error, with no example to give.
+        let (_dir, config) = tree_with_links(0, 0);
+        let text = make_shards(&config, &Silent)
+            .expect_err("empty")
+            .to_string();
+        assert!(text.ends_with("no image file to store in train"), "{text}");
     }
 
     #[test]

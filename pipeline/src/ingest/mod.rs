@@ -182,6 +182,7 @@ fn list_files(dir: &Path, unreadable: &mut Vec<Skipped>) -> Vec<(String, PathBuf
         }
     };
     let mut files = Vec::new();
+    let first_unreadable = unreadable.len();
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
@@ -210,6 +211,9 @@ fn list_files(dir: &Path, unreadable: &mut Vec<Skipped>) -> Vec<(String, PathBuf
         }
     }
     files.sort();
+    // In name order too, so that reports and the manifest do not change
+    // with the order the file system lists a folder in.
+    unreadable[first_unreadable..].sort_by(|a, b| a.path.cmp(&b.path));
     files
 }
 
