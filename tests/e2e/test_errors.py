@@ -34,6 +34,8 @@ def test_val_explicitly_asked_but_missing(tmp_path):
 
 def test_output_not_writable(tmp_path):
     (tmp_path / "train" / "n01").mkdir(parents=True)
+    # A file to store, so that the output folder is the only problem.
+    (tmp_path / "train" / "n01" / "a.JPEG").write_bytes(b"x")
     (tmp_path / "blocker").write_text("a file where the output folder should go")
     line = one_error_line(run("shards", "--imagenet", tmp_path, "--out", tmp_path / "blocker", check=False))
     assert "blocker" in line and "not writable" in line

@@ -338,6 +338,11 @@ fn list_splits(
                 }
             }
         };
+        listings.push((split, listing));
+    }
+    // After every split is listed, so that a listing's own error (val/
+    // without labels) is the one reported.
+    for (split, listing) in &listings {
         if listing.files.is_empty() {
             return Err(MakeShardsError::NothingToStore {
                 split: split.name(),
@@ -346,8 +351,9 @@ fn list_splits(
                 first: listing.unreadable.first().cloned(),
             });
         }
-        report_unreadable(split, &listing.unreadable, progress);
-        listings.push((split, listing));
+    }
+    for (split, listing) in &listings {
+        report_unreadable(*split, &listing.unreadable, progress);
     }
     Ok(listings)
 }
