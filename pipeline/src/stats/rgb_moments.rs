@@ -71,8 +71,13 @@ fn add(c: [u64; 3], p: [u64; 6], (tc, tp): ([u64; 3], [u64; 6])) -> ([u64; 3], [
 /// `PIPELINE_SIMD`) and VNNI.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx512_kernel() -> bool {
-    crate::cpu::simd_level() >= crate::cpu::SimdLevel::Avx512
-        && std::arch::is_x86_feature_detected!("avx512vnni")
+    has_avx512_kernel_at(crate::cpu::simd_level())
+}
+
+/// Whether the AVX-512 kernels run at `level`: AVX-512 and VNNI.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512_kernel_at(level: SimdLevel) -> bool {
+    level >= SimdLevel::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
 /// Exact products `p` (rr, rg, rb, gg, gb, bb) and channel sums `c` in the
