@@ -362,7 +362,7 @@ fn list_splits(
 /// are noted: the first `UNREADABLE_NOTES`, then how many more.
 fn report_unreadable(split: Split, unreadable: &[Skipped], progress: &dyn Progress) {
     for s in unreadable.iter().take(UNREADABLE_NOTES) {
-        progress.note(&format!("skipped {}: {}", s.path, s.reason));
+        note_skipped(progress, s);
     }
     if let Some(more) = unreadable
         .len()
@@ -374,6 +374,11 @@ fn report_unreadable(split: Split, unreadable: &[Skipped], progress: &dyn Progre
             split.name()
         ));
     }
+}
+
+/// One line for a file not stored: "skipped PATH: REASON".
+fn note_skipped(progress: &dyn Progress, skipped: &Skipped) {
+    progress.note(&format!("skipped {}: {}", skipped.path, skipped.reason));
 }
 
 /// Makes `out`, takes its lock, proves it writable and clears partial
@@ -651,11 +656,12 @@ fn write_in_order(
             match result {
                 Ok(checksum) => writer.add(file.label, &file.name, &frame, checksum)?,
                 Err(reason) => {
-                    progress.note(&format!("skipped {}: {reason}", file.path.display()));
-                    writer.skip(Skipped {
+                    let skipped = Skipped {
                         path: file.path.display().to_string(),
                         reason: reason.to_string(),
-                    });
+                    };
+                    note_skipped(progress, &skipped);
+                    writer.skip(skipped);
                 }
             }
             let _ = free.send(frame); // fails only once every worker is gone
