@@ -39,6 +39,10 @@
 #            nccl`) beside the plain process: `trainer bench` img/s (the
 #            all-reduce path's overhead) and 24 Fashion-MNIST steps' losses
 #            (the same: a sum over one rank changes nothing).
+#   levels   (not by default) the loader (`pipeline bench --threads 2`) and
+#            the stats pass (`--jobs 2`) against their zstd ceilings, 3
+#            rounds at the CPU's widest kernels and 3 with PIPELINE_SIMD=avx2,
+#            alternated: the 2-thread ceiling goals on an AVX-512 host.
 #   scale    (not by default) the loader and stats at 16 threads on 40,200
 #            images, and `pipeline shards` at 1 and 16 jobs on 4,800: runs
 #            long enough that start-up costs do not hide the scaling.
@@ -211,9 +215,9 @@ fi
 if want nccl; then
   log "nccl: one rank with NCCL through the data-parallel path, beside the plain process"
   for amp in "" "--amp bf16"; do
-    "$T" bench --devices cuda:0 --batch-size 128 $amp --cuda-graph off 2>&1 \
+    timeout 90 "$T" bench --devices cuda:0 --batch-size 128 $amp --cuda-graph off 2>&1 \
       | grep -E "BENCH|rror" | tee -a "$OUT/nccl.txt"
-    "$T" launch --nproc-per-node 1 -- bench --devices cuda:0 --batch-size 128 $amp \
+    timeout 120 "$T" launch --nproc-per-node 1 -- bench --devices cuda:0 --batch-size 128 $amp \
       --dist-backend nccl 2>&1 | grep -E "BENCH|rror" | tee -a "$OUT/nccl.txt"
   done
   "$P" shards --imagenet "$STAGE/fashion-tree" --out "$W/fashion" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
@@ -237,6 +241,30 @@ if want graphcheck; then
   done
   side_by_side GRAPHCHECK eager graph "$W/check/metrics.jsonl" "$W/check--cuda-graph/metrics.jsonl" \
     | tee -a "$OUT/train.txt"
+fi
+
+if want levels; then
+  log "levels: loader and stats at 2 threads against their ceilings, widest kernels and avx2"
+  sample_shards
+  widest=$("$P" bench --shards "$W/sample" --threads 1 --epochs 1 --json 2>/dev/null \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["simd"])')
+  for round in 1 2 3; do for level in "$widest" avx2; do
+    echo "# round $round simd $level" >>"$OUT/pipeline.txt"
+    PIPELINE_SIMD=$level timeout 60 "$P" stats --shards "$W/sample" --jobs 2 --bench 2>&1 \
+      | tail -5 | tee -a "$OUT/pipeline.txt"
+    PIPELINE_SIMD=$level timeout 60 "$P" bench --shards "$W/sample" --threads 2 --epochs 4 --json \
+      2>>"$OUT/pipeline.txt" | tee -a "$OUT/pipeline.txt" >"$W/levels-$level-$round.json"
+  done; done
+  python3 - "$W" "$widest" <<'EOF' 2>&1 | tee -a "$OUT/pipeline.txt"
+import json, statistics, sys
+work, widest = sys.argv[1:]
+for level in dict.fromkeys([widest, "avx2"]):
+    runs = [json.load(open(f"{work}/levels-{level}-{r}.json")) for r in (1, 2, 3)]
+    for key in ("ratio", "steady_ratio", "ratio_to_parallel_ceiling", "images_per_sec"):
+        values = [x[key] for x in runs]
+        print(f"LEVELS {level} loader {key}: {', '.join(f'{v:.3f}' for v in values)}; "
+              f"median {statistics.median(values):.3f}")
+EOF
 fi
 
 if want scale; then
