@@ -35,45 +35,69 @@ pub struct BenchOptions {
 
 /// One training step's loss and gradients with the fused LRN and with the
 /// band LRN under autograd, from the same weights and batch (dropout off),
-/// each against the band LRN in float32 (the reference when the step runs
-/// in bfloat16; itself otherwise).
+/// each against the band step in float64.
+///
+/// The reference is float64 because neither step is exact: "float32"
+/// convolutions run on TF32 tensor cores on recent GPUs (cuDNN's default),
+/// and conv1's weight gradient is a sum with so much cancellation that TF32
+/// rounding moves it by a few percent. Two steps that round differently
+/// (another cuDNN algorithm behind another memory layout is enough) can
+/// therefore be that far apart while both are right; what must hold is that
+/// the fused step is no further from the exact answer than the band step.
 pub struct LrnComparison {
-    /// Loss of the band step, the fused step and the float32 reference.
+    /// Loss of the band step, the fused step and the float64 reference.
     pub loss: [f64; 3],
-    /// For the band and the fused step: the parameter whose gradient is
-    /// furthest from the reference's, ||g - g_ref|| / ||g_ref||, and that
-    /// distance.
-    pub worst: [(String, f64); 2],
+    /// Per parameter: its name and the distance of the band step's and
+    /// the fused step's gradient from the reference's,
+    /// ||g - g_ref|| / ||g_ref||.
+    pub distances: Vec<(String, f64, f64)>,
 }
 
 impl LrnComparison {
-    /// Whether the fused step agrees with the band step as the two must:
-    /// in float32 both are the float32 reference up to rounding (loss to
-    /// 1e-5 of itself, every gradient to 1e-4); in bfloat16 the fused
-    /// step's gradients may be no further from the float32 reference than
-    /// twice the band step's (the rounding of bfloat16 itself) plus 1e-3.
-    /// The error says which gradient and by how much.
+    /// Whether the fused step is as close to the float64 reference as the
+    /// band step: its loss no further than twice the band step's distance
+    /// plus 1e-5 of the loss, and every gradient no further than twice the
+    /// band step's distance for that parameter plus a floor (1e-4 in
+    /// float32, 1e-3 in bfloat16) for parameters the band step gets almost
+    /// exactly. The error names the parameter and both distances.
     pub fn verdict(&self, precision: Precision) -> Result<(), String> {
-        let [band_loss, fused_loss, _] = self.loss;
-        let [(_, band), (name, fused)] = &self.worst;
-        let (allowed, loss_ok) = match precision {
-            Precision::F32 | Precision::F64 => (
-                1e-4,
-                (band_loss - fused_loss).abs() <= 1e-5 * band_loss.abs(),
-            ),
-            Precision::Bf16 => (2.0 * band + 1e-3, fused_loss.is_finite()),
-        };
-        if !loss_ok {
+        let [band_loss, fused_loss, ref_loss] = self.loss;
+        let loss_allowed = 2.0 * (band_loss - ref_loss).abs() + 1e-5 * ref_loss.abs();
+        let loss_off = (fused_loss - ref_loss).abs();
+        if loss_off.is_nan() || loss_off > loss_allowed {
             return Err(format!(
-                "losses differ: band {band_loss:.6}, fused {fused_loss:.6}"
+                "losses: fused {fused_loss:.6}, band {band_loss:.6}, float64 {ref_loss:.6}"
             ));
         }
-        if fused.is_nan() || *fused > allowed {
-            return Err(format!(
-                "gradient of {name} is {fused:.2e} from the float32 reference (allowed {allowed:.1e})"
-            ));
+        let floor = match precision {
+            Precision::F32 | Precision::F64 => 1e-4,
+            Precision::Bf16 => 1e-3,
+        };
+        for (name, band, fused) in &self.distances {
+            let allowed = 2.0 * band + floor;
+            if fused.is_nan() || *fused > allowed {
+                return Err(format!(
+                    "gradient of {name} is {fused:.2e} from the float64 reference, the band \
+                     step's {band:.2e} (allowed {allowed:.2e})"
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The parameter furthest from the reference in the band step (0) or
+    /// the fused step (1), and that distance.
+    pub fn worst(&self, step: usize) -> (&str, f64) {
+        self.distances
+            .iter()
+            .map(|(name, band, fused)| (name.as_str(), [*band, *fused][step]))
+            .fold(("", 0.0), |worst, d| {
+                if d.1 > worst.1 || d.1.is_nan() {
+                    d
+                } else {
+                    worst
+                }
+            })
     }
 }
 
@@ -86,7 +110,7 @@ pub fn compare_lrn(opts: &BenchOptions, fused: FusedLrn) -> Result<LrnComparison
         ..ModelConfig::paper(1000)
     };
     let mut net = AlexNet::new(config, Init::Kaiming, 1, opts.placement, opts.precision);
-    let reference = net.to_placement(opts.placement, Precision::F32);
+    let reference = net.to_placement(opts.placement, Precision::F64);
     let b = opts.batch_size;
     let x = Tensor::randn([b, 224, 224, 3], (Kind::Float, device)).permute([0, 3, 1, 2]);
     let labels = Tensor::randint(1000, [b], (Kind::Int64, device));
@@ -94,21 +118,22 @@ pub fn compare_lrn(opts: &BenchOptions, fused: FusedLrn) -> Result<LrnComparison
     let (band_loss, band) = net.loss_and_gradients(&x, &labels)?;
     net.set_fused_lrn(Some(fused))?;
     let (fused_loss, ours) = net.loss_and_gradients(&x, &labels)?;
-    let names: Vec<String> = net.named_parameters().into_iter().map(|(n, _)| n).collect();
-    let worst = |grads: &[Tensor]| {
-        let mut worst = (String::new(), 0.0);
-        for (name, (a, w)) in names.iter().zip(grads.iter().zip(&want)) {
-            let scale = w.norm().double_value(&[]).max(1e-30);
-            let diff = (a - w).norm().double_value(&[]) / scale;
-            if diff > worst.1 || diff.is_nan() {
-                worst = (name.clone(), diff);
-            }
-        }
-        worst
+    let distance = |g: &Tensor, want: &Tensor| {
+        let want = want.to_kind(Kind::Double);
+        let scale = want.norm().double_value(&[]).max(1e-30);
+        (g.to_kind(Kind::Double) - want).norm().double_value(&[]) / scale
     };
+    let distances = net
+        .named_parameters()
+        .into_iter()
+        .zip(band.iter().zip(&ours).zip(&want))
+        .map(|((name, _), ((band, fused), want))| {
+            (name, distance(band, want), distance(fused, want))
+        })
+        .collect();
     Ok(LrnComparison {
         loss: [band_loss, fused_loss, ref_loss].map(|l| l.double_value(&[])),
-        worst: [worst(&band), worst(&ours)],
+        distances,
     })
 }
 
@@ -171,5 +196,61 @@ fn sync(placement: Placement) {
         if let Device::Cuda(i) = placement.device(c) {
             tch::Cuda::synchronize(i as i64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comparison(loss: [f64; 3], distances: &[(&str, f64, f64)]) -> LrnComparison {
+        LrnComparison {
+            loss,
+            distances: distances
+                .iter()
+                .map(|&(name, band, fused)| (name.to_string(), band, fused))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn fused_step_as_far_from_float64_as_the_band_step_passes() {
+        // A float32 step on TF32 tensor cores: conv1's gradient a few
+        // percent from float64 in both steps, the rest close.
+        let c = comparison(
+            [7.966285, 7.966222, 7.966250],
+            &[
+                ("a.conv1.weight", 3.1e-2, 3.7e-2),
+                ("a.fc6.weight", 2e-4, 2.5e-4),
+            ],
+        );
+        assert!(c.verdict(Precision::F32).is_ok());
+        assert_eq!(c.worst(0), ("a.conv1.weight", 3.1e-2));
+        assert_eq!(c.worst(1), ("a.conv1.weight", 3.7e-2));
+    }
+
+    #[test]
+    fn a_gradient_further_than_twice_the_band_step_fails_naming_it() {
+        let c = comparison(
+            [2.0, 2.0, 2.0],
+            &[
+                ("a.conv1.weight", 3e-2, 3e-2),
+                ("b.conv2.bias", 1e-3, 2.2e-3),
+            ],
+        );
+        let why = c.verdict(Precision::F32).unwrap_err();
+        assert!(why.contains("b.conv2.bias"), "{why}");
+        // The bfloat16 floor (1e-3) lets the same distance pass.
+        assert!(c.verdict(Precision::Bf16).is_ok());
+    }
+
+    #[test]
+    fn a_loss_further_than_the_band_step_or_nan_fails() {
+        let far = comparison([2.0, 2.001, 2.0], &[("a.conv1.weight", 0.0, 0.0)]);
+        assert!(far.verdict(Precision::F32).unwrap_err().contains("losses"));
+        let nan = comparison([2.0, f64::NAN, 2.0], &[]);
+        assert!(nan.verdict(Precision::Bf16).is_err());
+        let nan_gradient = comparison([2.0, 2.0, 2.0], &[("a.fc8.bias", 1e-3, f64::NAN)]);
+        assert!(nan_gradient.verdict(Precision::Bf16).is_err());
     }
 }
