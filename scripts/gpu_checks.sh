@@ -11,15 +11,15 @@
 #
 # Sections:
 #   bench    `trainer bench` at batch 128 and 512, float32 and bf16, our
-#            kernels on and off, eager and CUDA-graph replay, the defaults
-#            (`auto`), and the PyTorch eager reference
+#            kernels on and off, eager (`--cuda-graph off`) and CUDA-graph
+#            replay, the defaults (`auto`), and the PyTorch eager reference
 #            (benches/torch_alexnet_ref.py --groups) in the same call.
 #   ceiling  the same net without LRN (benches/alexnet_ops_profile.py
 #            --lrn none --graph): the ceiling of this design.
 #   train    `trainer run` fed by the loader on shards of real photos (the
-#            120 photos linked 67 times: 8,040 images), bf16, defaults,
-#            eager and --cuda-graph: img/s and the time each step waits
-#            for the loader.
+#            120 photos linked 67 times: 8,040 images), bf16, eager and
+#            replayed from a graph (the default with one GPU): img/s and
+#            the time each step waits for the loader.
 #   pipeline `pipeline shards` against Pillow + python-zstandard at 1..16
 #            jobs (benches/shards_scaling.py), `pipeline bench` at 1..16
 #            threads and `pipeline stats --bench` at 16, each against its
@@ -104,8 +104,8 @@ if want bench; then
   bench --batch-size 128                     # the defaults
   bench --batch-size 128 --amp bf16
   for b in 128 512; do for amp in "" "--amp bf16"; do for k in on off; do
-    bench --batch-size $b $amp --kernels $k
-    bench --batch-size $b $amp --kernels $k --cuda-graph
+    bench --batch-size $b $amp --kernels $k --cuda-graph off
+    bench --batch-size $b $amp --kernels $k --cuda-graph on
   done; done; done
   timeout 150 python3 benches/torch_alexnet_ref.py --groups --batch 128 512 2>&1 | tee -a "$OUT/bench.txt"
 fi
@@ -156,10 +156,10 @@ if want train; then
   log "train: trainer run fed by the loader, 8,040 photos, bf16, defaults"
   sample_shards
   timeout 60 "$T" bench --devices cuda:0 --batch-size 128 --amp bf16 2>&1 | tee -a "$OUT/train.txt"
-  for g in "" "--cuda-graph"; do
-    name=eager; [ -n "$g" ] && name=graph
+  for name in eager graph; do
+    g=on; [ $name = eager ] && g=off
     timeout 120 "$T" run --shards "$W/sample" --out "$W/run-$name" --epochs 3 --amp bf16 \
-      --init kaiming $g --quiet 2>&1 | tail -3 | tee -a "$OUT/train.txt"
+      --init kaiming --cuda-graph $g --quiet 2>&1 | tail -3 | tee -a "$OUT/train.txt"
     waits "$W/run-$name/metrics.jsonl" "$name"
   done
 fi
@@ -203,11 +203,11 @@ fi
 if want threads; then
   log "threads: trainer run at 16, 15 and 8 loader threads (eager), 15 with --cuda-graph"
   sample_shards
-  for cfg in "16" "15" "8" "15 --cuda-graph"; do
+  for cfg in "16 off" "15 off" "8 off" "15 on"; do
     set -- $cfg
-    name="t$1${2:+-graph}"
+    name="t$1"; [ "$2" = on ] && name="t$1-graph"
     timeout 120 "$T" run --shards "$W/sample" --out "$W/run-$name" --epochs 3 --amp bf16 \
-      --init kaiming --loader-threads $1 ${2:-} --quiet 2>&1 | grep -E "^(warning|Error)" | tee -a "$OUT/train.txt"
+      --init kaiming --loader-threads $1 --cuda-graph $2 --quiet 2>&1 | grep -E "^(warning|Error)" | tee -a "$OUT/train.txt"
     waits "$W/run-$name/metrics.jsonl" "$name"
   done
 fi
@@ -235,11 +235,11 @@ if want graphcheck; then
   log "graphcheck: the same 24 steps eager and with --cuda-graph"
   "$P" shards --imagenet "$STAGE/fashion-tree" --out "$W/fashion" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
   "$P" stats --shards "$W/fashion" 2>&1 | tail -1 | tee -a "$OUT/log.txt"
-  for g in "" "--cuda-graph"; do
-    timeout 90 "$T" run --devices cuda:0 --shards "$W/fashion" --out "$W/check$g" --max-steps 24 \
-      --init kaiming --quiet $g 2>&1 | grep -E "^(val|warning|Error)" | tee -a "$OUT/train.txt"
+  for g in off on; do
+    timeout 90 "$T" run --devices cuda:0 --shards "$W/fashion" --out "$W/check-$g" --max-steps 24 \
+      --init kaiming --quiet --cuda-graph $g 2>&1 | grep -E "^(val|warning|Error)" | tee -a "$OUT/train.txt"
   done
-  side_by_side GRAPHCHECK eager graph "$W/check/metrics.jsonl" "$W/check--cuda-graph/metrics.jsonl" \
+  side_by_side GRAPHCHECK eager graph "$W/check-off/metrics.jsonl" "$W/check-on/metrics.jsonl" \
     | tee -a "$OUT/train.txt"
 fi
 
