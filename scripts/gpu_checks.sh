@@ -70,6 +70,8 @@ log() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
   echo "cores $(nproc): $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+  # Whether the cores are hyperthread siblings bounds the scaling to 16 jobs.
+  lscpu | grep -E "^(Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|NUMA node\(s\))"
   echo "simd: $(grep -o -w -E 'avx2|avx512f|avx512bw|avx512vbmi|avx512_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   ldd "$T" | grep -E "not found"; "$T" --version; } 2>&1 | tee -a "$OUT/log.txt"
 
