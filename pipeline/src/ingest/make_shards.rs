@@ -265,16 +265,21 @@ pub fn make_shards(
             finished_shard(&config.out.join(plan.file_name()), &header, progress)
         })
         .collect();
+    let to_write = plans
+        .iter()
+        .zip(&finished)
+        .filter(|(_, kept)| kept.is_none())
+        .map(|(plan, _)| plan);
+    write_shards(&pool, &mut workers, to_write, header, &config.out, progress)?;
+
     let mut shard_infos: BTreeMap<Split, Vec<(ShardInfo, Vec<Skipped>)>> = BTreeMap::new();
     for (plan, finished) in plans.iter().zip(finished.iter_mut()) {
-        let path = config.out.join(plan.file_name());
-        let header = plan.header(header);
         let (reader, kept) = match finished.take() {
             Some(reader) => (reader, true),
-            None => {
-                write_shard(&pool, &mut workers, plan, header, &path, progress)?;
-                (ShardReader::open(&path)?, false)
-            }
+            None => (
+                ShardReader::open(&config.out.join(plan.file_name()))?,
+                false,
+            ),
         };
         let records = reader.len() as u64;
         if kept {
@@ -558,10 +563,49 @@ struct Encoded {
     result: Result<u64, SkipReason>,
 }
 
+/// Writes the shards of `plans`, one after another. Each finished shard is
+/// synced and renamed into place on a thread of its own while the workers
+/// go on to the next: a shard's `fsync` (~120 MB) takes about as long as
+/// 16 workers take to encode it, and every worker would wait for it. One
+/// shard at most waits for that thread, so a disk slower than the encoders
+/// holds them back instead of piling up written shards.
+fn write_shards<'a>(
+    pool: &rayon::ThreadPool,
+    workers: &mut [Worker],
+    plans: impl Iterator<Item = &'a ShardPlan>,
+    header: ShardHeader,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<(), MakeShardsError> {
+    std::thread::scope(|scope| {
+        let (to_finish, finish_rx) = crossbeam_channel::bounded::<ShardWriter>(1);
+        let finisher = scope.spawn(move || -> Result<(), MakeShardsError> {
+            for writer in finish_rx {
+                writer.finish()?;
+            }
+            Ok(())
+        });
+        for plan in plans {
+            let path = out.join(plan.file_name());
+            let writer = write_shard(pool, workers, plan, plan.header(header), &path, progress)?;
+            if to_finish.send(writer).is_err() {
+                break; // the finisher stopped at an error, which its result holds
+            }
+        }
+        drop(to_finish);
+        finisher.join().unwrap_or_else(|_| {
+            Err(MakeShardsError::Config(
+                "a shard's finishing thread panicked".into(),
+            ))
+        })
+    })
+}
+
 /// Workers claim the plan's files in order from a shared counter and send
 /// each frame to this thread, which writes them in plan order. Frame buffers
 /// circulate: a fixed set of them bounds memory and how far ahead of the
-/// writer the workers can get.
+/// writer the workers can get. Returns the shard with every frame written,
+/// to be finished (index, sync, rename) by the caller.
 fn write_shard(
     pool: &rayon::ThreadPool,
     workers: &mut [Worker],
@@ -569,7 +613,7 @@ fn write_shard(
     header: ShardHeader,
     path: &Path,
     progress: &dyn Progress,
-) -> Result<(), MakeShardsError> {
+) -> Result<ShardWriter, MakeShardsError> {
     let mut writer = ShardWriter::create(path, header)?;
     let next_file = AtomicUsize::new(0);
     let (free_tx, free_rx) = crossbeam_channel::unbounded();
@@ -593,8 +637,7 @@ fn write_shard(
         }
         written
     })?;
-    writer.finish()?;
-    Ok(())
+    Ok(writer)
 }
 
 fn encode_files(
@@ -898,6 +941,34 @@ mod tests {
         );
         let train = manifest.split(Split::Train).expect("train");
         assert_eq!((train.images, train.skipped.len()), (1, 25));
+    }
+
+    /// Shards finished on their own thread while the next is encoded all
+    /// end up under their final names, each whole, every file in one of
+    /// them; none is left under its temporary name.
+    #[test]
+    fn every_shard_is_finished_in_place_while_the_next_is_written() {
+        let (dir, mut config) = tree_with_links(7, 0);
+        config.shard_size = 2;
+        config.jobs = 2;
+        let (manifest, summary) = make_shards(&config, &Silent).expect("shards");
+        let train = manifest.split(Split::Train).expect("train");
+        assert_eq!((train.images, summary.written), (7, 7));
+        let mut names = Vec::new();
+        for shard in &train.shards {
+            let reader = ShardReader::open(&config.out.join(&shard.file)).expect("open");
+            assert_eq!(reader.len() as u64, shard.records, "{}", shard.file);
+            names.extend(reader.records().iter().map(|r| r.name.clone()));
+        }
+        assert_eq!(train.shards.len(), 4);
+        let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!((names.len(), distinct.len()), (7, 7), "{names:?}");
+        let partial: Vec<_> = std::fs::read_dir(dir.path().join("shards"))
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .collect();
+        assert!(partial.is_empty(), "{partial:?}");
     }
 
     /// A split with no file that can be read stops the run before anything
