@@ -164,6 +164,9 @@ python: build setup-python setup-torch
 	$(PY) -m pip install -q --force-reinstall --no-deps $(WHEELS)/alexnet_pipeline-*.whl
 	$(TORCH_VENV)/bin/python -m pip install -q --force-reinstall --no-deps \
 	  $(WHEELS)/alexnet_pipeline-*.whl
+	# numpy, which the package imports and the torch wheel does not bring:
+	# from the wheel beside ours, a no-op once installed.
+	$(TORCH_VENV)/bin/python -m pip install -q --no-index --find-links $(WHEELS) numpy
 
 # End-to-end tests against independent references (Pillow, numpy, a Python
 # reader of the shard format), and of the Python package.
