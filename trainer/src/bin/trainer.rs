@@ -713,7 +713,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             bail!("--check-lrn compares the fused LRN, which is not in use here");
         };
         let c = compare_lrn(&opts, fused)?;
-        let (band_worst, fused_worst) = (c.worst(0), c.worst(1));
+        let (band_worst, fused_worst) = (c.worst(|d| d.band), c.worst(|d| d.fused));
         println!(
             "LRN CHECK bs={} loss band={:.6} fused={:.6} f64-band={:.6}; gradients, largest \
              |g - g_ref| / |g_ref| against the f64 band step: band {:.2e} ({}), fused {:.2e} ({})",
