@@ -13,6 +13,7 @@
 mod jpeg;
 
 use fast_image_resize as fir;
+use fir::pixels::U8x3 as Rgb;
 use serde::{Deserialize, Serialize};
 
 pub use jpeg::cmyk_to_rgb;
@@ -215,16 +216,19 @@ impl Preprocessor {
     fn resample_centre(&mut self, decoded: &Decoded, out: &mut [u8]) -> Result<(), DecodeError> {
         let side = self.options.side as u32;
         let (w, h) = decoded.size;
-        let src = fir::images::ImageRef::new(w as u32, h as u32, &self.rgb, fir::PixelType::U8x3)
+        // Typed views (RGB, 3 x u8): `Resizer::resize` on untyped images
+        // would compile every pixel type's SIMD convolutions into this crate
+        // (over half of its code) to pick one of them at run time.
+        let src = fir::images::TypedImageRef::<Rgb>::from_buffer(w as u32, h as u32, &self.rgb)
             .map_err(|e| DecodeError::Corrupt(format!("decoded buffer: {e}")))?;
-        let mut dst = fir::images::Image::from_slice_u8(side, side, out, fir::PixelType::U8x3)
+        let mut dst = fir::images::TypedImage::<Rgb>::from_buffer(side, side, out)
             .map_err(|e| DecodeError::Corrupt(format!("output buffer: {e}")))?;
         let needed = decoded.needed;
         let options = fir::ResizeOptions::new()
             .resize_alg(fir::ResizeAlg::Convolution(self.options.filter.fir()))
             .crop(needed.x, needed.y, needed.w, needed.h);
         self.resizer
-            .resize(&src, &mut dst, &options)
+            .resize_typed(&src, &mut dst, &options)
             .map_err(|e| DecodeError::Corrupt(format!("resize: {e}")))
     }
 }
