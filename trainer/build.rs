@@ -37,9 +37,30 @@ fn compile_grad_shim(lib: &std::path::Path) {
     if !torch.join("include").exists() {
         panic!("no libtorch headers beside {}", lib.display());
     }
-    libtorch_cpp(torch)
-        .file("src/sys/grad_shim.cpp")
-        .compile("trainer_grad_shim");
+    let mut build = libtorch_cpp(torch);
+    build.file("src/sys/grad_shim.cpp");
+    compile(&build, "trainer_grad_shim");
+}
+
+/// Compiles and links a shim, except under `cargo clippy`: clippy-driver
+/// compiles the workspace's build scripts too, so clippy's run of this script
+/// is one of its own, not the one `cargo build` and `cargo test` share, and
+/// a lint links nothing. Compiling the shims there too would cost `make
+/// test` (clippy, then the tests) a minute or two of C++ for nothing. The
+/// cfgs are printed either way, so clippy lints the code the build compiles.
+fn compile(build: &cc::Build, name: &str) {
+    if !linting_only() {
+        build.compile(name);
+    }
+}
+
+fn linting_only() -> bool {
+    println!("cargo:rerun-if-env-changed=RUSTC_WORKSPACE_WRAPPER");
+    std::env::var_os("RUSTC_WORKSPACE_WRAPPER").is_some_and(|wrapper| {
+        std::path::Path::new(&wrapper)
+            .file_stem()
+            .is_some_and(|stem| stem.to_string_lossy().starts_with("clippy-driver"))
+    })
 }
 
 /// A C++ build against libtorch's headers, set up as torch-sys builds its
@@ -74,11 +95,12 @@ fn compile_graph_shim(lib: &std::path::Path) {
         return;
     };
     println!("cargo:rerun-if-changed={}", cuda_include.display());
-    libtorch_cpp(torch)
+    let mut build = libtorch_cpp(torch);
+    build
         .include(&cuda_include)
         .flag("-Wno-interference-size")
-        .file("src/sys/graph_shim.cpp")
-        .compile("trainer_graph_shim");
+        .file("src/sys/graph_shim.cpp");
+    compile(&build, "trainer_graph_shim");
     // libtorch's stream functions live in libc10_cuda, beside libtorch.
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-lc10_cuda");
@@ -138,7 +160,7 @@ fn compile_dist_shim(lib: &std::path::Path) {
             build.file("src/sys/nccl_stub.cpp");
         }
     }
-    build.compile("trainer_dist_shim");
+    compile(&build, "trainer_dist_shim");
     println!("cargo:rustc-cfg=trainer_c10d");
 }
 
