@@ -51,12 +51,28 @@ pub fn write_curves(run: &Path) -> Result<PathBuf, PlotError> {
     }
     let path = run.join(FILE);
     // plotters' errors are generic over the backend: kept as their text.
-    draw(&path, &loss, &top1, &top5).map_err(|e| PlotError::Draw {
+    let draw_error = |e: Box<dyn std::error::Error>| PlotError::Draw {
         path: path.clone(),
         message: e.to_string(),
-    })?;
+    };
+    let mut rgb = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    draw(&mut rgb, &loss, &top1, &top5).map_err(draw_error)?;
+    // Encoded by the image crate the workspace builds anyway, rather than by
+    // plotters' encoder, which would compile an older image crate as well.
+    image::save_buffer_with_format(
+        &path,
+        &rgb,
+        WIDTH,
+        HEIGHT,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| draw_error(e.into()))?;
     Ok(path)
 }
+
+const WIDTH: u32 = 1200;
+const HEIGHT: u32 = 480;
 
 fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -98,10 +114,16 @@ fn running_mean(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
-fn draw(path: &Path, loss: &[(f64, f64)], top1: &[(f64, f64)], top5: &[(f64, f64)]) -> DrawResult {
-    let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
+/// Draws both charts into `rgb` (WIDTH x HEIGHT, 3 bytes a pixel).
+fn draw(
+    rgb: &mut [u8],
+    loss: &[(f64, f64)],
+    top1: &[(f64, f64)],
+    top5: &[(f64, f64)],
+) -> DrawResult {
+    let root = BitMapBackend::with_buffer(rgb, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(600);
+    let (left, right) = root.split_horizontally(WIDTH / 2);
     let max_step = loss.last().map_or(1.0, |p| p.0).max(1.0);
 
     let (lo, hi) = loss_range(loss);
