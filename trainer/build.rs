@@ -73,6 +73,10 @@ fn libtorch_cpp(torch: &std::path::Path) -> cc::Build {
         .cpp(true)
         .pic(true)
         .warnings(false)
+        // No -g: debug info for code that includes libtorch's headers is
+        // large and slow to write (a third of the compile), and perf names
+        // the shims' functions from their symbols anyway.
+        .debug(false)
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")
