@@ -14,11 +14,11 @@ def copy_shards(src, dst):
     return dst
 
 
-def test_stats_match_numpy_and_any_thread_count(tmp_path, tree):
+def test_stats_match_numpy_and_any_thread_count_or_read_mode(tmp_path, tree):
     outs = []
-    for jobs in (1, 2):
+    for jobs, read in ((1, "pread"), (2, "map")):
         d = copy_shards(tree["out"], tmp_path / f"j{jobs}")
-        p = run("stats", "--shards", d, "--jobs", jobs)
+        p = run("stats", "--shards", d, "--jobs", jobs, "--read", read)
         assert "eigenvalue" in p.stdout
         outs.append(d)
     for name in ("mean.npy", "stats.json"):

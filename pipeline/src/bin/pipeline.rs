@@ -120,6 +120,10 @@ enum Command {
         /// pass is run 5 times; the median counts).
         #[arg(long)]
         bench: bool,
+        /// How threads read frames: map the shards (auto does while they
+        /// fit in half the memory) or pread each frame.
+        #[arg(long, value_enum, default_value_t = ReadMode::Auto)]
+        read: ReadMode,
     },
 }
 
@@ -270,7 +274,8 @@ fn main() -> ExitCode {
             shards,
             jobs,
             bench,
-        } => run_stats(&shards, jobs, bench),
+            read,
+        } => run_stats(&shards, jobs, bench, read.into()),
         Command::Bench(args) => run_bench(args),
         Command::Sheet(args) => run_sheet(args),
     };
@@ -394,9 +399,20 @@ fn run_verify(dir: &std::path::Path) -> Result<ExitCode> {
 /// Passes `pipeline stats --bench` times (the median is reported).
 const STATS_BENCH_PASSES: usize = 5;
 
-fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<ExitCode> {
+fn run_stats(
+    dir: &std::path::Path,
+    jobs: Option<usize>,
+    bench: bool,
+    read: pipeline::format::shard::ReadMode,
+) -> Result<ExitCode> {
     let manifest = Manifest::load(dir)?;
     let images = manifest.split(Split::Train).map_or(0, |s| s.images);
+    // Resolved here, as `open_split_read` would, so that --bench can say
+    // which ran.
+    let shard_bytes = manifest
+        .split(Split::Train)
+        .map_or(0, |s| s.shards.iter().map(|info| info.bytes).sum());
+    let read = read.resolve(shard_bytes);
     let threads =
         jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new()
@@ -415,7 +431,7 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
     for _ in 0..if bench { STATS_BENCH_PASSES } else { 1 } {
         progress.0.reset();
         let started = std::time::Instant::now();
-        result = Some(pool.install(|| stats::compute(dir, &progress))?);
+        result = Some(pool.install(|| stats::compute_with(dir, read, &progress))?);
         seconds.push(started.elapsed().as_secs_f64());
     }
     let (stats, mean) = result.expect("one pass at least");
@@ -446,7 +462,11 @@ fn run_stats(dir: &std::path::Path, jobs: Option<usize>, bench: bool) -> Result<
             .map(|s| format!("{:.0}", stats.images as f64 / s.max(1e-9)))
             .collect();
         println!("passes (images/s, sorted by time): {}", rates.join(", "));
-        println!("simd: {}", pipeline::cpu::simd_level().name());
+        println!(
+            "simd: {}; read: {}",
+            pipeline::cpu::simd_level().name(),
+            format!("{read:?}").to_lowercase()
+        );
         let ceilings = inspect::ceilings(dir, &manifest, 2000, threads)?;
         let decode = inspect::Ceilings::decode_name(manifest.codec);
         let percent = |ceiling: f64| 100.0 * rate / (threads as f64 * ceiling);
