@@ -5,7 +5,7 @@
 #   benches/ab_loader_stats.sh BEFORE AFTER OUT_DIR [ROUNDS] [SAMPLE]
 #
 # LOADER_ARGS adds options to `pipeline bench` (e.g. "--output f32");
-# STATS=0 leaves the statistics pass out.
+# STATS=0 leaves the statistics pass out, LOADER=0 the loader.
 #
 # Each binary writes its own shards of the same 8,000-image train split (the
 # 1,000-photo ImageNet sample linked 8 times, `benches/sample_tree.py`), so
@@ -42,8 +42,9 @@ for round in $(seq 1 "$rounds"); do
     if [ "${STATS:-1}" != 0 ]; then
       echo "# $side round $round" >>"$out/ab-stats.txt"
       "$bin" stats --shards "$work/$side" --jobs 2 --bench 2>/dev/null \
-        | grep -E 'passes|single-thread' >>"$out/ab-stats.txt"
+        | grep -E 'passes|single-thread|threads of zstd' >>"$out/ab-stats.txt"
     fi
+    [ "${LOADER:-1}" = 0 ] && continue
     # shellcheck disable=SC2086 # LOADER_ARGS is a list of options
     "$bin" bench --shards "$work/$side" --threads 2 --epochs 4 --json ${LOADER_ARGS:-} 2>/dev/null \
       | python3 -c "import json,sys; d=json.load(sys.stdin); d.update(binary='$side', round=$round); print(json.dumps(d))" \
@@ -66,12 +67,13 @@ def paired(before, after):
     return f"per round after/before median {statistics.median(ratios):.3f}, faster in {wins} of {len(ratios)}"
 
 
-for key in ("images_per_sec", "steady_images_per_sec", "ratio"):
+for key in ("images_per_sec", "steady_images_per_sec", "ratio") if rows else ():
     by = {s: [r[key] for r in rows if r["binary"] == s] for s in ("before", "after")}
     m = {s: statistics.median(v) for s, v in by.items()}
     print(f"loader {key}: before {m['before']:.3f}, after {m['after']:.3f}, after/before {m['after']/m['before']:.3f}; "
           + paired(by["before"], by["after"]))
 stats = {"before": [], "after": []}
+ceiling = {"before": [], "after": []}
 side = None
 for line in open(f"{out}/ab-stats.txt"):
     if line.startswith("# "):
@@ -79,9 +81,14 @@ for line in open(f"{out}/ab-stats.txt"):
     elif line.startswith("passes"):
         rates = [float(x) for x in line.split(":")[1].split(",")]
         stats[side].append(statistics.median(rates))
+    elif line.startswith("2 threads of zstd"):
+        ceiling[side].append(int(re.search(r"pass = (\d+)%", line).group(1)))
 if not stats["before"]:
     sys.exit(0)
 m = {s: statistics.median(v) for s, v in stats.items()}
 print(f"stats images/s (median of rounds' medians): before {m['before']:.0f}, after {m['after']:.0f}, after/before {m['after']/m['before']:.3f}; "
       + paired(stats["before"], stats["after"]))
+if ceiling["before"]:
+    print("stats pass / 2 threads of zstd at once (median of rounds): "
+          + ", ".join(f"{s} {statistics.median(v)}%" for s, v in ceiling.items()))
 PY

@@ -163,6 +163,52 @@ impl UndoRgbAvx2 {
     }
 }
 
+/// The SSSE3 undo in each 16-byte half of a 32-byte vector, the halves
+/// being two independent streams (for the stats sweep: the same 16 bytes of
+/// two rows). No byte crosses between the halves, so this takes four
+/// in-lane shuffles where `UndoRgbAvx2`, whose halves are one stream, takes
+/// seven.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct UndoRgbHalvesAvx2 {
+    carry_idx: std::arch::x86_64::__m256i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl UndoRgbHalvesAvx2 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn new() -> Self {
+        use std::arch::x86_64::*;
+        // Byte i of a half takes byte 13 + i % 3 of the same half of the
+        // previous vector: the same channel's last value (as in SSSE3).
+        let half = [
+            13, 14, 15, 13, 14, 15, 13, 14, 15, 13, 14, 15, 13, 14, 15, 13,
+        ];
+        Self {
+            carry_idx: _mm256_broadcastsi128_si256(_mm_setr_epi8(
+                half[0], half[1], half[2], half[3], half[4], half[5], half[6], half[7], half[8],
+                half[9], half[10], half[11], half[12], half[13], half[14], half[15],
+            )),
+        }
+    }
+
+    /// `v`'s two halves (filtered) undone, given `previous`, the undone
+    /// vector before it in both streams (zero at their starts).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn block(
+        &self,
+        mut v: std::arch::x86_64::__m256i,
+        previous: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        v = _mm256_add_epi8(v, _mm256_slli_si256::<3>(v));
+        v = _mm256_add_epi8(v, _mm256_slli_si256::<6>(v));
+        v = _mm256_add_epi8(v, _mm256_slli_si256::<12>(v));
+        _mm256_add_epi8(v, _mm256_shuffle_epi8(previous, self.carry_idx))
+    }
+}
+
 /// `vpermb` indices and lane mask that shift a 64-byte block up by `s`
 /// bytes (lanes below `s` become zero).
 #[cfg(target_arch = "x86_64")]

@@ -173,23 +173,36 @@ impl Sums {
 
     #[cfg(test)]
     fn add_image(&mut self, px: &[u8]) {
-        self.start_image();
+        self.start_images(1);
         self.add_pixels(px);
     }
 
-    /// Adds a decompressed image whose `filter` is still in place (rows of
-    /// `row_len` bytes), undoing it on the way: in one sweep where
-    /// `stats_kernel` can, else in place and then as `add_image`.
-    fn add_filtered_image(&mut self, data: &mut [u8], filter: PixelFilter, row_len: usize) {
-        self.start_image();
-        if filter == PixelFilter::Delta {
-            if let Some(p) = crate::stats::kernel::add_filtered(data, row_len, &mut self.recent) {
+    /// Adds decompressed images (at most `kernel::MAX_IMAGES`) whose
+    /// `filters` are still in place (rows of `row_len` bytes), undoing them
+    /// on the way: in one sweep where `kernel::add_filtered` can, else each
+    /// in place and then as `add_image`.
+    fn add_filtered_images(
+        &mut self,
+        images: &mut [&mut [u8]],
+        filters: &[PixelFilter],
+        row_len: usize,
+    ) {
+        self.start_images(images.len() as u32);
+        if filters.iter().all(|&f| f == PixelFilter::Delta) {
+            let fused = match images {
+                [a] => kernel::add_filtered(&[&**a], row_len, &mut self.recent),
+                [a, b] => kernel::add_filtered(&[&**a, &**b], row_len, &mut self.recent),
+                _ => None,
+            };
+            if let Some(p) = fused {
                 self.add_products(p);
                 return;
             }
         }
-        filter.undo(data, row_len, 3);
-        self.add_pixels(data);
+        for (data, filter) in images.iter_mut().zip(filters) {
+            filter.undo(data, row_len, 3);
+            self.add_pixels(data);
+        }
     }
 
     /// The per-pixel sums and products of one image's (undone) pixels.
@@ -199,12 +212,14 @@ impl Sums {
         self.add_products(crate::stats::rgb_moments::offset_form(p, c));
     }
 
-    fn start_image(&mut self) {
-        if self.recent_images == RECENT_MAX {
+    /// Counts `count` more images, first flushing the recent sums if they
+    /// could not take that many more.
+    fn start_images(&mut self, count: u32) {
+        if self.recent_images + count > RECENT_MAX {
             self.flush();
         }
-        self.images += 1;
-        self.recent_images += 1;
+        self.images += count as u64;
+        self.recent_images += count;
     }
 
     fn add_products(&mut self, p: [i64; 6]) {
@@ -291,11 +306,12 @@ const RECENT_MAX: u32 = 257;
 /// enough to balance the threads, enough to keep the counter uncontended.
 const RECORDS_PER_TASK: usize = 64;
 
-/// One thread's running sums with its decoder and pixel buffer.
+/// One thread's running sums with its decoder, and a pixel buffer for each
+/// image it sweeps at once.
 struct Partial {
     sums: Sums,
     decoder: RecordDecoder,
-    pixels: Vec<u8>,
+    pixels: [Vec<u8>; kernel::MAX_IMAGES],
 }
 
 impl Partial {
@@ -303,8 +319,30 @@ impl Partial {
         Ok(Self {
             sums: Sums::new(len),
             decoder: RecordDecoder::new().map_err(|e| StatsError::Data(format!("zstd: {e}")))?,
-            pixels: vec![0; len],
+            pixels: std::array::from_fn(|_| vec![0; len]),
         })
+    }
+
+    /// Decodes `records` (shard and index; at most `kernel::MAX_IMAGES`,
+    /// the rest are not taken) and adds them in one sweep.
+    fn add_records<'a>(
+        &mut self,
+        records: impl Iterator<Item = (&'a ShardReader, usize)>,
+    ) -> Result<(), StatsError> {
+        let mut filters = [PixelFilter::None; kernel::MAX_IMAGES];
+        let (mut count, mut row_len) = (0, 0);
+        for ((shard, index), (pixels, filter)) in
+            records.zip(self.pixels.iter_mut().zip(&mut filters))
+        {
+            *filter = self.decoder.decode_filtered(shard, index, pixels)?;
+            // Every shard of a set has the set's geometry (`set` checks).
+            row_len = shard.header().row_len();
+            count += 1;
+        }
+        let mut images = self.pixels.each_mut().map(|p| p.as_mut_slice());
+        self.sums
+            .add_filtered_images(&mut images[..count], &filters[..count], row_len);
+        Ok(())
     }
 }
 
@@ -331,6 +369,10 @@ fn sum_records(
     let total: usize = shards.iter().map(|s| s.len()).sum();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
+    let locate = |global: usize| {
+        let shard = starts.partition_point(|&s| s <= global) - 1;
+        (&shards[shard], global - starts[shard])
+    };
     let worker = || -> Result<Sums, StatsError> {
         let mut p = Partial::new(len)?;
         while !failed.load(Ordering::Relaxed) {
@@ -338,21 +380,14 @@ fn sum_records(
             if first >= total {
                 break;
             }
-            for global in first..(first + RECORDS_PER_TASK).min(total) {
-                let shard = starts.partition_point(|&s| s <= global) - 1;
-                let index = global - starts[shard];
-                let s = &shards[shard];
-                match p.decoder.decode_filtered(s, index, &mut p.pixels) {
-                    Ok(filter) => {
-                        p.sums
-                            .add_filtered_image(&mut p.pixels, filter, s.header().row_len())
-                    }
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        return Err(e.into());
-                    }
+            let end = (first + RECORDS_PER_TASK).min(total);
+            for at in (first..end).step_by(kernel::MAX_IMAGES) {
+                let count = (end - at).min(kernel::MAX_IMAGES);
+                if let Err(e) = p.add_records((at..at + count).map(locate)) {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
                 }
-                progress.advance(1);
+                progress.advance(count as u64);
             }
         }
         Ok(p.sums)
@@ -711,22 +746,42 @@ mod tests {
         use crate::rng::SplitMix64;
         let mut rng = SplitMix64::new(3);
         // 64 pixels wide: the fused kernel where the CPU has it; 20 wide:
-        // always the undo-then-add path.
+        // always the undo-then-add path. Images one at a time and two at a
+        // time, both filtered and one of each (which no kernel takes).
         for (width, height) in [(64usize, 4usize), (20, 3)] {
             let row_len = width * 3;
             let mut plain = Sums::new(row_len * height);
             let mut filtered = Sums::new(row_len * height);
-            for _ in 0..3 {
-                let px: Vec<u8> = (0..row_len * height)
-                    .map(|_| rng.next_u64() as u8)
-                    .collect();
-                plain.add_image(&px);
+            let delta = |px: &[u8]| {
                 let mut data = Vec::new();
-                PixelFilter::Delta.apply(&px, row_len, 3, &mut data);
-                filtered.add_filtered_image(&mut data, PixelFilter::Delta, row_len);
-                let mut raw = px.clone();
-                filtered.add_filtered_image(&mut raw, PixelFilter::None, row_len);
-                plain.add_image(&px);
+                PixelFilter::Delta.apply(px, row_len, 3, &mut data);
+                data
+            };
+            for _ in 0..3 {
+                let px: Vec<Vec<u8>> = (0..2)
+                    .map(|_| {
+                        (0..row_len * height)
+                            .map(|_| rng.next_u64() as u8)
+                            .collect()
+                    })
+                    .collect();
+                let (mut a, mut b) = (delta(&px[0]), delta(&px[1]));
+                filtered.add_filtered_images(&mut [&mut a], &[PixelFilter::Delta], row_len);
+                let (mut a, mut raw) = (delta(&px[0]), px[1].clone());
+                filtered.add_filtered_images(
+                    &mut [&mut a, &mut raw],
+                    &[PixelFilter::Delta, PixelFilter::None],
+                    row_len,
+                );
+                let mut a = delta(&px[0]);
+                filtered.add_filtered_images(
+                    &mut [&mut a, &mut b],
+                    &[PixelFilter::Delta, PixelFilter::Delta],
+                    row_len,
+                );
+                for image in [0, 0, 1, 0, 1] {
+                    plain.add_image(&px[image]);
+                }
             }
             plain.flush();
             filtered.flush();
@@ -744,6 +799,19 @@ mod tests {
         }
         sums.flush();
         assert_eq!(sums.pixel, [600 * 255; 6]);
+        assert_eq!(sums.images, 600);
+        // Two at a time, whose 257th image would come in the middle of a
+        // pair (16-pixel rows: a fused kernel where the CPU has one).
+        let mut sums = Sums::new(48);
+        let mut white = Vec::new();
+        PixelFilter::Delta.apply(&[255; 48], 48, 3, &mut white);
+        for _ in 0..300 {
+            let (mut a, mut b) = (white.clone(), white.clone());
+            sums.add_filtered_images(&mut [&mut a, &mut b], &[PixelFilter::Delta; 2], 48);
+            assert!(sums.recent_images <= RECENT_MAX);
+        }
+        sums.flush();
+        assert_eq!(sums.pixel, [600 * 255; 48]);
         assert_eq!(sums.images, 600);
     }
 
