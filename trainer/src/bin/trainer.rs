@@ -192,7 +192,8 @@ struct RunArgs {
     /// Seeds the weights, the data order, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Loader worker threads (default: all cores).
+    /// Loader worker threads (default: all cores, shared between the
+    /// ranks on one machine).
     #[arg(long)]
     loader_threads: Option<usize>,
     /// Continue the run in --out from its latest checkpoint. The model,
@@ -236,6 +237,8 @@ struct EvalArgs {
     /// Images per batch (per rank).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Loader worker threads (default: all cores, shared between the
+    /// ranks on one machine).
     #[arg(long)]
     loader_threads: Option<usize>,
     /// Print the result as one JSON object.
