@@ -269,7 +269,11 @@ def test_ctrl_c_while_iterating_raises_keyboard_interrupt_and_exits(shards):
         "    print('interrupted', flush=True)\n"
         "    sys.exit(3)\n"
     )
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    # SIGINT as a terminal leaves it: a shell that starts CI in the
+    # background hands its children SIGINT ignored, and Python then never
+    # installs the handler that raises KeyboardInterrupt.
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stdout.readline().strip() == "iterating"
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=30)

@@ -15,7 +15,7 @@
 //! so on such cores the sweep waits on their traffic as much as on its
 //! arithmetic; two images per read and write of the sums halve that part.
 //! With two threads on a Skylake-SP this made the whole statistics pass
-//! ~15% faster (docs/performance.md).
+//! ~10% faster (docs/performance.md).
 
 use crate::cpu::SimdLevel;
 
