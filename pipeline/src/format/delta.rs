@@ -52,6 +52,13 @@ pub fn undo_row_scalar(row: &mut [u8], channels: usize, start: usize) {
     }
 }
 
+/// `pshufb` indices of the 16-byte undo's carries: byte i of a block takes
+/// byte 13 + i % 3 of the previous block, its channel's last value.
+#[cfg(target_arch = "x86_64")]
+const CARRY_FROM_PREVIOUS: [u8; 16] = [
+    13, 14, 15, 13, 14, 15, 13, 14, 15, 13, 14, 15, 13, 14, 15, 13,
+];
+
 /// One row of RGB bytes, 16 at a time. Within a block, three shift-and-add
 /// steps (by 3, 6 and 12 bytes) sum every byte with the same-channel bytes
 /// before it in the block; then each lane adds the finished value of its
@@ -62,9 +69,7 @@ pub fn undo_row_scalar(row: &mut [u8], channels: usize, start: usize) {
 #[target_feature(enable = "ssse3")]
 unsafe fn undo_row_rgb_ssse3(row: &mut [u8]) {
     use std::arch::x86_64::*;
-    let gather = _mm_setr_epi8(
-        13, 14, 15, 13, 14, 15, 13, 14, 15, 13, 14, 15, 13, 14, 15, 13,
-    );
+    let gather = _mm_loadu_si128(CARRY_FROM_PREVIOUS.as_ptr() as *const _);
     let mut carry_from = _mm_setzero_si128();
     let blocks = row.len() / 16;
     for b in 0..blocks {
@@ -153,9 +158,7 @@ impl UndoRgbAvx2 {
         previous: std::arch::x86_64::__m256i,
     ) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
-        v = _mm256_add_epi8(v, _mm256_slli_si256::<3>(v));
-        v = _mm256_add_epi8(v, _mm256_slli_si256::<6>(v));
-        v = _mm256_add_epi8(v, _mm256_slli_si256::<12>(v));
+        v = sum_within_halves(v);
         let lower = _mm256_permute2x128_si256::<0x00>(v, v);
         v = _mm256_add_epi8(v, _mm256_shuffle_epi8(lower, self.half_idx));
         let carry = _mm256_permute2x128_si256::<0x11>(previous, previous);
@@ -163,9 +166,22 @@ impl UndoRgbAvx2 {
     }
 }
 
+/// Each byte of each 16-byte half of `v` plus the same-channel bytes
+/// before it in that half: the shifts by 3, 6 and 12 bytes of the SSSE3
+/// undo, which AVX2 applies to both halves apart.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_within_halves(mut v: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    v = _mm256_add_epi8(v, _mm256_slli_si256::<3>(v));
+    v = _mm256_add_epi8(v, _mm256_slli_si256::<6>(v));
+    _mm256_add_epi8(v, _mm256_slli_si256::<12>(v))
+}
+
 /// The SSSE3 undo in each 16-byte half of a 32-byte vector, the halves
 /// being two independent streams (for the stats sweep: the same 16 bytes of
-/// two rows). No byte crosses between the halves, so this takes four
+/// two images). No byte crosses between the halves, so this takes four
 /// in-lane shuffles where `UndoRgbAvx2`, whose halves are one stream, takes
 /// seven.
 #[cfg(target_arch = "x86_64")]
@@ -179,15 +195,11 @@ impl UndoRgbHalvesAvx2 {
     #[target_feature(enable = "avx2")]
     pub(crate) unsafe fn new() -> Self {
         use std::arch::x86_64::*;
-        // Byte i of a half takes byte 13 + i % 3 of the same half of the
-        // previous vector: the same channel's last value (as in SSSE3).
-        let half = [
-            13, 14, 15, 13, 14, 15, 13, 14, 15, 13, 14, 15, 13, 14, 15, 13,
-        ];
+        // Each half takes its carries from the same half of the previous
+        // vector, as the SSSE3 undo does.
         Self {
-            carry_idx: _mm256_broadcastsi128_si256(_mm_setr_epi8(
-                half[0], half[1], half[2], half[3], half[4], half[5], half[6], half[7], half[8],
-                half[9], half[10], half[11], half[12], half[13], half[14], half[15],
+            carry_idx: _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                CARRY_FROM_PREVIOUS.as_ptr() as *const _
             )),
         }
     }
@@ -198,14 +210,14 @@ impl UndoRgbHalvesAvx2 {
     #[target_feature(enable = "avx2")]
     pub(crate) unsafe fn block(
         &self,
-        mut v: std::arch::x86_64::__m256i,
+        v: std::arch::x86_64::__m256i,
         previous: std::arch::x86_64::__m256i,
     ) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
-        v = _mm256_add_epi8(v, _mm256_slli_si256::<3>(v));
-        v = _mm256_add_epi8(v, _mm256_slli_si256::<6>(v));
-        v = _mm256_add_epi8(v, _mm256_slli_si256::<12>(v));
-        _mm256_add_epi8(v, _mm256_shuffle_epi8(previous, self.carry_idx))
+        _mm256_add_epi8(
+            sum_within_halves(v),
+            _mm256_shuffle_epi8(previous, self.carry_idx),
+        )
     }
 }
 
