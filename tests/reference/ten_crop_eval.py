@@ -2,13 +2,14 @@
 the val split, computed with PyTorch alone from the batches of the Python
 loader (alexnet_pipeline, itself tested pixel by pixel against numpy).
 
-    python ten_crop_eval.py CHECKPOINT_DIR SHARDS [--ten-crop]
+    python ten_crop_eval.py CHECKPOINT_DIR SHARDS [--ten-crop] [--max-images N]
 
 The checkpoint's weights go into the paper's net written in PyTorch
 (paper_alexnet.py, as torch_alexnet.py loads them); the input is the
 loader's float32 output ((pixel - mean) + light, light zero at eval) times
 the checkpoint's per-channel input scale; with --ten-crop each image's ten
-softmaxes are averaged. Prints {"images", "top1", "top5", "loss"} as JSON
+softmaxes are averaged; with --max-images only the split's first N images
+(in stored order, which the loader keeps at eval) are scored. Prints {"images", "top1", "top5", "loss"} as JSON
 (loss: the mean cross-entropy of the averaged softmax, as `trainer eval`).
 """
 import json
@@ -24,6 +25,9 @@ from torch_alexnet import paper_alexnet_with, read_safetensors
 def main():
     checkpoint, shards = sys.argv[1], sys.argv[2]
     ten = "--ten-crop" in sys.argv[3:]
+    limit = None
+    if "--max-images" in sys.argv[3:]:
+        limit = int(sys.argv[sys.argv.index("--max-images") + 1])
     latest = open(os.path.join(checkpoint, "checkpoints", "LATEST")).read().strip()
     step = os.path.join(checkpoint, "checkpoints", latest)
     state = json.load(open(os.path.join(step, "state.json")))
@@ -36,6 +40,12 @@ def main():
     loss = 0.0
     with torch.no_grad():
         for x, labels in loader:
+            if limit is not None:
+                if images >= limit:
+                    break
+                keep = min(len(labels), limit - images)
+                x = x[: keep * (len(x) // len(labels))]
+                labels = labels[:keep]
             probs = model(x * scale[None, :, None, None]).softmax(-1)
             probs = probs.view(len(labels), -1, probs.shape[-1]).mean(1)
             top = probs.topk(5, 1).indices

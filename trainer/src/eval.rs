@@ -4,7 +4,8 @@
 //!
 //! Data-parallel, each rank scores its part of the split (`EvalOptions::part`)
 //! and the ranks' `EvalSums` are added up: counts add exactly, so the
-//! numbers are the one process's.
+//! numbers are the one process's. A limit (`EvalOptions::limit`) takes the
+//! split's first images before the ranks share them, so that holds too.
 
 use std::sync::Arc;
 
@@ -33,6 +34,9 @@ pub struct EvalOptions {
     pub threads: usize,
     /// This rank's part of the split: (rank, world); (0, 1) is all of it.
     pub part: (usize, usize),
+    /// Only the split's first this many images, all ranks together (None:
+    /// all of them).
+    pub limit: Option<usize>,
 }
 
 /// What an evaluation adds up: images, top-1 and top-5 hits, and summed
@@ -89,9 +93,11 @@ pub fn evaluate(
         lighting_std: 0.0,
         rank: options.part.0,
         world: options.part.1,
+        limit: options.limit,
         ..LoaderConfig::default()
     };
     let loader = Loader::new(dataset, config, 0, 0)?;
+    progress.start(loader.records_this_epoch() as u64);
     let mut sums = EvalSums::default();
     for batch in loader {
         let batch = batch?;

@@ -274,6 +274,9 @@ pub struct LoaderConfig {
     /// being made; for callers that go on with `advance_epoch` (else that
     /// work is thrown away).
     pub prefetch_next_epoch: bool,
+    /// Only the first this many records of each epoch's order, all ranks
+    /// together (None: the whole split). For scoring part of a split.
+    pub limit: Option<usize>,
 }
 
 impl Default for LoaderConfig {
@@ -295,6 +298,7 @@ impl Default for LoaderConfig {
             skip_damaged: false,
             lighting_std: 0.1,
             prefetch_next_epoch: false,
+            limit: None,
         }
     }
 }
@@ -594,6 +598,11 @@ impl Loader {
         self.batches.len()
     }
 
+    /// Records in those batches.
+    pub fn records_this_epoch(&self) -> usize {
+        self.batches.iter().map(Vec::len).sum()
+    }
+
     /// Batches of the current epoch handed out so far (counting from the
     /// epoch's start, also when resumed): where a resumed loader starts.
     pub fn position(&self) -> usize {
@@ -635,7 +644,8 @@ pub fn check_config(dataset: &Dataset, config: &LoaderConfig) -> Result<Sampler,
         (config.rank, config.world),
         config.batch_size,
         config.drop_last,
-    )?)
+    )?
+    .first(config.limit))
 }
 
 fn lighting_for(dataset: &Dataset, config: &LoaderConfig) -> Result<Option<Lighting>, LoaderError> {

@@ -20,6 +20,10 @@
 //! same number of batches, N / (world x batch), that one process's count:
 //! data-parallel ranks step together, and a rank with one record more does
 //! not wait in a collective for ranks that have finished.
+//!
+//! A limit (`Sampler::first`) keeps the first records of each epoch's order
+//! and drops the rest before the ranks take their parts, so ranks share the
+//! limited epoch exactly as they share a whole one.
 
 use crate::rng::SplitMix64;
 
@@ -50,6 +54,8 @@ pub struct Sampler {
     world: usize,
     batch_size: usize,
     drop_last: bool,
+    /// At most this many records an epoch (the first of its order).
+    limit: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,7 +89,15 @@ impl Sampler {
             world,
             batch_size,
             drop_last,
+            limit: None,
         })
+    }
+
+    /// Only the first `limit` records of each epoch's order (all of them
+    /// where the split holds fewer, or `limit` is None).
+    pub fn first(mut self, limit: Option<usize>) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// Records in the split.
@@ -91,9 +105,16 @@ impl Sampler {
         self.shard_lens.iter().map(|&n| n as usize).sum()
     }
 
+    /// Records an epoch takes, all ranks together: the split's, or fewer
+    /// under a limit.
+    pub fn epoch_len(&self) -> usize {
+        self.limit
+            .map_or(self.total(), |limit| limit.min(self.total()))
+    }
+
     /// Records this rank sees in an epoch.
     pub fn rank_len(&self) -> usize {
-        let (n, w) = (self.total(), self.world);
+        let (n, w) = (self.epoch_len(), self.world);
         n / w + usize::from(self.rank < n % w)
     }
 
@@ -101,14 +122,21 @@ impl Sampler {
     /// every rank).
     pub fn batches_per_epoch(&self) -> usize {
         if self.drop_last {
-            self.total() / (self.world * self.batch_size)
+            self.epoch_len() / (self.world * self.batch_size)
         } else {
             self.rank_len().div_ceil(self.batch_size)
         }
     }
 
-    /// The whole epoch's order, all ranks together.
+    /// The whole epoch's order, all ranks together, cut to `epoch_len`.
     pub fn epoch_order(&self, epoch: u64) -> Vec<RecordId> {
+        let mut order = self.full_order(epoch);
+        order.truncate(self.epoch_len());
+        order
+    }
+
+    /// Every record of the split, in `epoch`'s order.
+    fn full_order(&self, epoch: u64) -> Vec<RecordId> {
         let mut rng = SplitMix64::new(mix(self.seed, epoch));
         let records_of = |shard: usize| {
             (0..self.shard_lens[shard]).map(move |index| RecordId {
@@ -256,6 +284,40 @@ mod tests {
             assert_eq!(union, want, "batch {k}");
         }
         assert!(parts.iter().all(|p| p.len() == 3));
+    }
+
+    /// Under a limit the ranks share the first records of the order as they
+    /// share a whole epoch: disjoint, covering exactly those records, the
+    /// one-more records on the lowest ranks.
+    #[test]
+    fn a_limit_keeps_the_first_records_and_the_ranks_share_them() {
+        let first_13 = sampler(Order::Sequential, 0, 1, 1, false).epoch_order(0)[..13].to_vec();
+        let limited = sampler(Order::Sequential, 0, 1, 5, false).first(Some(13));
+        assert_eq!(limited.epoch_len(), 13);
+        assert_eq!(limited.batches_per_epoch(), 3); // 5, 5, 3
+        let batches = limited.batches(0, 0);
+        assert_eq!(batches.concat(), first_13);
+        assert_eq!(batches[2].len(), 3);
+        let mut union = Vec::new();
+        for rank in 0..3 {
+            let s = sampler(Order::Sequential, rank, 3, 2, false).first(Some(13));
+            let ids = s.batches(0, 0).concat();
+            assert_eq!(ids.len(), if rank == 0 { 5 } else { 4 }, "rank {rank}");
+            assert_eq!(ids.len(), s.rank_len());
+            union.extend(ids);
+        }
+        union.sort();
+        assert_eq!(union, first_13);
+        // A random order is cut after it is drawn: the limit changes which
+        // records come, not the order they come in.
+        let random = sampler(Order::Random, 0, 1, 4, false);
+        assert_eq!(
+            random.clone().first(Some(7)).epoch_order(4),
+            random.epoch_order(4)[..7]
+        );
+        // A limit above the split's size is the whole split.
+        let above = sampler(Order::Sequential, 0, 1, 4, true).first(Some(1000));
+        assert_eq!((above.epoch_len(), above.batches_per_epoch()), (30, 7));
     }
 
     #[test]

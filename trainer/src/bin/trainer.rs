@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::RangedU64ValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use pipeline::ingest::Split;
@@ -237,6 +238,11 @@ struct EvalArgs {
     /// Images per batch (per rank).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Score only the split's first N images, in stored order (the same
+    /// N whatever the number of ranks): a quick look at a checkpoint.
+    /// Default: every image.
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    max_images: Option<usize>,
     /// Loader worker threads (default: all cores, shared between the
     /// ranks on one machine).
     #[arg(long)]
@@ -600,11 +606,8 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
     } else {
         Mode::Center
     };
-    // This rank's part of the split (the sampler's: N / world, and one more
-    // below N mod world).
-    let part = dataset.len() / world + usize::from(rank < dataset.len() % world);
     let bar = match rank {
-        0 => ProgressBar::new(part as u64),
+        0 => ProgressBar::new(0),
         _ => ProgressBar::hidden(),
     };
     bar.set_style(
@@ -620,6 +623,7 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
             batch_size: args.batch_size,
             threads: threads(args.loader_threads, dist.as_deref()),
             part: (rank, world),
+            limit: args.max_images,
         },
         &Bar(bar.clone()),
     )?;
@@ -758,6 +762,9 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
 struct Bar(ProgressBar);
 
 impl pipeline::progress::Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+    }
     fn advance(&self, n: u64) {
         self.0.inc(n);
     }

@@ -140,6 +140,7 @@ impl Run<'_> {
                 batch_size: self.part.batch_size,
                 threads: self.opts.loader_threads,
                 part: (self.part.rank, self.part.world),
+                limit: None,
             },
             &pipeline::progress::Silent,
         )?;
