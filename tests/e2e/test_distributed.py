@@ -121,12 +121,13 @@ def test_bf16_gradients_are_the_f32_ones_rounded(fashion, tmp_path):
 
 
 def test_eval_over_ranks_counts_what_one_process_counts(fashion, tmp_path):
-    """Three ranks score 167, 167 and 166 of the 500 val images; the summed
-    counts are the one process's exactly, ten-crop as centre crop."""
+    """Three ranks score 167, 167 and 166 of the 500 val images (centre
+    crop), or 67, 67 and 66 of the first 200 (ten-crop, --max-images); the
+    summed counts are the one process's exactly."""
     shards = fashion / "shards"
     trainer("run", "--out", tmp_path / "run", "--shards", shards, *SMALL, "--batch-size", "16",
             "--max-steps", "5", env=ENV)
-    for crops in ([], ["--ten-crop"]):
+    for crops, images in (([], 500), (["--ten-crop", "--max-images", "200"], 200)):
         args = ["eval", "--checkpoint", tmp_path / "run", "--shards", shards, "--devices", "cpu",
                 "--batch-size", "50", "--json", *crops]
         one = json.loads(trainer(*args, env=ENV).stdout)
@@ -134,7 +135,7 @@ def test_eval_over_ranks_counts_what_one_process_counts(fashion, tmp_path):
         lines = [l for l in out.splitlines() if l.startswith("[rank 0] {")]
         assert len(lines) == 1, out
         three = json.loads(lines[0][len("[rank 0] "):])
-        assert one["images"] == three["images"] == 500
+        assert one["images"] == three["images"] == images
         assert (three["top1"], three["top5"]) == (one["top1"], one["top5"]), (one, three)
         assert abs(three["loss"] - one["loss"]) < 1e-6 * abs(one["loss"])
 

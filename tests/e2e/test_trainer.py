@@ -68,28 +68,31 @@ def test_ten_crop_eval_of_the_checkpoint(fashion, kaiming_run):
     assert centre["images"] == 500
     assert centre["top1"] == pytest.approx(last["val_top1"], abs=1e-9)
     assert centre["top5"] == pytest.approx(last["val_top5"], abs=1e-9)
+    # Ten crops of the split's first 200 images (2,000 views).
+    first = ["--max-images", "200"]
     ten = json.loads(trainer("eval", "--checkpoint", kaiming_run["out"], "--shards",
-                             fashion / "shards", "--ten-crop", "--json").stdout)
-    assert ten["crops"] == "ten-crop" and ten["images"] == 500
+                             fashion / "shards", "--ten-crop", *first, "--json").stdout)
+    assert ten["crops"] == "ten-crop" and ten["images"] == 200
     assert ten["top1"] > 0.5
     # Against PyTorch alone (tests/reference/ten_crop_eval.py: the paper's
     # net in PyTorch with the checkpoint's weights, the Python loader's
-    # batches, softmaxes averaged in PyTorch): the same predictions up to
-    # float rounding, at most 2 of the 500 images either way, and the same
-    # loss to 1e-4 (one view instead of ten moves it by ~2%).
+    # batches cut after the same first images, softmaxes averaged in
+    # PyTorch): the same predictions up to float rounding, at most 2 images
+    # either way, and the same loss to 1e-4 (one view instead of ten, or
+    # other images, move it by ~2%).
     torch_py = os.environ.get("TORCH_PY")
     if not torch_py:
         pytest.skip("TORCH_PY (a python with torch and alexnet_pipeline) is set by make test")
     reference = os.path.join(os.path.dirname(__file__), "..", "reference", "ten_crop_eval.py")
-    for ours, flag in ((centre, []), (ten, ["--ten-crop"])):
-        p = subprocess.run([torch_py, reference, kaiming_run["out"], fashion / "shards", *flag],
+    for ours, flags, images in ((centre, [], 500), (ten, ["--ten-crop", *first], 200)):
+        p = subprocess.run([torch_py, reference, kaiming_run["out"], fashion / "shards", *flags],
                            capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr
         want = json.loads(p.stdout)
-        assert want["images"] == ours["images"] == 500
+        assert want["images"] == ours["images"] == images
         for k in ("top1", "top5"):
-            assert abs(ours[k] - want[k]) <= 2 / 500, (flag, ours, want)
-        assert ours["loss"] == pytest.approx(want["loss"], rel=1e-4), (flag, ours, want)
+            assert abs(ours[k] - want[k]) <= 2 / images, (flags, ours, want)
+        assert ours["loss"] == pytest.approx(want["loss"], rel=1e-4), (flags, ours, want)
 
 
 def test_resume_refuses_to_overwrite_and_continues(fashion, tmp_path):
@@ -158,6 +161,8 @@ def test_errors_are_one_clear_line(fashion, tmp_path):
     assert p.returncode != 0 and "one CUDA device" in p.stderr, p.stderr
     p = trainer("eval", "--checkpoint", tmp_path, "--shards", fashion / "shards", check=False)
     assert p.returncode != 0 and "not a checkpoint" in p.stderr
+    p = trainer("eval", "--checkpoint", tmp_path, "--max-images", "0", check=False)
+    assert p.returncode != 0 and "invalid value '0' for '--max-images <N>'" in p.stderr, p.stderr
     if shutil.which("nvidia-smi") is None:
         p = trainer("bench", "--devices", "cuda:0", check=False)
         assert p.returncode != 0 and "no CUDA device" in p.stderr
