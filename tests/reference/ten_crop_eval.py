@@ -9,8 +9,9 @@ The checkpoint's weights go into the paper's net written in PyTorch
 loader's float32 output ((pixel - mean) + light, light zero at eval) times
 the checkpoint's per-channel input scale; with --ten-crop each image's ten
 softmaxes are averaged; with --max-images only the split's first N images
-(in stored order, which the loader keeps at eval) are scored. Prints {"images", "top1", "top5", "loss"} as JSON
-(loss: the mean cross-entropy of the averaged softmax, as `trainer eval`).
+(in stored order, which the loader keeps at eval) are scored. Prints
+{"images", "top1", "top5", "loss"} as JSON (loss: the mean cross-entropy
+of the averaged softmax, as `trainer eval`).
 """
 import json
 import os

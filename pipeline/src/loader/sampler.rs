@@ -108,8 +108,8 @@ impl Sampler {
     /// Records an epoch takes, all ranks together: the split's, or fewer
     /// under a limit.
     pub fn epoch_len(&self) -> usize {
-        self.limit
-            .map_or(self.total(), |limit| limit.min(self.total()))
+        let total = self.total();
+        self.limit.map_or(total, |limit| limit.min(total))
     }
 
     /// Records this rank sees in an epoch.
