@@ -12,7 +12,8 @@
 //! | randomness | `random` | normal draws from a seeded local generator (initial weights, tests' inputs) |
 //!
 //! `tests/layering.rs` fails when a module reaches up. The binary
-//! (`src/bin/trainer.rs`) is the CLI on top of all of them.
+//! (`src/bin/trainer/`, a module per command) is the CLI on top of all of
+//! them.
 
 pub mod bench;
 pub mod checkpoint;
