@@ -18,7 +18,7 @@
 //!   the text of its error.
 //!
 //! The library has no command-line or terminal concerns; the binary
-//! (`src/bin/pipeline.rs`) owns those.
+//! (`src/bin/pipeline/`, a module per command) owns those.
 pub mod format;
 pub mod ingest;
 pub mod loader;
