@@ -207,35 +207,14 @@ pub fn make_shards(
     progress: &dyn Progress,
 ) -> Result<(Manifest, Summary), MakeShardsError> {
     let started = Instant::now();
-    if config.shard_size == 0 || config.jobs == 0 {
-        return Err(MakeShardsError::Config(
-            "--shard-size and --jobs must be at least 1".into(),
-        ));
-    }
-    // Checked here too, so that the mistake stops the run before any work.
-    let (filter, zstd_level, zstd_search) = config.stored_encoding();
-    zstd_search.check_level(zstd_level).map_err(|why| {
-        MakeShardsError::Config(format!(
-            "{why}: with --level {zstd_level} use --zstd-search full"
-        ))
-    })?;
+    // Checked first, so that a mistake stops the run before any work.
+    let header = shard_header(config)?;
     let mut summary = Summary::default();
     let classes = ingest::discover_classes(&config.imagenet)?;
     let mut listings = list_splits(config, &classes, &mut summary, progress)?;
     // Held until the run ends (dropped with it).
     let _lock = prepare_output(&config.out)?;
 
-    let header = ShardHeader {
-        height: config.preprocess.side as u32,
-        width: config.preprocess.side as u32,
-        channels: 3,
-        filter,
-        zstd_level,
-        zstd_search,
-        codec: config.codec,
-        plan_id: 0,
-        identity: None,
-    };
     let mut plans = Vec::new();
     for (split, listing) in &mut listings {
         // The plans own the files from here; the listing keeps what it could not read.
@@ -258,7 +237,7 @@ pub fn make_shards(
 
     // Shards of an earlier run, checked record by record (in parallel)
     // before they are kept: a damaged one is written again.
-    let mut finished: Vec<Option<ShardReader>> = plans
+    let finished: Vec<Option<ShardReader>> = plans
         .par_iter()
         .map(|plan| {
             let header = plan.header(header);
@@ -271,10 +250,59 @@ pub fn make_shards(
         .filter(|(_, kept)| kept.is_none())
         .map(|(plan, _)| plan);
     write_shards(&pool, &mut workers, to_write, header, &config.out, progress)?;
+    let shard_infos = describe_shards(config, &plans, finished, &mut summary, progress)?;
+    progress.finish();
 
-    let mut shard_infos: BTreeMap<Split, Vec<(ShardInfo, Vec<Skipped>)>> = BTreeMap::new();
-    for (plan, finished) in plans.iter().zip(finished.iter_mut()) {
-        let (reader, kept) = match finished.take() {
+    let manifest = build_manifest(config, classes, &plans, listings, shard_infos, &mut summary);
+    manifest.write(&config.out)?;
+    summary.elapsed = started.elapsed();
+    Ok((manifest, summary))
+}
+
+/// The header every shard of this run shares (each adds its own plan id
+/// and place), once the options are checked.
+fn shard_header(config: &ShardsConfig) -> Result<ShardHeader, MakeShardsError> {
+    if config.shard_size == 0 || config.jobs == 0 {
+        return Err(MakeShardsError::Config(
+            "--shard-size and --jobs must be at least 1".into(),
+        ));
+    }
+    let (filter, zstd_level, zstd_search) = config.stored_encoding();
+    zstd_search.check_level(zstd_level).map_err(|why| {
+        MakeShardsError::Config(format!(
+            "{why}: with --level {zstd_level} use --zstd-search full"
+        ))
+    })?;
+    Ok(ShardHeader {
+        height: config.preprocess.side as u32,
+        width: config.preprocess.side as u32,
+        channels: 3,
+        filter,
+        zstd_level,
+        zstd_search,
+        codec: config.codec,
+        plan_id: 0,
+        identity: None,
+    })
+}
+
+/// Each split's shards as the manifest lists them, with each shard's
+/// skipped files.
+type SplitShards = BTreeMap<Split, Vec<(ShardInfo, Vec<Skipped>)>>;
+
+/// The shards of every split, each with the files it left out; counts
+/// what was kept and written into `summary`. A kept shard's images are
+/// reported to `progress` here, a written one's were as they were stored.
+fn describe_shards(
+    config: &ShardsConfig,
+    plans: &[ShardPlan],
+    finished: Vec<Option<ShardReader>>,
+    summary: &mut Summary,
+    progress: &dyn Progress,
+) -> Result<SplitShards, MakeShardsError> {
+    let mut shard_infos = SplitShards::new();
+    for (plan, finished) in plans.iter().zip(finished) {
+        let (reader, kept) = match finished {
             Some(reader) => (reader, true),
             None => (
                 ShardReader::open(&config.out.join(plan.file_name()))?,
@@ -289,7 +317,7 @@ pub fn make_shards(
             summary.written += records;
         }
         summary.shard_bytes += reader.file_len();
-        summary.raw_bytes += records * header.image_len() as u64;
+        summary.raw_bytes += records * reader.header().image_len() as u64;
         shard_infos.entry(plan.split).or_default().push((
             ShardInfo {
                 file: plan.file_name(),
@@ -301,12 +329,7 @@ pub fn make_shards(
             reader.skipped().to_vec(),
         ));
     }
-    progress.finish();
-
-    let manifest = build_manifest(config, classes, &plans, listings, shard_infos, &mut summary);
-    manifest.write(&config.out)?;
-    summary.elapsed = started.elapsed();
-    Ok((manifest, summary))
+    Ok(shard_infos)
 }
 
 /// The files of each split asked for; what could not be read is reported
@@ -725,7 +748,7 @@ fn build_manifest(
     classes: Vec<ClassInfo>,
     plans: &[ShardPlan],
     listings: Vec<(Split, ingest::SplitListing)>,
-    mut shard_infos: BTreeMap<Split, Vec<(ShardInfo, Vec<Skipped>)>>,
+    mut shard_infos: SplitShards,
     summary: &mut Summary,
 ) -> Manifest {
     let mut id = Xxh3::new();
