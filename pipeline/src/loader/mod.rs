@@ -740,33 +740,15 @@ fn build_batch(
         let position = ((index * config.batch_size + i) * config.world + config.rank) as u64;
         let mut rng = SplitMix64::new(mix(epoch_seed, position));
         for view in augment::views(config.mode, side, crop, shared.lighting.as_ref(), &mut rng) {
-            let slot = views.len() * crop * crop * 3;
+            let slot = views.len() * crop * crop * 3..(views.len() + 1) * crop * crop * 3;
             match &mut data {
-                BatchData::U8(d) => {
-                    let dst = &mut d[slot..][..crop * crop * 3];
-                    match &mut stored {
-                        Stored::Filtered(image, f) => {
-                            augment::crop_u8_filtered(image, *f, side, &view, crop, dst)
-                        }
-                        Stored::Pixels(pixels) => augment::crop_u8(pixels, side, &view, crop, dst),
-                    }
-                }
+                BatchData::U8(d) => stored.crop_u8(side, &view, crop, &mut d[slot]),
                 BatchData::F32(d) => {
                     // `new` refuses float32 output without a mean.
                     let Some(mean) = dataset.mean_planes.as_ref() else {
                         return Err(LoaderError::Config("no mean image".into()));
                     };
-                    let dst = &mut d[slot..][..crop * crop * 3];
-                    match &mut stored {
-                        Stored::Filtered(image, f) => {
-                            crop_px.resize(crop * crop * 3, 0);
-                            augment::crop_u8_filtered(image, *f, side, &view, crop, &mut crop_px);
-                            normalise::u8_crop_to_f32_chw(&crop_px, mean, &view, crop, dst);
-                        }
-                        Stored::Pixels(pixels) => {
-                            normalise::to_f32_chw(pixels, mean, &view, crop, dst)
-                        }
-                    }
+                    stored.crop_f32(mean, &view, crop, &mut crop_px, &mut d[slot]);
                 }
             }
             views.push(view);
@@ -800,6 +782,39 @@ enum Stored<'a> {
     /// Decoded into the worker's buffer with the pixel filter still in
     /// place, for a crop that undoes it only where it reads.
     Filtered(&'a mut [u8], PixelFilter),
+}
+
+impl Stored<'_> {
+    /// `view` of the image as uint8 HWC into `dst` (crop x crop x 3).
+    fn crop_u8(&mut self, side: usize, view: &View, crop: usize, dst: &mut [u8]) {
+        match self {
+            Self::Filtered(image, filter) => {
+                augment::crop_u8_filtered(image, *filter, side, view, crop, dst)
+            }
+            Self::Pixels(pixels) => augment::crop_u8(pixels, side, view, crop, dst),
+        }
+    }
+
+    /// `view` of the image as float32 CHW less the mean image, into `dst`.
+    /// A filtered image is cropped to uint8 in `crop_px` first (it stays
+    /// in L2), undoing the filter only where the crop reads.
+    fn crop_f32(
+        &mut self,
+        mean: &MeanPlanes,
+        view: &View,
+        crop: usize,
+        crop_px: &mut Vec<u8>,
+        dst: &mut [f32],
+    ) {
+        match self {
+            Self::Filtered(image, filter) => {
+                crop_px.resize(crop * crop * 3, 0);
+                augment::crop_u8_filtered(image, *filter, mean.side(), view, crop, crop_px);
+                normalise::u8_crop_to_f32_chw(crop_px, mean, view, crop, dst);
+            }
+            Self::Pixels(pixels) => normalise::to_f32_chw(pixels, mean, view, crop, dst),
+        }
+    }
 }
 
 /// Reads record `index` of `shard`: a mapped raw shard's image where it
