@@ -61,35 +61,12 @@ impl<'a> Run<'a> {
         let part = Part::of(opts.dist.as_deref(), state.batch_size)?;
         let (net, sgd, kernels) = build_model(opts, &state, resumed.as_ref())?;
         if let Some(dist) = &opts.dist {
-            // The replicas start equal: rank 0's weights and momentum.
-            let params = net.named_parameters();
-            let buffers = sgd.named_buffers(&params);
-            let tensors: Vec<&Tensor> = params
-                .iter()
-                .map(|(_, t)| *t)
-                .chain(buffers.iter().map(|(_, t)| t))
-                .collect();
-            dist.broadcast_from_root(&tensors)?;
+            start_equal(dist, &net, &sgd)?;
         }
         let log = match part.root {
-            true => Some(
-                MetricsLog::open(&opts.out, resumed.as_ref().map(|c| c.state.step)).map_err(
-                    |source| TrainError::Io {
-                        path: opts.out.join(log::FILE),
-                        source,
-                    },
-                )?,
-            ),
+            true => Some(open_log(&opts.out, resumed.as_ref())?),
             false => None,
         };
-        let mean = data.train.mean().expect("checked in open_data");
-        let norm = InputNorm::new(
-            mean,
-            data.train.side(),
-            CROP,
-            state.input_scale,
-            opts.placement.first(),
-        );
         let steps_per_epoch = steps_per_epoch(opts, &data, &state, &part)?;
         let total = (opts.epochs * steps_per_epoch).min(opts.max_steps.unwrap_or(u64::MAX));
         let rec = Recorder::new(
@@ -102,48 +79,16 @@ impl<'a> Run<'a> {
         let graph = opts
             .cuda_graph
             .resolve(opts.placement.single(), opts.dist.is_some())?;
-        rec.announce(|| {
-            format!(
-                "{}: train {} images ({steps_per_epoch} steps of {}{} an epoch), val {}; \
-                 AlexNet {:.1}M parameters (width {}, {:?} init, {:?}) on {:?}; {}; {}; step {} of {total}",
-                opts.shards.display(),
-                data.train.len(),
-                state.batch_size,
-                match &opts.dist {
-                    Some(d) => format!(
-                        " over {} ranks ({} each, gradients averaged by {})",
-                        d.world(),
-                        part.batch_size,
-                        d.backend()
-                    ),
-                    None => String::new(),
-                },
-                data.val
-                    .as_ref()
-                    .map_or("none".to_string(), |v| format!("{} images", v.len())),
-                net.parameter_count() as f64 / 1e6,
-                state.model.width_mult,
-                state.init,
-                state.precision,
-                opts.placement,
-                kernels.describe(),
-                if graph {
-                    "steps replayed from a CUDA graph"
-                } else {
-                    "eager steps"
-                },
-                state.step,
-            )
-        });
         let steps = Steps::new(
             graph,
             opts.placement.first(),
             opts.dist.clone(),
             opts.grad_comm,
         )?;
-        let loader = train_loader(opts, &data, &state, &part)?;
-        Ok(Self {
+        let run = Self {
             opts,
+            norm: input_norm(opts, &data, &state),
+            loader: train_loader(opts, &data, &state, &part)?,
             data,
             summary: RunSummary {
                 steps: state.step,
@@ -157,13 +102,99 @@ impl<'a> Run<'a> {
             net,
             sgd,
             steps,
-            norm,
-            loader,
             rec,
             checkpoints: opts.out.join("checkpoints"),
             part,
-        })
+        };
+        let what = Plan {
+            kernels: &kernels,
+            graph,
+            steps_per_epoch,
+            total,
+        };
+        run.rec.announce(|| run.describe(&what));
+        Ok(run)
     }
+
+    /// The run in one line: data, network, devices, kernels, where it starts.
+    fn describe(&self, plan: &Plan) -> String {
+        let (opts, state) = (self.opts, &self.state);
+        let ranks = match &opts.dist {
+            Some(d) => format!(
+                " over {} ranks ({} each, gradients averaged by {})",
+                d.world(),
+                self.part.batch_size,
+                d.backend()
+            ),
+            None => String::new(),
+        };
+        let val = self
+            .data
+            .val
+            .as_ref()
+            .map_or("none".to_string(), |v| format!("{} images", v.len()));
+        let steps = match plan.graph {
+            true => "steps replayed from a CUDA graph",
+            false => "eager steps",
+        };
+        format!(
+            "{}: train {} images ({} steps of {}{ranks} an epoch), val {val}; \
+             AlexNet {:.1}M parameters (width {}, {:?} init, {:?}) on {:?}; {}; {steps}; step {} of {}",
+            opts.shards.display(),
+            self.data.train.len(),
+            plan.steps_per_epoch,
+            state.batch_size,
+            self.net.parameter_count() as f64 / 1e6,
+            state.model.width_mult,
+            state.init,
+            state.precision,
+            opts.placement,
+            plan.kernels.describe(),
+            state.step,
+            plan.total,
+        )
+    }
+}
+
+/// What `Run::start` chose that the run does not keep, for its first line.
+struct Plan<'k> {
+    kernels: &'k Kernels,
+    graph: bool,
+    steps_per_epoch: u64,
+    total: u64,
+}
+
+/// The replicas start equal: rank 0's weights and momentum, sent to all.
+fn start_equal(dist: &Dist, net: &AlexNet, sgd: &Sgd) -> Result<(), TrainError> {
+    let params = net.named_parameters();
+    let buffers = sgd.named_buffers(&params);
+    let tensors: Vec<&Tensor> = params
+        .iter()
+        .map(|(_, t)| *t)
+        .chain(buffers.iter().map(|(_, t)| t))
+        .collect();
+    Ok(dist.broadcast_from_root(&tensors)?)
+}
+
+/// metrics.jsonl, cut back to the resumed checkpoint's step.
+fn open_log(out: &Path, resumed: Option<&Checkpoint>) -> Result<MetricsLog, TrainError> {
+    MetricsLog::open(out, resumed.map(|c| c.state.step)).map_err(|source| TrainError::Io {
+        path: out.join(log::FILE),
+        source,
+    })
+}
+
+/// The loader's uint8 crops to the network's input: the train split's
+/// mean image, and the unit-variance scale of `--init kaiming`.
+fn input_norm(opts: &RunOptions, data: &Data, state: &TrainState) -> InputNorm {
+    let mean = data.train.mean().expect("checked in open_data");
+    InputNorm::new(
+        mean,
+        data.train.side(),
+        CROP,
+        state.input_scale,
+        opts.placement.first(),
+    )
 }
 
 /// This process's share of the training: all of it, or one rank's.
@@ -236,7 +267,7 @@ fn start_state(
         }
         let mut state = ck.state.clone();
         // `opts` holds the run's own settings unless some were given again
-        // (trainer.rs fills the rest from this checkpoint): those are now the
+        // (the CLI fills the rest from this checkpoint): those are now the
         // run's. Checkpoints from before settings were kept get them too.
         state.settings = Some(settings_of(opts));
         return Ok((state, Some(ck)));
