@@ -349,10 +349,7 @@ impl ShardHeader {
     /// shorter). Returns the header and its length, which the version
     /// sets: the first record starts there.
     fn from_bytes(b: &[u8], path: &Path) -> Result<(Self, u64), ShardError> {
-        let bad = |detail: String| ShardError::Damaged {
-            path: path.to_owned(),
-            detail,
-        };
+        let bad = |detail: String| damaged(path, detail);
         if b.len() < HEADER_LEN_V1 as usize || &b[0..8] != MAGIC {
             return Err(bad("not a shard file (bad magic)".into()));
         }
@@ -478,6 +475,88 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShardError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+fn damaged(path: &Path, detail: String) -> ShardError {
+    ShardError::Damaged {
+        path: path.to_owned(),
+        detail,
+    }
+}
+
+/// A shard's index as the footer places it, checked against the footer's
+/// checksum, and where it starts (the data area ends there).
+struct StoredIndex {
+    bytes: Vec<u8>,
+    offset: u64,
+    checksum: u64,
+}
+
+fn read_index(
+    file: &File,
+    file_len: u64,
+    data_start: u64,
+    path: &Path,
+) -> Result<StoredIndex, ShardError> {
+    let mut foot = [0u8; FOOTER_LEN as usize];
+    file.read_exact_at(&mut foot, file_len - FOOTER_LEN)
+        .map_err(io_err(path))?;
+    if &foot[24..32] != FOOTER_MAGIC {
+        return Err(damaged(path, "no footer (the file ends early)".into()));
+    }
+    let (offset, len) = (le_u64(&foot[0..8]), le_u64(&foot[8..16]));
+    if offset < data_start || offset.checked_add(len) != Some(file_len - FOOTER_LEN) {
+        return Err(damaged(path, "footer points outside the file".into()));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, offset)
+        .map_err(io_err(path))?;
+    let checksum = le_u64(&foot[16..24]);
+    if xxh3_64(&bytes) != checksum {
+        return Err(damaged(path, "index checksum mismatch".into()));
+    }
+    Ok(StoredIndex {
+        bytes,
+        offset,
+        checksum,
+    })
+}
+
+/// Every record lies inside the data area, and a raw record is exactly
+/// one image (it is handed out as the image).
+fn check_places(
+    records: &[RecordEntry],
+    header: &ShardHeader,
+    data: std::ops::Range<u64>,
+    path: &Path,
+) -> Result<(), ShardError> {
+    // checked_add: an offset near u64::MAX must not wrap around into the
+    // data area.
+    let outside = |r: &&RecordEntry| {
+        r.offset < data.start
+            || r.offset
+                .checked_add(r.len as u64)
+                .is_none_or(|end| end > data.end)
+    };
+    if let Some(r) = records.iter().find(outside) {
+        return Err(damaged(
+            path,
+            format!("record {} lies outside the data area", r.name),
+        ));
+    }
+    let image_len = header.image_len();
+    if header.codec == Codec::Raw {
+        if let Some(r) = records.iter().find(|r| r.len as usize != image_len) {
+            return Err(damaged(
+                path,
+                format!(
+                    "raw record {} holds {} bytes, an image is {image_len}",
+                    r.name, r.len
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Turns one image into a record frame (compressed, or as it is with the
@@ -779,72 +858,21 @@ pub struct ShardReader {
 impl ShardReader {
     /// Opens and validates header, footer and index (not the records).
     pub fn open(path: &Path) -> Result<Self, ShardError> {
-        let damaged = |detail: &str| ShardError::Damaged {
-            path: path.to_owned(),
-            detail: detail.to_owned(),
-        };
         let file = File::open(path).map_err(io_err(path))?;
         let file_len = file.metadata().map_err(io_err(path))?.len();
         if file_len < HEADER_LEN_V1 + FOOTER_LEN {
-            return Err(damaged(&format!("only {file_len} bytes")));
+            return Err(damaged(path, format!("only {file_len} bytes")));
         }
         let mut head = [0u8; HEADER_LEN as usize];
         let head_len = (file_len - FOOTER_LEN).min(HEADER_LEN) as usize;
         file.read_exact_at(&mut head[..head_len], 0)
             .map_err(io_err(path))?;
         let (header, data_start) = ShardHeader::from_bytes(&head[..head_len], path)?;
-        let mut foot = [0u8; FOOTER_LEN as usize];
-        file.read_exact_at(&mut foot, file_len - FOOTER_LEN)
-            .map_err(io_err(path))?;
-        if &foot[24..32] != FOOTER_MAGIC {
-            return Err(damaged("no footer (the file ends early)"));
-        }
-        let (index_offset, index_len) = (le_u64(&foot[0..8]), le_u64(&foot[8..16]));
-        if index_offset < data_start
-            || index_offset.checked_add(index_len) != Some(file_len - FOOTER_LEN)
-        {
-            return Err(damaged("footer points outside the file"));
-        }
-        let mut index = vec![0u8; index_len as usize];
-        file.read_exact_at(&mut index, index_offset)
-            .map_err(io_err(path))?;
-        let index_checksum = le_u64(&foot[16..24]);
-        if xxh3_64(&index) != index_checksum {
-            return Err(damaged("index checksum mismatch"));
-        }
+        let index = read_index(&file, file_len, data_start, path)?;
         let frame_checksums = header.identity.is_some();
-        let (records, skipped) =
-            decode_index(&index, frame_checksums).ok_or_else(|| damaged("malformed index"))?;
-        if let Some(r) = records
-            .iter()
-            // checked_add: an offset near u64::MAX must not wrap around
-            // into the data area.
-            .find(|r| {
-                r.offset < data_start
-                    || r.offset
-                        .checked_add(r.len as u64)
-                        .is_none_or(|end| end > index_offset)
-            })
-        {
-            return Err(damaged(&format!(
-                "record {} lies outside the data area",
-                r.name
-            )));
-        }
-        // A raw frame is handed out as the image: it must be one.
-        if header.codec == Codec::Raw {
-            if let Some(r) = records
-                .iter()
-                .find(|r| r.len as usize != header.image_len())
-            {
-                return Err(damaged(&format!(
-                    "raw record {} holds {} bytes, an image is {}",
-                    r.name,
-                    r.len,
-                    header.image_len()
-                )));
-            }
-        }
+        let (records, skipped) = decode_index(&index.bytes, frame_checksums)
+            .ok_or_else(|| damaged(path, "malformed index".into()))?;
+        check_places(&records, &header, data_start..index.offset, path)?;
         Ok(Self {
             path: path.to_owned(),
             file,
@@ -852,7 +880,7 @@ impl ShardReader {
             records,
             skipped,
             file_len,
-            index_checksum,
+            index_checksum: index.checksum,
             map: None,
         })
     }
