@@ -124,10 +124,21 @@ fn draw(
     let root = BitMapBackend::with_buffer(rgb, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(WIDTH / 2);
+    // Both panels share the step axis.
     let max_step = loss.last().map_or(1.0, |p| p.0).max(1.0);
+    draw_loss(&left, loss, max_step)?;
+    draw_accuracy(&right, top1, top5, max_step)?;
+    root.present()?;
+    Ok(())
+}
 
+type Panel<'a, 'b> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// The loss at every step, faint, and its running mean over a twentieth
+/// of the run (1 to 200 steps).
+fn draw_loss(area: &Panel, loss: &[(f64, f64)], max_step: f64) -> DrawResult {
     let (lo, hi) = loss_range(loss);
-    let mut chart = ChartBuilder::on(&left)
+    let mut chart = ChartBuilder::on(area)
         .caption("training loss", (FONT, 22))
         .margin(12)
         .x_label_area_size(40)
@@ -160,8 +171,17 @@ fn draw(
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()?;
+    Ok(())
+}
 
-    let mut chart = ChartBuilder::on(&right)
+/// Val top-1 and top-5 after each epoch, in percent.
+fn draw_accuracy(
+    area: &Panel,
+    top1: &[(f64, f64)],
+    top5: &[(f64, f64)],
+    max_step: f64,
+) -> DrawResult {
+    let mut chart = ChartBuilder::on(area)
         .caption("validation accuracy (centre crop)", (FONT, 22))
         .margin(12)
         .x_label_area_size(40)
@@ -192,7 +212,6 @@ fn draw(
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
