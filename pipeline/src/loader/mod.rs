@@ -312,6 +312,41 @@ pub enum BatchData {
     F32(Vec<f32>),
 }
 
+impl BatchData {
+    /// Crops `view` of `stored`, an image of `dataset`, into `slot` of this
+    /// buffer, as uint8 HWC or as float32 CHW less the dataset's mean image.
+    fn write_view(
+        &mut self,
+        stored: &mut Stored,
+        dataset: &Dataset,
+        view: &View,
+        crop: usize,
+        crop_px: &mut Vec<u8>,
+        slot: std::ops::Range<usize>,
+    ) -> Result<(), LoaderError> {
+        match self {
+            Self::U8(d) => stored.crop_u8(dataset.side, view, crop, &mut d[slot]),
+            Self::F32(d) => {
+                // `Loader::new` refuses float32 output without a mean.
+                let Some(mean) = dataset.mean_planes.as_ref() else {
+                    return Err(LoaderError::Config("no mean image".into()));
+                };
+                stored.crop_f32(mean, view, crop, crop_px, &mut d[slot]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the first `len` values: the views of the records that were
+    /// read, when damaged ones were skipped.
+    fn keep(&mut self, len: usize) {
+        match self {
+            Self::U8(d) => d.resize(len),
+            Self::F32(d) => d.truncate(len),
+        }
+    }
+}
+
 /// Idle batch buffers, shared by the loaders of successive epochs so that
 /// each epoch does not allocate and zero its buffers anew (at 256 x 224 x
 /// 224 x 3 bytes a batch, that costs about as much as decoding the images).
@@ -741,25 +776,12 @@ fn build_batch(
         let mut rng = SplitMix64::new(mix(epoch_seed, position));
         for view in augment::views(config.mode, side, crop, shared.lighting.as_ref(), &mut rng) {
             let slot = views.len() * crop * crop * 3..(views.len() + 1) * crop * crop * 3;
-            match &mut data {
-                BatchData::U8(d) => stored.crop_u8(side, &view, crop, &mut d[slot]),
-                BatchData::F32(d) => {
-                    // `new` refuses float32 output without a mean.
-                    let Some(mean) = dataset.mean_planes.as_ref() else {
-                        return Err(LoaderError::Config("no mean image".into()));
-                    };
-                    stored.crop_f32(mean, &view, crop, &mut crop_px, &mut d[slot]);
-                }
-            }
+            data.write_view(&mut stored, dataset, &view, crop, &mut crop_px, slot)?;
             views.push(view);
         }
     }
     if !damaged.is_empty() {
-        let len = views.len() * crop * crop * 3;
-        match &mut data {
-            BatchData::U8(d) => d.resize(len),
-            BatchData::F32(d) => d.truncate(len),
-        }
+        data.keep(views.len() * crop * crop * 3);
     }
     Ok(Batch {
         epoch,
