@@ -70,6 +70,43 @@ where
         })
 }
 
+/// The split, crop mode and output type named by `Loader`'s string
+/// arguments.
+fn parse_choices(split: &str, mode: &str, output: &str) -> PyResult<(Split, Mode, Output)> {
+    let split = parse(
+        "split",
+        split,
+        &[("train", Split::Train), ("val", Split::Val)],
+    )?;
+    let mode = parse(
+        "mode",
+        mode,
+        &[
+            ("train", Mode::Train),
+            ("center", Mode::Center),
+            ("tencrop", Mode::Tencrop),
+        ],
+    )?;
+    let output = parse(
+        "output",
+        output,
+        &[("u8", Output::U8), ("f32", Output::F32)],
+    )?;
+    Ok((split, mode, output))
+}
+
+/// Opens one split of the shard folder `shards`; a missing folder is
+/// FileNotFoundError, with the command that makes one.
+fn open_dataset(shards: &str, split: Split) -> PyResult<Dataset> {
+    let dir = Path::new(shards);
+    if !dir.is_dir() {
+        return Err(PyFileNotFoundError::new_err(format!(
+            "{shards}: no such folder (make one with `pipeline shards`)"
+        )));
+    }
+    Dataset::open_with(dir, split, ReadMode::Auto).map_err(to_py)
+}
+
 /// A batch for Python: pixels, then labels (int64), views and records as
 /// packed little-endian bytes that `numpy.frombuffer` reads with the
 /// dtypes in `alexnet_pipeline` (`VIEW_DTYPE`, `RECORD_DTYPE`): a few
@@ -176,37 +213,13 @@ impl Loader {
         drop_last: bool,
         skip_damaged: bool,
     ) -> PyResult<Self> {
-        let split = parse(
-            "split",
-            split,
-            &[("train", Split::Train), ("val", Split::Val)],
-        )?;
-        let mode = parse(
-            "mode",
-            mode,
-            &[
-                ("train", Mode::Train),
-                ("center", Mode::Center),
-                ("tencrop", Mode::Tencrop),
-            ],
-        )?;
-        let output = parse(
-            "output",
-            output,
-            &[("u8", Output::U8), ("f32", Output::F32)],
-        )?;
+        let (split, mode, output) = parse_choices(split, mode, output)?;
         if batch_size == 0 || world == 0 || rank >= world {
             return Err(PyValueError::new_err(format!(
                 "batch_size must be at least 1 and rank ({rank}) below world ({world})"
             )));
         }
-        let dir = Path::new(shards);
-        if !dir.is_dir() {
-            return Err(PyFileNotFoundError::new_err(format!(
-                "{shards}: no such folder (make one with `pipeline shards`)"
-            )));
-        }
-        let dataset = Arc::new(Dataset::open_with(dir, split, ReadMode::Auto).map_err(to_py)?);
+        let dataset = Arc::new(open_dataset(shards, split)?);
         let config = LoaderConfig {
             batch_size,
             threads,
