@@ -350,63 +350,17 @@ impl ShardHeader {
     /// sets: the first record starts there.
     fn from_bytes(b: &[u8], path: &Path) -> Result<(Self, u64), ShardError> {
         let bad = |detail: String| damaged(path, detail);
-        if b.len() < HEADER_LEN_V1 as usize || &b[0..8] != MAGIC {
-            return Err(bad("not a shard file (bad magic)".into()));
-        }
-        let version = le_u32(&b[8..12]);
-        let len = match version {
-            1 => HEADER_LEN_V1,
-            2 => HEADER_LEN_V2,
-            VERSION => HEADER_LEN,
-            _ => {
-                return Err(bad(format!(
-                    "format version {version}, this build reads 1 to {VERSION}"
-                )))
-            }
-        };
-        if b.len() < len as usize {
-            return Err(bad("header cut short".into()));
-        }
+        let (version, len) = Self::version_and_len(b, path)?;
         let filter = PixelFilter::from_code(le_u32(&b[24..28]))
             .ok_or_else(|| bad(format!("unknown pixel filter {}", le_u32(&b[24..28]))))?;
         let zstd_search = MatchSearch::from_code(le_u32(&b[40..44]))
             .ok_or_else(|| bad(format!("unknown zstd match search {}", le_u32(&b[40..44]))))?;
-        let identity = if version == 1 {
-            None
-        } else {
-            let split = split_from_code(le_u32(&b[44..48]))
-                .ok_or_else(|| bad(format!("unknown split code {}", le_u32(&b[44..48]))))?;
-            Some(ShardIdentity {
-                split,
-                number: le_u32(&b[48..52]),
-                planned: le_u32(&b[52..56]),
-                first: le_u64(&b[56..64]),
-            })
-        };
-        let codec = if version == VERSION {
-            if b[68..80].iter().any(|&x| x != 0) {
-                return Err(bad("reserved header bytes are not zero".into()));
-            }
-            Codec::from_code(le_u32(&b[64..68]))
-                .ok_or_else(|| bad(format!("unknown codec {}", le_u32(&b[64..68]))))?
-        } else {
-            Codec::Zstd
-        };
+        let identity = Self::identity_from(b, version, path)?;
+        let codec = Self::codec_from(b, version, path)?;
         if codec == Codec::Raw && filter != PixelFilter::None {
             return Err(bad("raw records with a pixel filter".into()));
         }
-        let (height, width, channels) =
-            (le_u32(&b[12..16]), le_u32(&b[16..20]), le_u32(&b[20..24]));
-        // Every size a reader computes comes from these: bounded here, so
-        // that no damaged header can make one overflow or come out zero.
-        if !(1..=MAX_SIDE).contains(&height)
-            || !(1..=MAX_SIDE).contains(&width)
-            || !(1..=4).contains(&channels)
-        {
-            return Err(bad(format!(
-                "implausible geometry {height}x{width}x{channels}"
-            )));
-        }
+        let (height, width, channels) = Self::geometry_from(b, path)?;
         let header = Self {
             height,
             width,
@@ -419,6 +373,80 @@ impl ShardHeader {
             identity,
         };
         Ok((header, len))
+    }
+
+    /// The format version and the header length it sets, once the magic
+    /// and that length are checked against `b`.
+    fn version_and_len(b: &[u8], path: &Path) -> Result<(u32, u64), ShardError> {
+        if b.len() < HEADER_LEN_V1 as usize || &b[0..8] != MAGIC {
+            return Err(damaged(path, "not a shard file (bad magic)".into()));
+        }
+        let version = le_u32(&b[8..12]);
+        let len = match version {
+            1 => HEADER_LEN_V1,
+            2 => HEADER_LEN_V2,
+            VERSION => HEADER_LEN,
+            _ => {
+                return Err(damaged(
+                    path,
+                    format!("format version {version}, this build reads 1 to {VERSION}"),
+                ))
+            }
+        };
+        if b.len() < len as usize {
+            return Err(damaged(path, "header cut short".into()));
+        }
+        Ok((version, len))
+    }
+
+    /// The shard's place in its split; version 1 headers did not record it.
+    fn identity_from(
+        b: &[u8],
+        version: u32,
+        path: &Path,
+    ) -> Result<Option<ShardIdentity>, ShardError> {
+        if version == 1 {
+            return Ok(None);
+        }
+        let split = split_from_code(le_u32(&b[44..48]))
+            .ok_or_else(|| damaged(path, format!("unknown split code {}", le_u32(&b[44..48]))))?;
+        Ok(Some(ShardIdentity {
+            split,
+            number: le_u32(&b[48..52]),
+            planned: le_u32(&b[52..56]),
+            first: le_u64(&b[56..64]),
+        }))
+    }
+
+    /// The records' codec; headers before the current version held only
+    /// zstd records, and in the current one the bytes after it are zero.
+    fn codec_from(b: &[u8], version: u32, path: &Path) -> Result<Codec, ShardError> {
+        if version != VERSION {
+            return Ok(Codec::Zstd);
+        }
+        if b[68..80].iter().any(|&x| x != 0) {
+            return Err(damaged(path, "reserved header bytes are not zero".into()));
+        }
+        Codec::from_code(le_u32(&b[64..68]))
+            .ok_or_else(|| damaged(path, format!("unknown codec {}", le_u32(&b[64..68]))))
+    }
+
+    /// Height, width and channels. Every size a reader computes comes from
+    /// these: bounded here, so that no damaged header can make one overflow
+    /// or come out zero.
+    fn geometry_from(b: &[u8], path: &Path) -> Result<(u32, u32, u32), ShardError> {
+        let (height, width, channels) =
+            (le_u32(&b[12..16]), le_u32(&b[16..20]), le_u32(&b[20..24]));
+        if !(1..=MAX_SIDE).contains(&height)
+            || !(1..=MAX_SIDE).contains(&width)
+            || !(1..=4).contains(&channels)
+        {
+            return Err(damaged(
+                path,
+                format!("implausible geometry {height}x{width}x{channels}"),
+            ));
+        }
+        Ok((height, width, channels))
     }
 }
 
