@@ -339,6 +339,80 @@ pub fn compile(source: &str, name: &str, arch: (i32, i32)) -> Result<Vec<u8>, Cu
     }
 }
 
+/// CUDA device `index` and its compute capability (major, minor).
+fn device_and_arch(d: &Driver, index: usize) -> Result<(CuDevice, (i32, i32)), CudaError> {
+    let mut device: CuDevice = 0;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: out-pointers to locals.
+    unsafe {
+        check(
+            d,
+            "cuDeviceGet",
+            (d.device_get)(&mut device, index as c_int),
+        )?;
+        check(
+            d,
+            "cuDeviceGetAttribute",
+            (d.device_attribute)(
+                &mut major,
+                CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                device,
+            ),
+        )?;
+        check(
+            d,
+            "cuDeviceGetAttribute",
+            (d.device_attribute)(
+                &mut minor,
+                CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                device,
+            ),
+        )?;
+    }
+    Ok((device, (major, minor)))
+}
+
+/// Makes `device`'s primary context, the one libtorch's runtime calls use,
+/// current on this thread.
+fn make_primary_context_current(d: &Driver, device: CuDevice) -> Result<CuContext, CudaError> {
+    let mut context: CuContext = ptr::null_mut();
+    // SAFETY: an out-pointer to a local; the context is retained first.
+    unsafe {
+        check(
+            d,
+            "cuDevicePrimaryCtxRetain",
+            (d.primary_ctx_retain)(&mut context, device),
+        )?;
+        check(d, "cuCtxSetCurrent", (d.ctx_set_current)(context))?;
+    }
+    Ok(context)
+}
+
+/// Loads a compiled cubin into the current context.
+fn load_cubin(d: &Driver, cubin: &[u8]) -> Result<CuModule, CudaError> {
+    let mut module: CuModule = ptr::null_mut();
+    // SAFETY: the cubin outlives the call (the driver copies it).
+    unsafe {
+        check(
+            d,
+            "cuModuleLoadData",
+            (d.module_load_data)(&mut module, cubin.as_ptr().cast()),
+        )?;
+    }
+    Ok(module)
+}
+
+/// The kernel `name` of a loaded module.
+fn module_function(d: &Driver, module: CuModule, name: &str) -> Result<CuFunction, CudaError> {
+    let cname = CString::new(name).expect("kernel names are literals without NUL");
+    let mut f: CuFunction = ptr::null_mut();
+    // SAFETY: module loaded by `load_cubin`; the name is NUL-terminated.
+    check(d, "cuModuleGetFunction", unsafe {
+        (d.module_get_function)(&mut f, module, cname.as_ptr())
+    })?;
+    Ok(f)
+}
+
 /// A compiled source loaded on one device, with the functions asked for.
 pub struct Module {
     pub device: usize,
@@ -366,65 +440,17 @@ impl Module {
         names: &[&'static str],
     ) -> Result<Self, CudaError> {
         let d = driver()?;
-        let mut device: CuDevice = 0;
-        let (mut major, mut minor) = (0, 0);
-        let mut context: CuContext = ptr::null_mut();
-        // SAFETY: out-pointers to locals; the primary context is the one
-        // libtorch's runtime calls use.
-        unsafe {
-            check(
-                d,
-                "cuDeviceGet",
-                (d.device_get)(&mut device, index as c_int),
-            )?;
-            check(
-                d,
-                "cuDeviceGetAttribute",
-                (d.device_attribute)(
-                    &mut major,
-                    CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
-                    device,
-                ),
-            )?;
-            check(
-                d,
-                "cuDeviceGetAttribute",
-                (d.device_attribute)(
-                    &mut minor,
-                    CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
-                    device,
-                ),
-            )?;
-            check(
-                d,
-                "cuDevicePrimaryCtxRetain",
-                (d.primary_ctx_retain)(&mut context, device),
-            )?;
-            check(d, "cuCtxSetCurrent", (d.ctx_set_current)(context))?;
-        }
-        let cubin = compile(source, file, (major, minor))?;
-        let mut module: CuModule = ptr::null_mut();
-        // SAFETY: the cubin outlives the call (the driver copies it).
-        unsafe {
-            check(
-                d,
-                "cuModuleLoadData",
-                (d.module_load_data)(&mut module, cubin.as_ptr().cast()),
-            )?;
-        }
-        let mut functions = Vec::new();
-        for &name in names {
-            let cname = CString::new(name).expect("no NUL");
-            let mut f: CuFunction = ptr::null_mut();
-            // SAFETY: module loaded above; the name is NUL-terminated.
-            check(d, "cuModuleGetFunction", unsafe {
-                (d.module_get_function)(&mut f, module, cname.as_ptr())
-            })?;
-            functions.push((name, f));
-        }
+        let (device, arch) = device_and_arch(d, index)?;
+        let context = make_primary_context_current(d, device)?;
+        let cubin = compile(source, file, arch)?;
+        let module = load_cubin(d, &cubin)?;
+        let functions = names
+            .iter()
+            .map(|&name| Ok((name, module_function(d, module, name)?)))
+            .collect::<Result<_, CudaError>>()?;
         Ok(Self {
             device: index,
-            arch: (major, minor),
+            arch,
             context,
             functions,
         })
