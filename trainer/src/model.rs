@@ -164,10 +164,25 @@ pub struct Layer {
 pub const LAYERS: [&str; 8] = [
     "conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8",
 ];
+
 const COLUMNS: [&str; 2] = ["a", "b"];
 
 /// The layers whose biases the paper starts at 1.
 const BIAS_ONE: [&str; 5] = ["conv2", "conv4", "conv5", "fc6", "fc7"];
+
+/// Indices into `AlexNet::named_parameters` (column A's weight and bias of
+/// each layer, then column B's) of the layers in `layers`, both columns.
+fn parameter_indices(layers: std::ops::Range<usize>) -> Vec<usize> {
+    let per_column = 2 * LAYERS.len();
+    (0..COLUMNS.len())
+        .flat_map(|c| {
+            layers.clone().flat_map(move |l| {
+                let weight = c * per_column + 2 * l;
+                [weight, weight + 1]
+            })
+        })
+        .collect()
+}
 
 pub struct AlexNet {
     pub config: ModelConfig,
@@ -470,19 +485,6 @@ impl AlexNet {
 
         let params = self.named_parameters();
         let mut grads: Vec<Option<Tensor>> = params.iter().map(|_| None).collect();
-        // Indices into `params` (column A's weight and bias of each layer,
-        // then column B's) of the layers in `layers`, both columns.
-        let per_column = 2 * LAYERS.len();
-        let of_layers = |layers: std::ops::Range<usize>| -> Vec<usize> {
-            (0..2)
-                .flat_map(|c| {
-                    layers.clone().flat_map(move |l| {
-                        let weight = c * per_column + 2 * l;
-                        [weight, weight + 1]
-                    })
-                })
-                .collect()
-        };
         // Differentiates `output` (the loss when `grad` is None) back to
         // the parameters of `layers` and to `leaf`, whose gradient it returns.
         let mut segment = |output: &Tensor,
@@ -490,7 +492,7 @@ impl AlexNet {
                            leaf: Option<&Tensor>,
                            layers: std::ops::Range<usize>|
          -> Result<Option<Tensor>, FusedLrnError> {
-            let index = of_layers(layers);
+            let index = parameter_indices(layers);
             let mut inputs: Vec<&Tensor> = index.iter().map(|&i| params[i].1).collect();
             inputs.extend(leaf);
             let mut out = match grad {
@@ -588,6 +590,42 @@ fn init_of(init: Init, layer: &str, weight_shape: &[i64]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused step's gradient segments name their layers by index;
+    /// these must be the layers' places in `named_parameters`.
+    #[test]
+    fn parameter_indices_name_both_columns_weights_and_biases() {
+        let net = AlexNet::new(
+            small(7),
+            Init::Kaiming,
+            5,
+            Placement::One(Device::Cpu),
+            Precision::F32,
+        );
+        let names: Vec<String> = net.named_parameters().into_iter().map(|(n, _)| n).collect();
+        let picked: Vec<&str> = parameter_indices(1..3)
+            .into_iter()
+            .map(|i| names[i].as_str())
+            .collect();
+        assert_eq!(
+            picked,
+            [
+                "a.conv2.weight",
+                "a.conv2.bias",
+                "a.conv3.weight",
+                "a.conv3.bias",
+                "b.conv2.weight",
+                "b.conv2.bias",
+                "b.conv3.weight",
+                "b.conv3.bias",
+            ]
+        );
+        let every: usize = [0..1, 1..2, 2..8]
+            .into_iter()
+            .map(|r| parameter_indices(r).len())
+            .sum();
+        assert_eq!(every, names.len());
+    }
 
     fn small(classes: i64) -> ModelConfig {
         ModelConfig {
