@@ -258,7 +258,8 @@ pub struct ValLabelOptions {
     pub id_map: Option<PathBuf>,
 }
 
-/// All labelled files of `val/`, in name order.
+/// All labelled files of `val/`, in name order: in wnid folders like
+/// `train/`, or flat with a label file.
 pub fn list_val(
     root: &Path,
     classes: &[ClassInfo],
@@ -269,9 +270,30 @@ pub fn list_val(
     if !val.is_dir() {
         return Err(IngestError::NoVal(root.to_owned()));
     }
-    let by_wnid: HashMap<&str, u32> = classes.iter().map(|c| (c.wnid.as_str(), c.index)).collect();
-    let label_of = |file: &str, wnid: &str, source: &str| {
-        by_wnid
+    let labels = ClassLabels::new(classes);
+    let wnids = subfolders(&val)?;
+    let mut listing = if wnids.is_empty() {
+        let by_file = flat_val_labels(root, &val, options)?;
+        list_flat_val(&val, &by_file, &labels)?
+    } else {
+        list_val_folders(&val, &wnids, &labels)?
+    };
+    listing.files = limit_per_class(listing.files, per_class);
+    Ok(listing)
+}
+
+/// Class indices by wnid.
+struct ClassLabels<'a>(HashMap<&'a str, u32>);
+
+impl<'a> ClassLabels<'a> {
+    fn new(classes: &'a [ClassInfo]) -> Self {
+        Self(classes.iter().map(|c| (c.wnid.as_str(), c.index)).collect())
+    }
+
+    /// The label of `file`, whose wnid came from `source`; a wnid that is
+    /// not one of train's classes is an error naming both.
+    fn of(&self, file: &str, wnid: &str, source: &str) -> Result<u32, IngestError> {
+        self.0
             .get(wnid)
             .copied()
             .ok_or_else(|| IngestError::UnknownWnid {
@@ -279,44 +301,57 @@ pub fn list_val(
                 wnid: wnid.to_owned(),
                 source_of_label: source.to_owned(),
             })
-    };
+    }
+}
+
+/// `val/<wnid>/*`: each file labelled by its folder.
+fn list_val_folders(
+    val: &Path,
+    wnids: &[String],
+    labels: &ClassLabels,
+) -> Result<SplitListing, IngestError> {
     let mut listing = SplitListing::default();
-    let wnids = subfolders(&val)?;
-    if !wnids.is_empty() {
-        for wnid in wnids {
-            for (file, path, bytes) in list_files(&val.join(&wnid), &mut listing.unreadable) {
-                let name = format!("{wnid}/{file}");
-                let label = label_of(&name, &wnid, "its folder")?;
+    for wnid in wnids {
+        for (file, path, bytes) in list_files(&val.join(wnid), &mut listing.unreadable) {
+            let name = format!("{wnid}/{file}");
+            let label = labels.of(&name, wnid, "its folder")?;
+            listing.files.push(SourceFile {
+                path,
+                name,
+                label,
+                bytes,
+            });
+        }
+    }
+    Ok(listing)
+}
+
+/// `val/*`: each file labelled by the label file; one it does not name is
+/// skipped with the reason.
+fn list_flat_val(
+    val: &Path,
+    by_file: &FlatLabels,
+    labels: &ClassLabels,
+) -> Result<SplitListing, IngestError> {
+    let mut listing = SplitListing::default();
+    for (file, path, bytes) in list_files(val, &mut listing.unreadable) {
+        let stem = file.rsplit_once('.').map_or(file.as_str(), |(s, _)| s);
+        match by_file.wnid_of(stem) {
+            Some(wnid) => {
+                let label = labels.of(&file, wnid, &by_file.source)?;
                 listing.files.push(SourceFile {
                     path,
-                    name,
+                    name: file,
                     label,
                     bytes,
                 });
             }
-        }
-    } else {
-        let labels = flat_val_labels(root, &val, options)?;
-        for (file, path, bytes) in list_files(&val, &mut listing.unreadable) {
-            let stem = file.rsplit_once('.').map_or(file.as_str(), |(s, _)| s);
-            match labels.wnid_of(stem) {
-                Some(wnid) => {
-                    let label = label_of(&file, wnid, &labels.source)?;
-                    listing.files.push(SourceFile {
-                        path,
-                        name: file,
-                        label,
-                        bytes,
-                    });
-                }
-                None => listing.unreadable.push(Skipped {
-                    path: path.display().to_string(),
-                    reason: format!("no label for it in {}", labels.source),
-                }),
-            }
+            None => listing.unreadable.push(Skipped {
+                path: path.display().to_string(),
+                reason: format!("no label for it in {}", by_file.source),
+            }),
         }
     }
-    listing.files = limit_per_class(listing.files, per_class);
     Ok(listing)
 }
 
