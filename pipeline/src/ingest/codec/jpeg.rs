@@ -139,28 +139,14 @@ impl JpegDecoder {
         region: Option<Region>,
         out: &mut Vec<u8>,
     ) -> Result<(usize, usize), JpegError> {
-        let factor = tj::tjscalingfactor {
-            num: 1,
-            denom: denom as libc::c_int,
-        };
-        // SAFETY: handle is valid; factor is one libjpeg-turbo supports (1/1..1/8).
-        if unsafe { tj::tj3SetScalingFactor(self.handle, factor) } != 0 {
-            return Err(JpegError::Library(self.error_text()));
-        }
-        let (mut w, mut h) = header.scaled(denom);
-        if let Some(r) = region {
-            let crop = tj::tjregion {
-                x: r.x as libc::c_int,
-                y: r.y as libc::c_int,
-                w: r.w as libc::c_int,
-                h: r.h as libc::c_int,
-            };
-            // SAFETY: handle is valid and has read this file's header.
-            if unsafe { tj::tj3SetCroppingRegion(self.handle, crop) } != 0 {
-                return Err(JpegError::Library(self.error_text()));
+        self.set_scale(denom)?;
+        let (w, h) = match region {
+            Some(r) => {
+                self.set_region(r)?;
+                (r.w, r.h)
             }
-            (w, h) = (r.w, r.h);
-        }
+            None => header.scaled(denom),
+        };
         let (format, channels) = match header.color {
             JpegColor::Cmyk => (tj::TJPF_TJPF_CMYK, 4),
             _ => (tj::TJPF_TJPF_RGB, 3),
@@ -179,20 +165,54 @@ impl JpegDecoder {
                 format as libc::c_int,
             )
         };
-        if rc != 0 {
-            let text = self.error_text();
-            // A warning means the image was decoded in full, except when the
-            // data ran out: libjpeg then pads the rest with grey. Pillow
-            // refuses such files ("image file is truncated"), and so do we.
-            if !self.last_was_warning() || text.contains("Premature end") {
-                return Err(if text.contains("Premature end") {
-                    JpegError::Truncated(text)
-                } else {
-                    JpegError::Library(text)
-                });
-            }
-        }
+        self.decode_outcome(rc)?;
         Ok((w, h))
+    }
+
+    /// Decodes at `1/denom` scale from now on.
+    fn set_scale(&mut self, denom: usize) -> Result<(), JpegError> {
+        let factor = tj::tjscalingfactor {
+            num: 1,
+            denom: denom as libc::c_int,
+        };
+        // SAFETY: handle is valid; factor is one libjpeg-turbo supports (1/1..1/8).
+        if unsafe { tj::tj3SetScalingFactor(self.handle, factor) } != 0 {
+            return Err(JpegError::Library(self.error_text()));
+        }
+        Ok(())
+    }
+
+    /// Decodes only `region` of the scaled image at the next decode.
+    fn set_region(&mut self, region: Region) -> Result<(), JpegError> {
+        let crop = tj::tjregion {
+            x: region.x as libc::c_int,
+            y: region.y as libc::c_int,
+            w: region.w as libc::c_int,
+            h: region.h as libc::c_int,
+        };
+        // SAFETY: handle is valid and has read this file's header.
+        if unsafe { tj::tj3SetCroppingRegion(self.handle, crop) } != 0 {
+            return Err(JpegError::Library(self.error_text()));
+        }
+        Ok(())
+    }
+
+    /// Whether a decode that returned `rc` gave the whole image. A warning
+    /// means the image was decoded in full, except when the data ran out:
+    /// libjpeg then pads the rest with grey. Pillow refuses such files
+    /// ("image file is truncated"), and so do we.
+    fn decode_outcome(&mut self, rc: libc::c_int) -> Result<(), JpegError> {
+        if rc == 0 {
+            return Ok(());
+        }
+        let text = self.error_text();
+        if text.contains("Premature end") {
+            Err(JpegError::Truncated(text))
+        } else if self.last_was_warning() {
+            Ok(())
+        } else {
+            Err(JpegError::Library(text))
+        }
     }
 
     fn param(&mut self, param: tj::TJPARAM) -> libc::c_int {
