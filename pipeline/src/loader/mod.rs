@@ -463,25 +463,7 @@ impl Loader {
             pool,
             config: config.clone(),
         });
-        let live = Arc::new(AtomicUsize::new(0));
-        let workers = (0..config.threads)
-            .map(|i| {
-                let (shared, jobs, done, live) = (
-                    shared.clone(),
-                    jobs_rx.clone(),
-                    done_tx.clone(),
-                    live.clone(),
-                );
-                live.fetch_add(1, Ordering::SeqCst);
-                std::thread::Builder::new()
-                    .name(format!("loader-{i}"))
-                    .spawn(move || {
-                        worker(&shared, &jobs, &done);
-                        live.fetch_sub(1, Ordering::SeqCst);
-                    })
-                    .map_err(|e| LoaderError::Worker(format!("cannot start a thread: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (workers, live) = spawn_workers(&shared, config.threads, &jobs_rx, &done_tx)?;
         let mut loader = Self {
             sampler,
             epoch,
@@ -681,6 +663,33 @@ pub fn check_config(dataset: &Dataset, config: &LoaderConfig) -> Result<Sampler,
         config.drop_last,
     )?
     .first(config.limit))
+}
+
+/// Starts `threads` workers that build the batches `jobs` asks for and
+/// send them to `done`. Returns their handles and the count of those
+/// still running, which each lowers as it exits.
+fn spawn_workers(
+    shared: &Arc<Shared>,
+    threads: usize,
+    jobs: &crossbeam_channel::Receiver<Job>,
+    done: &crossbeam_channel::Sender<Done>,
+) -> Result<(Vec<JoinHandle<()>>, Arc<AtomicUsize>), LoaderError> {
+    let live = Arc::new(AtomicUsize::new(0));
+    let workers = (0..threads)
+        .map(|i| {
+            let (shared, jobs, done, live) =
+                (shared.clone(), jobs.clone(), done.clone(), live.clone());
+            live.fetch_add(1, Ordering::SeqCst);
+            std::thread::Builder::new()
+                .name(format!("loader-{i}"))
+                .spawn(move || {
+                    worker(&shared, &jobs, &done);
+                    live.fetch_sub(1, Ordering::SeqCst);
+                })
+                .map_err(|e| LoaderError::Worker(format!("cannot start a thread: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((workers, live))
 }
 
 fn lighting_for(dataset: &Dataset, config: &LoaderConfig) -> Result<Option<Lighting>, LoaderError> {
